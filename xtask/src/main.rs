@@ -1,0 +1,97 @@
+//! oomcount's developer tasks: `cargo xtask setup|run|test|vm-test|bench`.
+//!
+//! Each task first runs `setup`, which makes sure (idempotently, saying what it installs) that a
+//! fresh Debian 12 machine has what the build needs, so that the README's two commands work on a
+//! clean clone. The eBPF object itself is built by `oomcount/build.rs`, not here.
+mod setup;
+mod test;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "oomcount developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build needs (apt packages, bpf-linker, nightly rust-src), idempotently.
+    Setup,
+    /// Build and run the daemon in the foreground on built-in defaults (as root).
+    Run {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+        /// Arguments passed to `oomcount daemon`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: lints, unit tests, privileged tests on this kernel, then the VM matrix.
+    Test(test::TestArgs),
+    /// Boot Debian kernels under QEMU and run the privileged tests inside each.
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(setup::Needs::Build),
+        Command::Run { release, args } => setup::run(setup::Needs::Build).and_then(|()| run(release, &args)),
+        Command::Test(args) => test::run(args),
+        Command::VmTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask run`: build the daemon, then exec it in the foreground.
+fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut build = cargo();
+    build.args(["build", "--package", "oomcount", "--bin", "oomcount"]);
+    if release {
+        build.arg("--release");
+    }
+    check(&mut build)?;
+    let bin = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("oomcount");
+    let err = std::process::Command::new(&bin).arg("daemon").args(args).exec();
+    Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` as this xtask was run with, at the workspace root.
+pub fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd`, failing with its command line when it does not succeed.
+pub fn check(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|err| anyhow::anyhow!("could not start {cmd:?}: {err}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}

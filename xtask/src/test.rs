@@ -1,0 +1,49 @@
+//! `cargo xtask test`: every test, in the order that fails fastest.
+//!
+//! 1. rustfmt and clippy (`-D warnings`) on the host crates and on the eBPF crate;
+//! 2. unit tests of every host crate;
+//! 3. the privileged integration tests on this machine's kernel (real eBPF, real OOM kills in a
+//!    memory cgroup), one at a time because they compare against machine-wide counters;
+//! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`).
+use clap::Args;
+
+use crate::{cargo, check, setup};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip the VM kernel matrix.
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Skip rustfmt and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Only integration tests whose name contains this filter.
+    pub filter: Option<String>,
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    setup::run(if args.no_vm { setup::Needs::Build } else { setup::Needs::Vm })?;
+    if !args.no_lint {
+        eprintln!("test: rustfmt and clippy");
+        check(cargo().args(["fmt", "--all", "--check"]))?;
+        check(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        check(
+            cargo()
+                .args(["+nightly", "clippy", "--package", "oomcount-ebpf", "--target", "bpfel-unknown-none"])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
+        )?;
+    }
+    eprintln!("test: unit tests");
+    check(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    eprintln!("test: privileged integration tests on this kernel");
+    let mut integration = cargo();
+    integration.args(["test", "--package", "oomcount-integration-test", "--tests", "--"]);
+    if let Some(filter) = &args.filter {
+        integration.arg(filter);
+    }
+    check(integration.args(["--test-threads=1", "--nocapture"]))?;
+    if !args.no_vm {
+        crate::vm::run(crate::vm::VmTestArgs::default())?;
+    }
+    Ok(())
+}
