@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use oomcount_common::{
-    counter, flags, kind, Config, Event, Pending, ABSENT, EVENTS_BYTES, PENDING_ENTRIES,
-    SIGKILL, SI_KERNEL,
+    ABSENT, Config, EVENTS_BYTES, Event, PENDING_ENTRIES, Pending, SI_KERNEL, SIGKILL, counter,
+    flags, kind,
 };
 
 /// Filled in by the loader (`EbpfLoader::set_global`); read-only for the program.
@@ -161,11 +161,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
 
 /// The new layout (6.9+, and backports) carries the victim's memory, uid and oom_score_adj.
 #[inline(always)]
-fn read_memory_fields(
-    ctx: &TracePointContext,
-    cfg: &Config,
-    event: &mut Event,
-) -> Result<(), i32> {
+fn read_memory_fields(ctx: &TracePointContext, cfg: &Config, event: &mut Event) -> Result<(), i32> {
     // SAFETY: as in try_signal_generate.
     unsafe {
         event.total_vm_kb = ctx.read_at(cfg.mark_total_vm as usize)?;

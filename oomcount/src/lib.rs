@@ -1,1 +1,12 @@
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomcount"));
+//! oomcount: the OOM killer's exact body count, from eBPF.
+//!
+//! The library owns everything but argument parsing: loading and attaching the kernel programs
+//! ([`probe`]), tracefs and tracepoint layouts ([`tracefs`]), the daemon ([`daemon`]) and its
+//! socket protocol ([`protocol`]). The `oomcount` binary is a thin shell over [`cli`].
+pub mod cli;
+pub mod daemon;
+pub mod logger;
+pub mod probe;
+pub mod protocol;
+pub mod system;
+pub mod tracefs;

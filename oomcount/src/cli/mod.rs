@@ -1,0 +1,113 @@
+//! The command line: one module per subcommand, each with its flags and its `run`.
+//!
+//! Parsing lives here; the work lives in the library. Every subcommand returns an
+//! `anyhow::Result` whose error is printed as one line by `main`, with exit status 1; clap's own
+//! usage errors exit 2.
+pub mod count;
+pub mod daemon;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::protocol::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oomcount",
+    version,
+    about = "Counts the OOM killer's victims exactly, with eBPF, and serves the count",
+    long_about = "Counts the OOM killer's victims exactly, with eBPF on the oom/mark_victim \
+tracepoint: one per process the kernel kills, the figure /proc/vmstat oom_kill counts, with no \
+kernel patch and no log parsing. `oomcount daemon` (as root) holds the probe; `oomcount count` asks it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the probe, serve queries on a unix socket, log each kill (foreground).
+    Daemon(daemon::Args),
+    /// Print the OOM kills counted since the probe was attached, and the kernel's count since boot.
+    Count(count::Args),
+}
+
+/// The daemon's socket, shared by every subcommand that talks to it.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's unix socket.
+    #[arg(long, value_name = "PATH", env = "OOMCOUNT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(args) => daemon::run(args),
+        Command::Count(args) => count::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn count_takes_json_and_socket() {
+        let cli =
+            Cli::try_parse_from(["oomcount", "count", "--json", "--socket", "/tmp/s"]).unwrap();
+        let Command::Count(args) = cli.command else {
+            panic!("not count: {cli:?}")
+        };
+        assert!(args.json);
+        assert_eq!(args.socket.socket, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn socket_defaults_to_run() {
+        let cli = Cli::try_parse_from(["oomcount", "daemon"]).unwrap();
+        let Command::Daemon(args) = cli.command else {
+            panic!("not daemon: {cli:?}")
+        };
+        if std::env::var_os("OOMCOUNT_SOCKET").is_none() {
+            assert_eq!(args.socket.socket, PathBuf::from(DEFAULT_SOCKET));
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for argv in [
+            &["oomcount", "count", "--jsn"][..],
+            &["oomcount", "frobnicate"],
+            &["oomcount", "daemon", "--socket"],
+            &["oomcount"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_subcommand_has_help() {
+        for sub in Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}
