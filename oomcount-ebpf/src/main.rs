@@ -100,7 +100,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         comm,
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    OOMCOUNT_PENDING.insert(&tid, &pending, 0)
+    OOMCOUNT_PENDING.insert(tid, pending, 0)
 }
 
 #[tracepoint]
@@ -135,8 +135,8 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is the
     // very next mark after its signal, so an older entry can only be stale.
     // SAFETY: the value is copied out before the entry is removed.
-    if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(&tid) }.copied() {
-        let _ = OOMCOUNT_PENDING.remove(&tid);
+    if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(tid) }.copied() {
+        let _ = OOMCOUNT_PENDING.remove(tid);
         if pending.victim_pid == pid && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns {
             bump(counter::KILLS);
             event.kind = kind::KILL;

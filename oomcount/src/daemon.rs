@@ -42,13 +42,13 @@ pub enum DaemonError {
         "an oomcount daemon is already running on {0}: stop it first, or give this one another --socket"
     )]
     AlreadyRunning(PathBuf),
-    #[error("cannot create socket {path} ({source}): choose a writable path with --socket")]
+    #[error("cannot create socket {path} (choose a writable path with --socket)")]
     Socket {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start the runtime: {0}")]
+    #[error("cannot start the runtime")]
     Runtime(#[source] io::Error),
 }
 
@@ -261,11 +261,12 @@ fn lock_socket(socket: &Path) -> Result<nix::fcntl::Flock<fs::File>, DaemonError
         path: socket.to_path_buf(),
         source,
     };
-    if let Some(parent) = socket.parent() {
-        if !parent.as_os_str().is_empty() && !parent.exists() {
-            fs::create_dir_all(parent).map_err(socket_err)?;
-            let _ = fs::set_permissions(parent, fs::Permissions::from_mode(0o755));
-        }
+    if let Some(parent) = socket.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        fs::create_dir_all(parent).map_err(socket_err)?;
+        let _ = fs::set_permissions(parent, fs::Permissions::from_mode(0o755));
     }
     let mut lock_path = socket.as_os_str().to_owned();
     lock_path.push(".lock");

@@ -30,33 +30,33 @@ pub enum ProbeError {
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
     #[error(
-        "the kernel ({kernel}) refused oomcount's eBPF program ({source}): is bpf() restricted here (lockdown, seccomp, kernel.unprivileged_bpf_disabled)?"
+        "the kernel ({kernel}) refused oomcount's eBPF maps or programs (is bpf() restricted here: lockdown, seccomp, a container?)"
     )]
     Load {
         kernel: String,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error(
-        "the kernel ({kernel}) refused program {program} ({source}): is bpf() restricted here (lockdown, seccomp)?"
+        "the kernel ({kernel}) refused program {program} (is bpf() restricted here: lockdown, seccomp, a container?)"
     )]
     Program {
         kernel: String,
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
-    #[error("cannot attach to tracepoint {category}/{name} on {kernel}: {source}")]
+    #[error("cannot attach to tracepoint {category}/{name} on Linux {kernel}")]
     Attach {
         kernel: String,
         category: &'static str,
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("oomcount's eBPF object has no map {0}: the build is broken")]
     MissingMap(&'static str),
-    #[error("cannot read counter map: {0}")]
+    #[error("cannot read the counter map")]
     Map(#[from] aya::maps::MapError),
 }
 
@@ -95,7 +95,7 @@ impl Probe {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
                 kernel: kernel.clone(),
-                source,
+                source: Box::new(source),
             })?;
         for (program, (category, name)) in [
             (PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE),
@@ -104,7 +104,7 @@ impl Probe {
             let prog_err = |source| ProbeError::Program {
                 kernel: kernel.clone(),
                 program,
-                source,
+                source: Box::new(source),
             };
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(program)
@@ -118,7 +118,7 @@ impl Probe {
                     kernel: kernel.clone(),
                     category,
                     name,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         let attached_at = SystemTime::now();

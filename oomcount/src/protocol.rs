@@ -58,21 +58,19 @@ pub enum ClientError {
         "no oomcount daemon is running on {0}: start one with `oomcount daemon` (as root), or name its socket with --socket"
     )]
     NotRunning(PathBuf),
-    #[error("cannot reach the daemon at {path}: {source}")]
+    #[error("cannot reach the daemon at {path}")]
     Connect {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the daemon at {path} did not answer: {source}")]
+    #[error("the daemon at {path} did not answer")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the daemon at {path} answered garbage ({source}): is it an oomcount daemon of this version?"
-    )]
+    #[error("the daemon at {path} answered garbage (is it an oomcount daemon of this version?)")]
     Garbage {
         path: PathBuf,
         #[source]

@@ -16,7 +16,7 @@ const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/trac
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}): mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed (mount it with `mount -t tracefs nodev /sys/kernel/tracing`)"
     )]
     Mount(#[source] nix::Error),
     #[error(
@@ -28,7 +28,7 @@ pub enum TracefsError {
         name: &'static str,
         path: PathBuf,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
