@@ -41,7 +41,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(setup::Needs::Build),
-        Command::Run { release, args } => setup::run(setup::Needs::Build).and_then(|()| run(release, &args)),
+        Command::Run { release, args } => {
+            setup::run(setup::Needs::Build).and_then(|()| run(release, &args))
+        }
         Command::Test(args) => test::run(args),
         Command::VmTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::run(args)),
     };
@@ -68,7 +70,10 @@ fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("oomcount");
-    let err = std::process::Command::new(&bin).arg("daemon").args(args).exec();
+    let err = std::process::Command::new(&bin)
+        .arg("daemon")
+        .args(args)
+        .exec();
     Err(err).with_context(|| format!("exec {}", bin.display()))
 }
 
@@ -82,7 +87,8 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 /// `cargo` as this xtask was run with, at the workspace root.
 pub fn cargo() -> std::process::Command {
-    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }

@@ -20,7 +20,12 @@ pub enum Needs {
 }
 
 /// Debian packages the build needs: LLVM 22 for bpf-linker.
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
 /// Debian packages the VM matrix needs besides QEMU (which comes from bookworm-backports).
 const VM_PACKAGES: &[&str] = &["cpio", "xz-utils", "zstd", "kmod", "libc6-dev"];
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -65,8 +70,12 @@ fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
     eprintln!("setup: installing {} (apt-get)", packages.join(" "));
     check(Command::new("apt-get").args(["update", "-q"]))?;
     let mut cmd = Command::new("apt-get");
-    cmd.env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"]);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ]);
     if let Some(release) = release {
         cmd.args(["-t", release]);
     }
@@ -93,7 +102,9 @@ fn ensure_backports() -> anyhow::Result<()> {
     for dir in ["/etc/apt/sources.list", "/etc/apt/sources.list.d"] {
         let path = std::path::Path::new(dir);
         let files: Vec<std::path::PathBuf> = if path.is_dir() {
-            std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).collect()
+            std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect()
         } else {
             vec![path.to_path_buf()]
         };
@@ -151,7 +162,9 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)");
+    eprintln!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)"
+    );
     check(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")

@@ -22,14 +22,32 @@ pub struct TestArgs {
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
-    setup::run(if args.no_vm { setup::Needs::Build } else { setup::Needs::Vm })?;
+    setup::run(if args.no_vm {
+        setup::Needs::Build
+    } else {
+        setup::Needs::Vm
+    })?;
     if !args.no_lint {
         eprintln!("test: rustfmt and clippy");
         check(cargo().args(["fmt", "--all", "--check"]))?;
-        check(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        check(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
         check(
             cargo()
-                .args(["+nightly", "clippy", "--package", "oomcount-ebpf", "--target", "bpfel-unknown-none"])
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "oomcount-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
                 .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
         )?;
     }
@@ -37,7 +55,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     check(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
     eprintln!("test: privileged integration tests on this kernel");
     let mut integration = cargo();
-    integration.args(["test", "--package", "oomcount-integration-test", "--tests", "--"]);
+    integration.args([
+        "test",
+        "--package",
+        "oomcount-integration-test",
+        "--tests",
+        "--",
+    ]);
     if let Some(filter) = &args.filter {
         integration.arg(filter);
     }
