@@ -89,7 +89,8 @@ impl Probe {
         let config = tracefs::load_config(&tracefs)?;
         system::lift_memlock_limit();
         let kernel = tracefs::kernel_release();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = system::without_kernel_btf(EbpfLoader::new);
+        let mut ebpf = loader
             .btf(None)
             .override_global(GLOBAL_CONFIG, &config, true)
             .load(EBPF_OBJECT)

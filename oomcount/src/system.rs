@@ -79,3 +79,57 @@ pub fn kernel_oom_kill() -> Option<u64> {
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Runs `f` with `/sys/kernel/btf` hidden, in a private mount namespace, then returns to ours.
+///
+/// aya's `EbpfLoader::new()` reads and parses the kernel's BTF (5.5 MB on 6.18) even when the
+/// loader is then told to use none, which costs ~17 MB of peak RSS. oomcount's programs need no
+/// kernel BTF, so the loader is created where there is none to read. If any step fails (no
+/// CAP_SYS_ADMIN, a kernel without BTF), `f` simply runs as it is.
+pub fn without_kernel_btf<T>(f: impl FnOnce() -> T) -> T {
+    use nix::{
+        mount::{MntFlags, MsFlags, mount, umount2},
+        sched::{CloneFlags, setns, unshare},
+    };
+    let btf = std::path::Path::new("/sys/kernel/btf");
+    if !btf.join("vmlinux").exists() {
+        return f();
+    }
+    let Ok(ours) = fs::File::open("/proc/self/ns/mnt") else {
+        return f();
+    };
+    if let Err(err) = unshare(CloneFlags::CLONE_NEWNS) {
+        log::debug!("cannot unshare the mount namespace ({err}); aya will parse the kernel's BTF");
+        return f();
+    }
+    let hidden = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .and_then(|()| {
+        mount(
+            Some("none"),
+            btf,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    });
+    if let Err(err) = &hidden {
+        log::debug!(
+            "cannot hide {} ({err}); aya will parse the kernel's BTF",
+            btf.display()
+        );
+    }
+    let result = f();
+    if hidden.is_ok() {
+        let _ = umount2(btf, MntFlags::MNT_DETACH);
+    }
+    if let Err(err) = setns(&ours, CloneFlags::CLONE_NEWNS) {
+        log::warn!("cannot return to the original mount namespace ({err})");
+    }
+    result
+}
