@@ -3,6 +3,7 @@
 //! The library owns everything but argument parsing: loading and attaching the kernel programs
 //! ([`probe`]), tracefs and tracepoint layouts ([`tracefs`]), the daemon ([`daemon`]) and its
 //! socket protocol ([`protocol`]). The `oomcount` binary is a thin shell over [`cli`].
+pub mod btf;
 pub mod cli;
 pub mod daemon;
 pub mod logger;

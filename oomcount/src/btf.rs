@@ -1,0 +1,332 @@
+//! A small streaming reader of the kernel's BTF: struct member offsets and enum values by name.
+//!
+//! oomcount's programs follow a few kernel pointers (the victim's task, its memory cgroup, the
+//! OOM killer's `oom_control`), whose layouts differ between kernel builds. The offsets come from
+//! `/sys/kernel/btf/vmlinux` at load time, as the tracepoint offsets come from tracefs. aya's own
+//! BTF parser would hold the whole 5 MB type graph in memory; this reader makes two passes over
+//! the file with a small buffer and keeps only the names it was asked for, so the daemon's peak
+//! memory stays what its steady state is.
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{self, BufRead, BufReader, Read, Seek, SeekFrom},
+    path::Path,
+};
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read the kernel's BTF")]
+    Io(#[from] io::Error),
+    #[error("the kernel's BTF is malformed ({0})")]
+    Malformed(&'static str),
+}
+
+/// BTF kinds (`linux/btf.h`).
+mod kind {
+    pub const INT: u32 = 1;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const DECL_TAG: u32 = 17;
+    pub const ENUM64: u32 = 19;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    name: u32,
+    type_id: u32,
+    bit_offset: u32,
+    bitfield: bool,
+}
+
+/// What was kept of the BTF: the wanted structs, all anonymous structs and unions (members of a
+/// wanted struct may sit inside one), and the wanted enum values.
+#[derive(Debug, Default)]
+pub struct Btf {
+    strings: HashMap<String, u32>,
+    /// Named structs and unions that were asked for: name offset -> members.
+    structs: HashMap<u32, Vec<Member>>,
+    /// Anonymous structs and unions: type id -> members (only wanted or anonymous ones).
+    anonymous: HashMap<u32, Vec<Member>>,
+    enum_values: HashMap<u32, i64>,
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF, keeping `structs`, `members` and `enumerators` by name.
+    pub fn from_sys_fs(
+        structs: &[&str],
+        members: &[&str],
+        enumerators: &[&str],
+    ) -> Result<Self, BtfError> {
+        Self::read(File::open(VMLINUX)?, structs, members, enumerators)
+    }
+
+    /// Reads BTF from `path` (tests and other kernels' files).
+    pub fn from_path(
+        path: &Path,
+        structs: &[&str],
+        members: &[&str],
+        enumerators: &[&str],
+    ) -> Result<Self, BtfError> {
+        Self::read(File::open(path)?, structs, members, enumerators)
+    }
+
+    fn read<R: Read + Seek>(
+        mut file: R,
+        structs: &[&str],
+        members: &[&str],
+        enumerators: &[&str],
+    ) -> Result<Self, BtfError> {
+        let mut header = [0u8; 24];
+        file.read_exact(&mut header)?;
+        let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+        if u16::from_le_bytes([header[0], header[1]]) != MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u64::from(u32_at(4));
+        let (type_off, type_len) = (u64::from(u32_at(8)), u64::from(u32_at(12)));
+        let (str_off, str_len) = (u64::from(u32_at(16)), u64::from(u32_at(20)));
+
+        let wanted: HashSet<&str> = structs
+            .iter()
+            .chain(members)
+            .chain(enumerators)
+            .copied()
+            .collect();
+        file.seek(SeekFrom::Start(hdr_len + str_off))?;
+        let strings = find_strings(BufReader::new((&mut file).take(str_len)), &wanted)?;
+
+        let struct_names: HashSet<u32> = structs.iter().filter_map(|s| strings.get(*s)).copied().collect();
+        let member_names: HashSet<u32> = members.iter().filter_map(|s| strings.get(*s)).copied().collect();
+        let enum_names: HashSet<u32> = enumerators.iter().filter_map(|s| strings.get(*s)).copied().collect();
+
+        let mut btf = Btf {
+            strings,
+            ..Btf::default()
+        };
+        file.seek(SeekFrom::Start(hdr_len + type_off))?;
+        let mut types = BufReader::with_capacity(64 * 1024, (&mut file).take(type_len));
+        let mut type_id = 0u32;
+        loop {
+            let mut head = [0u8; 12];
+            match types.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(err) => return Err(err.into()),
+            }
+            type_id += 1;
+            let name = u32::from_le_bytes(head[0..4].try_into().unwrap());
+            let info = u32::from_le_bytes(head[4..8].try_into().unwrap());
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            match kind {
+                kind::STRUCT | kind::UNION => {
+                    let keep_struct = name == 0 || struct_names.contains(&name);
+                    let mut kept = Vec::new();
+                    for _ in 0..vlen {
+                        let [m_name, m_type, m_offset] = read_u32s::<3>(&mut types)?;
+                        if keep_struct && (m_name == 0 || member_names.contains(&m_name)) {
+                            let (bit_offset, bitfield) = if kind_flag {
+                                (m_offset & 0xff_ffff, m_offset >> 24 != 0)
+                            } else {
+                                (m_offset, false)
+                            };
+                            kept.push(Member {
+                                name: m_name,
+                                type_id: m_type,
+                                bit_offset,
+                                bitfield,
+                            });
+                        }
+                    }
+                    if name == 0 {
+                        btf.anonymous.insert(type_id, kept);
+                    } else if keep_struct && vlen > 0 {
+                        btf.structs.insert(name, kept);
+                    }
+                }
+                kind::ENUM => {
+                    for _ in 0..vlen {
+                        let [e_name, value] = read_u32s::<2>(&mut types)?;
+                        if enum_names.contains(&e_name) {
+                            btf.enum_values.insert(e_name, i64::from(value as i32));
+                        }
+                    }
+                }
+                kind::ENUM64 => {
+                    for _ in 0..vlen {
+                        let [e_name, lo, hi] = read_u32s::<3>(&mut types)?;
+                        if enum_names.contains(&e_name) {
+                            btf.enum_values
+                                .insert(e_name, ((u64::from(hi) << 32) | u64::from(lo)) as i64);
+                        }
+                    }
+                }
+                _ => skip(&mut types, extra_bytes(kind, vlen))?,
+            }
+        }
+        Ok(btf)
+    }
+
+    /// The byte offset of `member` in struct `name`, looking through anonymous structs and
+    /// unions; `None` if absent or a bitfield.
+    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        let members = self.structs.get(self.strings.get(name)?)?;
+        let wanted = *self.strings.get(member)?;
+        self.find(members, wanted, 0).map(|bits| bits / 8)
+    }
+
+    fn find(&self, members: &[Member], wanted: u32, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for m in members {
+            if m.name == wanted {
+                return (!m.bitfield && m.bit_offset % 8 == 0).then_some(m.bit_offset);
+            }
+        }
+        members.iter().filter(|m| m.name == 0).find_map(|m| {
+            let inner = self.anonymous.get(&m.type_id)?;
+            Some(m.bit_offset + self.find(inner, wanted, depth + 1)?)
+        })
+    }
+
+    /// The value of enumerator `name`.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.enum_values.get(self.strings.get(name)?).copied()
+    }
+}
+
+/// Offsets of the wanted strings in the string section.
+fn find_strings(mut reader: impl BufRead, wanted: &HashSet<&str>) -> io::Result<HashMap<String, u32>> {
+    let mut found = HashMap::new();
+    let mut offset = 0u32;
+    let mut current = Vec::with_capacity(256);
+    loop {
+        current.clear();
+        let n = reader.read_until(0, &mut current)?;
+        if n == 0 {
+            break;
+        }
+        let text = current.strip_suffix(&[0]).unwrap_or(&current);
+        if let Ok(text) = std::str::from_utf8(text) {
+            if wanted.contains(text) && !found.contains_key(text) {
+                found.insert(text.to_owned(), offset);
+            }
+        }
+        offset += n as u32;
+    }
+    Ok(found)
+}
+
+/// Bytes that follow a type's 12-byte header, for the kinds whose details are skipped.
+fn extra_bytes(kind: u32, vlen: usize) -> usize {
+    match kind {
+        kind::INT | kind::VAR | kind::DECL_TAG => 4,
+        kind::ARRAY => 12,
+        kind::FUNC_PROTO => 8 * vlen,
+        kind::DATASEC => 12 * vlen,
+        _ => 0,
+    }
+}
+
+fn read_u32s<const N: usize>(reader: &mut impl Read) -> io::Result<[u32; N]> {
+    let mut bytes = [0u8; 12];
+    reader.read_exact(&mut bytes[..4 * N])?;
+    Ok(std::array::from_fn(|i| {
+        u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+    }))
+}
+
+fn skip(reader: &mut impl Read, n: usize) -> io::Result<()> {
+    let copied = io::copy(&mut reader.take(n as u64), &mut io::sink())?;
+    if copied == n as u64 {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: `struct outer { int a; union { int b; int c; }; }`, and
+    /// `enum e { x = 3 }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0b\0c\0e\0x\0";
+        let s = |name: &str| {
+            let pos = strings
+                .windows(name.len() + 2)
+                .position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0)
+                .unwrap();
+            (pos + 1) as u32
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        push(&[s("int"), kind::INT << 24, 4, 32]); // 1: int
+        push(&[0, (kind::UNION << 24) | 2, 4]); // 2: anonymous union
+        push(&[s("b"), 1, 0]);
+        push(&[s("c"), 1, 0]);
+        push(&[s("outer"), (kind::STRUCT << 24) | 2, 8]); // 3: struct outer
+        push(&[s("a"), 1, 0]);
+        push(&[0, 2, 32]);
+        push(&[s("e"), (kind::ENUM << 24) | 1, 4]); // 4: enum e
+        push(&[s("x"), 3]);
+        let mut out = Vec::new();
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([1u8, 0]);
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            out.extend(w.to_le_bytes());
+        }
+        out.extend(&types);
+        out.extend(strings);
+        out
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = Btf::read(io::Cursor::new(blob()), &["outer"], &["a", "c"], &["x"]).unwrap();
+        assert_eq!(btf.member_offset("outer", "a"), Some(0));
+        assert_eq!(btf.member_offset("outer", "c"), Some(4));
+        assert_eq!(btf.member_offset("outer", "b"), None, "not asked for");
+        assert_eq!(btf.enum_value("x"), Some(3));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let err = Btf::read(io::Cursor::new(vec![0u8; 64]), &[], &[], &[]).unwrap_err();
+        assert!(matches!(err, BtfError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn reads_this_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX} on this kernel");
+            return;
+        }
+        let btf = Btf::from_sys_fs(
+            &["task_struct", "oom_control", "kernfs_node"],
+            &["pid", "tgid", "comm", "memcg", "chosen", "constraint", "name"],
+            &["memory_cgrp_id", "CONSTRAINT_MEMCG"],
+        )
+        .unwrap();
+        let pid = btf.member_offset("task_struct", "pid").expect("task_struct.pid");
+        let tgid = btf.member_offset("task_struct", "tgid").expect("task_struct.tgid");
+        assert_eq!(tgid, pid + 4, "pid and tgid are neighbours in every kernel");
+        assert!(btf.member_offset("oom_control", "memcg").is_some());
+        assert!(btf.member_offset("oom_control", "chosen").is_some());
+        assert_eq!(btf.enum_value("CONSTRAINT_MEMCG"), Some(3));
+        assert!(btf.enum_value("memory_cgrp_id").is_some());
+    }
+}
