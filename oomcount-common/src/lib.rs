@@ -16,6 +16,8 @@ use core::mem::size_of;
 pub const PROG_MARK_VICTIM: &str = "oomcount_mark_victim";
 /// Program on `signal/signal_generate`: remembers the SIGKILLs that the OOM killer sends.
 pub const PROG_SIGNAL_GENERATE: &str = "oomcount_signal_generate";
+/// The same as a raw tracepoint, which also sees the victim's `task_struct` (needs BTF offsets).
+pub const PROG_SIGNAL_GENERATE_RAW: &str = "oomcount_signal_generate_raw";
 
 /// Tracepoints the programs attach to, as (category, name).
 pub const TP_MARK_VICTIM: (&str, &str) = ("oom", "mark_victim");
@@ -36,9 +38,11 @@ pub const GLOBAL_CONFIG: &str = "OOMCOUNT_CONFIG";
 pub const PENDING_ENTRIES: u32 = 4096;
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
-/// 64 KiB holds 64 KiB / (size_of::<Event>() + 8 bytes of header) = 512 events, kernel memory
-/// that is paid once; userspace maps it and copies each event out as it arrives.
-pub const EVENTS_BYTES: u32 = 64 * 1024;
+/// 128 KiB holds 128 KiB / (size_of::<Event>() + 8 bytes of header) = 199 events waiting to be
+/// read: kernel memory paid once, and at most as much resident in the daemon, which maps it and
+/// copies each event out as it arrives. A burst larger than that while the daemon is slow or away
+/// is counted as dropped; the counters stay exact.
+pub const EVENTS_BYTES: u32 = 128 * 1024;
 
 /// How long after an OOM-style SIGKILL a mark of the same pid by the same task still counts as
 /// that kill. In `__oom_kill_process` the two are a few instructions apart in one task (no sleep
@@ -51,10 +55,16 @@ pub mod counter {
     pub const KILLS: u32 = 0;
     /// Every `mark_victim` event, including threads of a victim and victims already dying.
     pub const MARKED: u32 = 1;
-    /// Events that did not fit in the ring buffer (the counters above are exact regardless).
+    /// Events that did not fit in the ring buffer (the counters are exact regardless).
     pub const EVENTS_DROPPED: u32 = 2;
     /// OOM-style SIGKILLs seen (SIGKILL, SI_KERNEL, to the whole group): kills and mm-sharers.
     pub const OOM_SIGNALS: u32 = 3;
+    /// Of the dropped events, those of kills.
+    pub const KILL_EVENTS_DROPPED: u32 = 4;
+    /// Kills by a memory cgroup's limit, read from the OOM killer's `oom_control`.
+    pub const KILLS_MEMCG: u32 = 5;
+    /// Kills with any other constraint: the whole machine (or a cpuset or memory policy).
+    pub const KILLS_GLOBAL: u32 = 6;
     /// Number of counters; the size of the map.
     pub const COUNT: u32 = 8;
 }
@@ -64,14 +74,28 @@ pub const SIGKILL: i32 = 9;
 /// `SI_KERNEL`: the code of a signal sent with `SEND_SIG_PRIV`, as `__oom_kill_process` does.
 pub const SI_KERNEL: i32 = 0x80;
 
-/// "This field is absent on this kernel" for an offset in [`Config`]. Offset 0 is the common
-/// trace header, never a field of an event's own, so it is free to mean absent.
+/// "This field is absent on this kernel" for a tracepoint offset in [`Config`]. Offset 0 is the
+/// common trace header, never a field of an event's own, so it is free to mean absent.
 pub const ABSENT: u32 = 0;
 
-/// Where the fields the programs read sit in each tracepoint's record, read by the user side
-/// from the tracepoints' `format` files at load time and handed to the kernel as a global.
-/// Layouts differ between kernels (`mark_victim` had only `pid` before 6.9), so nothing here is
-/// ever a compile-time constant.
+/// Bits of [`Config::features`]: which groups of kernel-structure offsets (from BTF) were found.
+/// A group is used only when all of its offsets were.
+pub mod feature {
+    /// `task_struct` pid, tgid, comm, group_leader, and `kernel_siginfo.si_code`: the raw
+    /// `signal_generate` program can run.
+    pub const TASK: u32 = 1 << 0;
+    /// `task_struct.real_cred` -> `cred.uid`, `task_struct.signal` -> `oom_score_adj`.
+    pub const CRED: u32 = 1 << 1;
+    /// The memory cgroup of a task and the names of its kernfs nodes.
+    pub const CGROUP: u32 = 1 << 2;
+    /// `oom_control` on the OOM invoker's stack: constraint and the cgroup whose limit was hit.
+    pub const OOM_CONTROL: u32 = 1 << 3;
+}
+
+/// Where the fields the programs read sit: in each tracepoint's record (read by the user side
+/// from the tracepoints' `format` files) and in kernel structures (read from the kernel's BTF),
+/// handed to the kernel as a global at load time. Layouts differ between kernels (`mark_victim`
+/// had only `pid` before 6.9), so nothing here is ever a compile-time constant.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -95,12 +119,43 @@ pub struct Config {
     pub sig_comm: u32,
     pub sig_pid: u32,
     pub sig_group: u32,
+    /// [`feature`] bits.
+    pub features: u32,
+    /// `task_struct` members (feature::TASK, CRED, CGROUP, OOM_CONTROL).
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_group_leader: u32,
+    pub task_real_cred: u32,
+    pub task_signal: u32,
+    pub task_cgroups: u32,
+    pub task_stack: u32,
+    /// `cred.uid`, `signal_struct.oom_score_adj` (feature::CRED).
+    pub cred_uid: u32,
+    pub signal_oom_score_adj: u32,
+    /// `css_set.subsys`, the memory controller's index in it, `cgroup_subsys_state.cgroup`,
+    /// `cgroup.kn`, `kernfs_node` name, parent and id (feature::CGROUP).
+    pub css_set_subsys: u32,
+    pub memory_cgrp_id: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_parent: u32,
+    pub kn_id: u32,
+    /// `oom_control` members, and the size of a kernel stack (feature::OOM_CONTROL).
+    pub oc_memcg: u32,
+    pub oc_chosen: u32,
+    pub oc_constraint: u32,
+    pub oc_order: u32,
+    pub thread_size: u32,
+    /// `kernel_siginfo.si_code` (feature::TASK).
+    pub siginfo_code: u32,
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<Config>() == 160);
 
-/// What the signal program remembers for the task that sent an OOM-style SIGKILL.
+/// What the signal programs remember for the task that sent an OOM-style SIGKILL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
@@ -109,10 +164,12 @@ pub struct Pending {
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` when it was sent.
     pub at_ns: u64,
-    /// The victim's comm as `signal_generate` saw it (every kernel has it there).
+    /// The victim's `task_struct`, where the raw program saw it (0 otherwise).
+    pub task: u64,
+    /// The victim's comm as the signal tracepoint saw it (every kernel has it there).
     pub comm: [u8; 16],
 }
-const _: () = assert!(size_of::<Pending>() == 32);
+const _: () = assert!(size_of::<Pending>() == 40);
 
 /// Kinds of [`Event`].
 pub mod kind {
@@ -122,17 +179,44 @@ pub mod kind {
     pub const MARK: u32 = 2;
 }
 
-/// Bits of [`Event::flags`]: which optional fields were read from the kernel.
+/// Bits of [`Event::flags`]: which optional fields hold what the kernel said. A field whose bit
+/// is clear could not be had exactly on this kernel and is absent, never guessed.
 pub mod flags {
     /// `comm` holds the victim's comm.
     pub const COMM: u32 = 1 << 0;
-    /// The memory fields, `uid` and `oom_score_adj` came from the tracepoint (new layout).
+    /// The memory fields (`total_vm_kb` .. `pgtables_kb`) came from the tracepoint.
     pub const MEMORY: u32 = 1 << 1;
+    /// `uid` holds the victim's uid.
+    pub const UID: u32 = 1 << 2;
+    /// `oom_score_adj` holds the victim's.
+    pub const OOM_SCORE_ADJ: u32 = 1 << 3;
+    /// `tgid` holds the victim's thread group id.
+    pub const TGID: u32 = 1 << 4;
+    /// `cgroup` holds the victim's memory cgroup path (leaf first), `cgroup_id` its id.
+    pub const CGROUP: u32 = 1 << 5;
+    /// The victim's cgroup is deeper than [`CGROUP_DEPTH`]: its top levels are missing.
+    pub const CGROUP_TRUNCATED: u32 = 1 << 6;
+    /// `constraint` came from the OOM killer's own `oom_control`.
+    pub const CONSTRAINT: u32 = 1 << 7;
+    /// `oom_cgroup_level` and `oom_cgroup_id` name the cgroup whose limit was hit.
+    pub const OOM_CGROUP: u32 = 1 << 8;
 }
+
+/// Values of [`Event::constraint`]: the kernel's `enum oom_constraint`.
+pub mod constraint {
+    pub const NONE: u16 = 0;
+    pub const CPUSET: u16 = 1;
+    pub const MEMORY_POLICY: u16 = 2;
+    pub const MEMCG: u16 = 3;
+}
+
+/// Levels of the victim's cgroup path carried in an event, and bytes per level name.
+pub const CGROUP_DEPTH: usize = 8;
+pub const CGROUP_NAME: usize = 64;
 
 /// One record per `mark_victim`, sent through [`MAP_EVENTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     /// [`kind::KILL`] or [`kind::MARK`].
     pub kind: u32,
@@ -140,30 +224,50 @@ pub struct Event {
     pub flags: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the mark.
     pub ktime_ns: u64,
-    /// The victim's pid (thread id) as the tracepoint gives it.
+    /// The victim's pid (thread id) as the tracepoint gives it, and its tgid (flags::TGID).
     pub pid: u32,
+    pub tgid: u32,
     /// The task that invoked the OOM killer (`current` at the mark): its tid and tgid.
     pub trigger_pid: u32,
     pub trigger_tgid: u32,
-    /// The victim's uid (flags::MEMORY).
+    /// The victim's uid (flags::UID).
     pub uid: u32,
+    /// The CPU the mark ran on.
+    pub cpu: u32,
     /// kB, as the kernel's "Killed process" line gives them (flags::MEMORY).
     pub total_vm_kb: u64,
     pub anon_rss_kb: u64,
     pub file_rss_kb: u64,
     pub shmem_rss_kb: u64,
     pub pgtables_kb: u64,
-    /// The victim's oom_score_adj (flags::MEMORY).
+    /// The victim's oom_score_adj (flags::OOM_SCORE_ADJ).
     pub oom_score_adj: i16,
-    pub _pad: [u8; 2],
-    /// The CPU the mark ran on.
-    pub cpu: u32,
+    /// [`constraint`] (flags::CONSTRAINT).
+    pub constraint: u16,
+    /// How many levels of `cgroup` are filled (flags::CGROUP).
+    pub cgroup_depth: u16,
+    /// The level of `cgroup` whose limit was hit (flags::OOM_CGROUP); `u16::MAX` when that
+    /// cgroup is not among the levels carried.
+    pub oom_cgroup_level: u16,
+    /// Kernfs ids (the directories' inode numbers) of the victim's memory cgroup and of the one
+    /// whose limit was hit.
+    pub cgroup_id: u64,
+    pub oom_cgroup_id: u64,
     /// The victim's comm, NUL-padded (flags::COMM).
     pub comm: [u8; 16],
     /// The trigger's comm, NUL-padded.
     pub trigger_comm: [u8; 16],
+    /// The victim's memory cgroup, leaf first, one NUL-terminated name per level.
+    pub cgroup: [[u8; CGROUP_NAME]; CGROUP_DEPTH],
 }
-const _: () = assert!(size_of::<Event>() == 112);
+const _: () = assert!(size_of::<Event>() == 648);
+
+impl Default for Event {
+    fn default() -> Self {
+        // SAFETY: all fields are integers or arrays of integers, for which zero is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -207,13 +311,12 @@ mod tests {
 
     #[test]
     fn event_round_trips_through_bytes() {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"hog\0");
-        let event = Event {
+        let mut event = Event {
             kind: kind::KILL,
-            flags: flags::COMM | flags::MEMORY,
+            flags: flags::COMM | flags::MEMORY | flags::CGROUP,
             ktime_ns: 0x0102_0304_0506_0708,
             pid: 4242,
+            tgid: 4240,
             trigger_pid: 17,
             trigger_tgid: 16,
             uid: 1000,
@@ -223,17 +326,24 @@ mod tests {
             shmem_rss_kb: 4,
             pgtables_kb: 5,
             oom_score_adj: -17,
+            constraint: constraint::MEMCG,
+            cgroup_depth: 2,
+            oom_cgroup_level: 1,
+            cgroup_id: 99,
+            oom_cgroup_id: 98,
             cpu: 1,
-            comm,
             trigger_comm: *b"0123456789abcdef",
             ..Event::default()
         };
+        event.comm[..3].copy_from_slice(b"hog");
+        event.cgroup[0][..4].copy_from_slice(b"leaf");
         let bytes = event.as_bytes().to_vec();
-        assert_eq!(bytes.len(), 112);
+        assert_eq!(bytes.len(), 648);
         assert_eq!(Event::from_bytes(&bytes), Some(event));
-        // The kernel writes little-endian; the pid sits at offset 16.
+        // The kernel writes native-endian; the pid sits at offset 16, the path at 136.
         assert_eq!(&bytes[16..20], &4242u32.to_ne_bytes());
-        assert_eq!(Event::from_bytes(&bytes[..111]), None);
+        assert_eq!(&bytes[136..140], b"leaf");
+        assert_eq!(Event::from_bytes(&bytes[..647]), None);
         assert_eq!(c_str(&event.comm), b"hog");
         assert_eq!(c_str(&event.trigger_comm), b"0123456789abcdef");
     }
@@ -245,6 +355,9 @@ mod tests {
             counter::MARKED,
             counter::EVENTS_DROPPED,
             counter::OOM_SIGNALS,
+            counter::KILL_EVENTS_DROPPED,
+            counter::KILLS_MEMCG,
+            counter::KILLS_GLOBAL,
         ] {
             assert!(index < counter::COUNT);
         }

@@ -1,31 +1,37 @@
-//! oomcount's kernel side: exact OOM kill counting on two tracepoints.
+//! oomcount's kernel side: exact OOM kill counting, and one event per mark.
 //!
 //! `oom/mark_victim` fires whenever the OOM killer grants a task access to memory reserves, which
 //! is more often than it kills: the other threads of a victim hitting the limit are marked again,
 //! and a victim that is already dying is marked without a kill. What sets a real kill apart is
 //! the SIGKILL that `__oom_kill_process` sends (SI_KERNEL, to the whole thread group) in the same
-//! task just before it marks the victim. So `signal_generate` remembers, per sending task, the
-//! last such SIGKILL, and `mark_victim` counts a kill only when the pid it marks is the pid that
-//! same task has just signalled. Every mark is counted as `marked`, and each one sends an event
-//! record; a full ring buffer is counted, never silent.
+//! task just before it marks the victim. So a `signal_generate` program remembers, per sending
+//! task, the last such SIGKILL, and `mark_victim` counts a kill only when the pid it marks is the
+//! pid that same task has just signalled. Every mark is counted as `marked` and sends an event;
+//! a full ring buffer is counted, never silent.
 //!
-//! Field offsets come from the tracepoints' `format` files through the `OOMCOUNT_CONFIG` global:
-//! the layouts differ between kernels.
+//! Offsets come from the loader through `OOMCOUNT_CONFIG`: tracepoint fields from tracefs, kernel
+//! structures from BTF. Where BTF gave the victim's `task_struct` (the raw `signal_generate`
+//! program), a kill's event also carries the victim's tgid, memory cgroup path, and, from the
+//! `oom_control` on the OOM invoker's stack, the constraint and the cgroup whose limit was hit.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use oomcount_common::{
-    ABSENT, Config, EVENTS_BYTES, Event, PENDING_ENTRIES, Pending, SI_KERNEL, SIGKILL, counter,
-    flags, kind,
+    ABSENT, CGROUP_DEPTH, Config, EVENTS_BYTES, Event, PENDING_ENTRIES, Pending, SI_KERNEL,
+    SIGKILL, counter, feature, flags, kind,
 };
 
-/// Filled in by the loader (`EbpfLoader::set_global`); read-only for the program.
+/// Filled in by the loader (`EbpfLoader::override_global`); read-only for the programs.
 #[unsafe(no_mangle)]
 static OOMCOUNT_CONFIG: Config = Config {
     mark_pid: 8,
@@ -42,6 +48,30 @@ static OOMCOUNT_CONFIG: Config = Config {
     sig_comm: 20,
     sig_pid: 36,
     sig_group: 40,
+    features: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    task_group_leader: 0,
+    task_real_cred: 0,
+    task_signal: 0,
+    task_cgroups: 0,
+    task_stack: 0,
+    cred_uid: 0,
+    signal_oom_score_adj: 0,
+    css_set_subsys: 0,
+    memory_cgrp_id: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kn_name: 0,
+    kn_parent: 0,
+    kn_id: 0,
+    oc_memcg: 0,
+    oc_chosen: 0,
+    oc_constraint: 0,
+    oc_order: 0,
+    thread_size: 0,
+    siginfo_code: 0,
     pair_window_ns: 0,
 };
 
@@ -55,6 +85,15 @@ static OOMCOUNT_PENDING: LruHashMap<u32, Pending> =
 #[map]
 static OOMCOUNT_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Bytes of kernel stack copied at a time while looking for `oom_control`.
+const STACK_CHUNK: usize = 256;
+/// The largest kernel stack searched (x86_64 with KASAN: 32 KiB).
+const STACK_CHUNKS_MAX: u32 = 32 * 1024 / STACK_CHUNK as u32;
+
+/// Scratch space for stack chunks: too big for the 512-byte BPF stack.
+#[map]
+static OOMCOUNT_SCRATCH: PerCpuArray<[u64; STACK_CHUNK / 8]> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn config() -> Config {
     // SAFETY: a plain read of a static the loader rewrote before load; volatile so the compiler
@@ -65,11 +104,35 @@ fn config() -> Config {
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(value) = OOMCOUNT_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, and tracepoint programs do not nest on one CPU.
+        // SAFETY: per-CPU slot, and tracing programs do not nest on one CPU.
         unsafe { *value += 1 };
     }
 }
 
+/// Reads a `T` from kernel memory at `base + offset`.
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }
+}
+
+/// Remembers that the current task just sent an OOM-style SIGKILL to `victim_pid`.
+#[inline(always)]
+fn remember(victim_pid: u32, task: u64, comm: [u8; 16]) -> Result<(), i32> {
+    bump(counter::OOM_SIGNALS);
+    let pending = Pending {
+        victim_pid,
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+        task,
+        comm,
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    OOMCOUNT_PENDING.insert(tid, pending, 0)
+}
+
+/// `signal/signal_generate` as a classic tracepoint: for kernels without BTF.
 #[tracepoint]
 pub fn oomcount_signal_generate(ctx: TracePointContext) -> u32 {
     let _ = try_signal_generate(&ctx);
@@ -91,16 +154,42 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let victim_pid: i32 = unsafe { ctx.read_at(cfg.sig_pid as usize)? };
     let comm: [u8; 16] = unsafe { ctx.read_at(cfg.sig_comm as usize)? };
-    bump(counter::OOM_SIGNALS);
-    let pending = Pending {
-        victim_pid: victim_pid as u32,
-        _pad: 0,
-        // SAFETY: helper without preconditions.
-        at_ns: unsafe { bpf_ktime_get_ns() },
-        comm,
+    remember(victim_pid as u32, 0, comm)
+}
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+/// int result)` as a raw tracepoint: the same test, and it keeps the victim's task.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn oomcount_signal_generate_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_signal_generate_raw(&ctx);
+    0
+}
+
+fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let sig: u64 = ctx.arg(0);
+    if sig as i32 != SIGKILL {
+        return Ok(());
+    }
+    let group: u64 = ctx.arg(3);
+    if group as i32 == 0 {
+        return Ok(());
+    }
+    let cfg = config();
+    // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are not pointers: the tracepoint itself turns
+    // them into SI_USER and SI_KERNEL.
+    let info: u64 = ctx.arg(1);
+    let code = match info {
+        0 => 0,
+        1 => SI_KERNEL,
+        _ => read::<i32>(info, cfg.siginfo_code)?,
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    OOMCOUNT_PENDING.insert(tid, pending, 0)
+    if code != SI_KERNEL {
+        return Ok(());
+    }
+    let task: u64 = ctx.arg(2);
+    let pid: i32 = read(task, cfg.task_pid)?;
+    let comm: [u8; 16] = read(task, cfg.task_comm)?;
+    remember(pid as u32, task, comm)
 }
 
 #[tracepoint]
@@ -120,41 +209,107 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
 
-    let mut event = Event {
-        kind: kind::MARK,
-        ktime_ns: now,
-        pid,
-        trigger_pid: tid,
-        trigger_tgid: (pid_tgid >> 32) as u32,
-        // SAFETY: helper without preconditions.
-        cpu: unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() },
-        trigger_comm: bpf_get_current_comm().unwrap_or_default(),
-        ..Event::default()
-    };
-
     // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is the
     // very next mark after its signal, so an older entry can only be stale.
     // SAFETY: the value is copied out before the entry is removed.
-    if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(tid) }.copied() {
+    let pending = unsafe { OOMCOUNT_PENDING.get(tid) }.copied();
+    let mut killed = None;
+    if let Some(pending) = pending {
         let _ = OOMCOUNT_PENDING.remove(tid);
         if pending.victim_pid == pid && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns {
             bump(counter::KILLS);
+            killed = Some(pending);
+        }
+    }
+
+    // Where the victim's task is known: the OOM killer's own view of this kill, counted before
+    // any event is written, so that the counters stay exact when the ring buffer is full.
+    let mut oom = OomControl::default();
+    if let Some(pending) = killed
+        && pending.task != 0
+        && cfg.features & feature::OOM_CONTROL != 0
+    {
+        let _ = read_oom_control(&cfg, pending.task, &mut oom);
+        if oom.found {
+            bump(if oom.memcg != 0 {
+                counter::KILLS_MEMCG
+            } else {
+                counter::KILLS_GLOBAL
+            });
+        }
+    }
+
+    let Some(mut entry) = OOMCOUNT_EVENTS.reserve::<Event>(0) else {
+        bump(counter::EVENTS_DROPPED);
+        if killed.is_some() {
+            bump(counter::KILL_EVENTS_DROPPED);
+        }
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, exclusively ours ring-buffer record of the right
+    // size; it is zeroed first so that every byte the user side reads is initialised.
+    unsafe {
+        core::ptr::write_bytes(event, 0, 1);
+        let event = &mut *event;
+        event.kind = kind::MARK;
+        event.ktime_ns = now;
+        event.pid = pid;
+        event.trigger_pid = tid;
+        event.trigger_tgid = (pid_tgid >> 32) as u32;
+        event.cpu = bpf_get_smp_processor_id();
+        event.trigger_comm = bpf_get_current_comm().unwrap_or_default();
+        if cfg.mark_total_vm != ABSENT {
+            let _ = read_memory_fields(ctx, &cfg, event);
+        }
+        if let Some(pending) = killed {
             event.kind = kind::KILL;
             event.comm = pending.comm;
             event.flags |= flags::COMM;
+            if oom.found {
+                event.constraint = oom.constraint;
+                event.flags |= flags::CONSTRAINT;
+                if oom.kn != 0 {
+                    event.oom_cgroup_id = oom.kn_id;
+                    event.oom_cgroup_level = u16::MAX;
+                    event.flags |= flags::OOM_CGROUP;
+                }
+            }
+            if pending.task != 0 {
+                let _ = read_victim_task(&cfg, pending.task, oom.kn, event);
+            }
         }
     }
+    entry.submit(0);
+    Ok(())
+}
 
-    if cfg.mark_total_vm != ABSENT {
-        read_memory_fields(ctx, &cfg, &mut event)?;
-    }
+/// What the OOM killer's `oom_control` says of a kill.
+#[derive(Default, Clone, Copy)]
+struct OomControl {
+    found: bool,
+    constraint: u16,
+    /// The memory cgroup whose limit was hit (0 for a global OOM), its kernfs node and id.
+    memcg: u64,
+    kn: u64,
+    kn_id: u64,
+}
 
-    match OOMCOUNT_EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => bump(counter::EVENTS_DROPPED),
+#[inline(always)]
+fn read_oom_control(cfg: &Config, task: u64, oom: &mut OomControl) -> Result<(), i32> {
+    let leader: u64 = read(task, cfg.task_group_leader)?;
+    let Some(oc) = find_oom_control(cfg, task, leader) else {
+        return Ok(());
+    };
+    let constraint: u32 = read(oc, cfg.oc_constraint)?;
+    oom.memcg = read(oc, cfg.oc_memcg)?;
+    oom.constraint = constraint as u16;
+    oom.found = true;
+    if oom.memcg != 0 && cfg.features & feature::CGROUP != 0 {
+        // A mem_cgroup begins with its cgroup_subsys_state.
+        let cgroup: u64 = read(oom.memcg, cfg.css_cgroup)?;
+        oom.kn = read(cgroup, cfg.cgroup_kn)?;
+        oom.kn_id = read(oom.kn, cfg.kn_id)?;
     }
     Ok(())
 }
@@ -172,8 +327,112 @@ fn read_memory_fields(ctx: &TracePointContext, cfg: &Config, event: &mut Event) 
         event.uid = ctx.read_at(cfg.mark_uid as usize)?;
         event.oom_score_adj = ctx.read_at(cfg.mark_oom_score_adj as usize)?;
     }
-    event.flags |= flags::MEMORY;
+    event.flags |= flags::MEMORY | flags::UID | flags::OOM_SCORE_ADJ;
     Ok(())
+}
+
+/// What the victim's `task_struct` tells exactly: tgid, and where the tracepoint lacks them
+/// (old layout) uid and oom_score_adj; and its memory cgroup, noting the level `oom_kn`.
+#[inline(always)]
+fn read_victim_task(cfg: &Config, task: u64, oom_kn: u64, event: &mut Event) -> Result<(), i32> {
+    event.tgid = read(task, cfg.task_tgid)?;
+    event.flags |= flags::TGID;
+    if cfg.features & feature::CRED != 0 && event.flags & flags::UID == 0 {
+        let cred: u64 = read(task, cfg.task_real_cred)?;
+        event.uid = read(cred, cfg.cred_uid)?;
+        let signal: u64 = read(task, cfg.task_signal)?;
+        event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
+        event.flags |= flags::UID | flags::OOM_SCORE_ADJ;
+    }
+    if cfg.features & feature::CGROUP != 0 {
+        read_cgroup_path(cfg, task, oom_kn, event)?;
+    }
+    Ok(())
+}
+
+/// Walks the victim's memory cgroup up to the root, copying each level's name (leaf first) and
+/// noting the level whose kernfs node is `oom_kn`.
+#[inline(always)]
+fn read_cgroup_path(cfg: &Config, task: u64, oom_kn: u64, event: &mut Event) -> Result<(), i32> {
+    let css_set: u64 = read(task, cfg.task_cgroups)?;
+    let css: u64 = read(css_set, cfg.css_set_subsys + cfg.memory_cgrp_id * 8)?;
+    let cgroup: u64 = read(css, cfg.css_cgroup)?;
+    let mut kn: u64 = read(cgroup, cfg.cgroup_kn)?;
+    event.cgroup_id = read(kn, cfg.kn_id)?;
+    event.flags |= flags::CGROUP;
+    for level in 0..CGROUP_DEPTH {
+        let parent: u64 = read(kn, cfg.kn_parent)?;
+        if parent == 0 {
+            // The root's name is not part of a path.
+            if kn == oom_kn {
+                event.oom_cgroup_level = level as u16;
+            }
+            return Ok(());
+        }
+        if kn == oom_kn {
+            event.oom_cgroup_level = level as u16;
+        }
+        let name: u64 = read(kn, cfg.kn_name)?;
+        // SAFETY: `name` is a kernel string pointer; the helper bounds the copy.
+        unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut event.cgroup[level])? };
+        event.cgroup_depth = level as u16 + 1;
+        kn = parent;
+    }
+    let parent: u64 = read(kn, cfg.kn_parent)?;
+    if parent != 0 {
+        event.flags |= flags::CGROUP_TRUNCATED;
+    }
+    Ok(())
+}
+
+/// Finds the OOM killer's `struct oom_control` on the current (invoking) task's kernel stack:
+/// the slot holding the chosen task (the victim or its group leader) whose neighbours make a
+/// consistent `oom_control` (a known constraint; a memcg exactly when the constraint is memcg;
+/// a plausible allocation order).
+#[inline(always)]
+fn find_oom_control(cfg: &Config, victim: u64, leader: u64) -> Option<u64> {
+    // SAFETY: helper without preconditions.
+    let current = unsafe { bpf_get_current_task() };
+    let stack: u64 = read(current, cfg.task_stack).ok()?;
+    let scratch = OOMCOUNT_SCRATCH.get_ptr_mut(0)?;
+    let chunks = cfg.thread_size / STACK_CHUNK as u32;
+    // From the top of the stack down: the OOM path's frames sit above this program's.
+    for chunk in 1..=STACK_CHUNKS_MAX {
+        if chunk > chunks {
+            break;
+        }
+        let base = stack + u64::from(cfg.thread_size) - u64::from(chunk) * STACK_CHUNK as u64;
+        // SAFETY: per-CPU scratch of exactly STACK_CHUNK bytes; the helper fails cleanly.
+        let words = unsafe {
+            let bytes = core::slice::from_raw_parts_mut(scratch.cast::<u8>(), STACK_CHUNK);
+            if bpf_probe_read_kernel_buf(base as *const u8, bytes).is_err() {
+                continue;
+            }
+            &*scratch
+        };
+        for (i, &word) in words.iter().enumerate() {
+            if word != 0 && (word == victim || word == leader) {
+                let oc = (base + i as u64 * 8).wrapping_sub(u64::from(cfg.oc_chosen));
+                if is_oom_control(cfg, oc) {
+                    return Some(oc);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn is_oom_control(cfg: &Config, oc: u64) -> bool {
+    let (Ok(constraint), Ok(memcg), Ok(order)) = (
+        read::<u32>(oc, cfg.oc_constraint),
+        read::<u64>(oc, cfg.oc_memcg),
+        read::<i32>(oc, cfg.oc_order),
+    ) else {
+        return false;
+    };
+    let memcg_oom = constraint == u32::from(oomcount_common::constraint::MEMCG);
+    constraint <= 3 && memcg_oom == (memcg != 0) && (-1..=16).contains(&order)
 }
 
 #[cfg(not(test))]

@@ -105,9 +105,21 @@ impl Btf {
         file.seek(SeekFrom::Start(hdr_len + str_off))?;
         let strings = find_strings(BufReader::new((&mut file).take(str_len)), &wanted)?;
 
-        let struct_names: HashSet<u32> = structs.iter().filter_map(|s| strings.get(*s)).copied().collect();
-        let member_names: HashSet<u32> = members.iter().filter_map(|s| strings.get(*s)).copied().collect();
-        let enum_names: HashSet<u32> = enumerators.iter().filter_map(|s| strings.get(*s)).copied().collect();
+        let struct_names: HashSet<u32> = structs
+            .iter()
+            .filter_map(|s| strings.get(*s))
+            .copied()
+            .collect();
+        let member_names: HashSet<u32> = members
+            .iter()
+            .filter_map(|s| strings.get(*s))
+            .copied()
+            .collect();
+        let enum_names: HashSet<u32> = enumerators
+            .iter()
+            .filter_map(|s| strings.get(*s))
+            .copied()
+            .collect();
 
         let mut btf = Btf {
             strings,
@@ -208,7 +220,10 @@ impl Btf {
 }
 
 /// Offsets of the wanted strings in the string section.
-fn find_strings(mut reader: impl BufRead, wanted: &HashSet<&str>) -> io::Result<HashMap<String, u32>> {
+fn find_strings(
+    mut reader: impl BufRead,
+    wanted: &HashSet<&str>,
+) -> io::Result<HashMap<String, u32>> {
     let mut found = HashMap::new();
     let mut offset = 0u32;
     let mut current = Vec::with_capacity(256);
@@ -219,10 +234,11 @@ fn find_strings(mut reader: impl BufRead, wanted: &HashSet<&str>) -> io::Result<
             break;
         }
         let text = current.strip_suffix(&[0]).unwrap_or(&current);
-        if let Ok(text) = std::str::from_utf8(text) {
-            if wanted.contains(text) && !found.contains_key(text) {
-                found.insert(text.to_owned(), offset);
-            }
+        if let Ok(text) = std::str::from_utf8(text)
+            && wanted.contains(text)
+            && !found.contains_key(text)
+        {
+            found.insert(text.to_owned(), offset);
         }
         offset += n as u32;
     }
@@ -268,7 +284,9 @@ mod tests {
         let s = |name: &str| {
             let pos = strings
                 .windows(name.len() + 2)
-                .position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0)
+                .position(|w| {
+                    w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0
+                })
                 .unwrap();
             (pos + 1) as u32
         };
@@ -286,7 +304,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend(MAGIC.to_le_bytes());
         out.extend([1u8, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend(w.to_le_bytes());
         }
         out.extend(&types);
@@ -317,12 +341,24 @@ mod tests {
         }
         let btf = Btf::from_sys_fs(
             &["task_struct", "oom_control", "kernfs_node"],
-            &["pid", "tgid", "comm", "memcg", "chosen", "constraint", "name"],
+            &[
+                "pid",
+                "tgid",
+                "comm",
+                "memcg",
+                "chosen",
+                "constraint",
+                "name",
+            ],
             &["memory_cgrp_id", "CONSTRAINT_MEMCG"],
         )
         .unwrap();
-        let pid = btf.member_offset("task_struct", "pid").expect("task_struct.pid");
-        let tgid = btf.member_offset("task_struct", "tgid").expect("task_struct.tgid");
+        let pid = btf
+            .member_offset("task_struct", "pid")
+            .expect("task_struct.pid");
+        let tgid = btf
+            .member_offset("task_struct", "tgid")
+            .expect("task_struct.tgid");
         assert_eq!(tgid, pid + 4, "pid and tgid are neighbours in every kernel");
         assert!(btf.member_offset("oom_control", "memcg").is_some());
         assert!(btf.member_offset("oom_control", "chosen").is_some());

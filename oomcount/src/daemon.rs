@@ -2,37 +2,44 @@
 //!
 //! Built for starved machines: one thread (tokio's current-thread runtime), no timers or polling
 //! (it wakes only for a ring-buffer event, a client or a signal), bounded memory (a fixed number of
-//! clients, bounded request lines), and it never exits because of a client or an event it cannot
-//! read: those are logged and dropped. It exits 0 on SIGINT or SIGTERM.
+//! clients, bounded request lines, a bounded history and per-watcher queue), and it never exits
+//! because of a client or an event it cannot read: those are logged and dropped. It exits 0 on
+//! SIGINT or SIGTERM.
 use std::{
+    collections::VecDeque,
     fs,
     io::{self, ErrorKind},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use oomcount_common::{Event, c_str, kind};
+use oomcount_common::Event;
 use tokio::{
     io::unix::AsyncFd,
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     signal::unix::{SignalKind, signal},
-    sync::Semaphore,
+    sync::{Semaphore, broadcast},
 };
 
 use crate::{
-    probe::{Counters, Probe, ProbeError},
-    protocol::{CountReply, MAX_LINE, Request, Response},
+    event::{Clock, VictimEvent},
+    probe::{Probe, ProbeError},
+    protocol::{CountReply, Dropped, MAX_LINE, Request, Response},
     system,
 };
 
 /// Clients served at once; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 16;
-/// A client that sends nothing for this long is disconnected.
+/// A client that sends nothing for this long is disconnected (watchers excepted).
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
+/// Events a watcher may fall behind before it is told it missed some.
+const WATCH_QUEUE: usize = 256;
+/// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
+pub const DEFAULT_HISTORY: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -54,6 +61,25 @@ pub enum DaemonError {
 
 pub struct Options {
     pub socket: PathBuf,
+    /// Events kept for `list`.
+    pub history: usize,
+}
+
+/// What the daemon's tasks share.
+struct Shared {
+    probe: Probe,
+    history: Mutex<History>,
+    /// Serialized response lines for watchers.
+    watchers: broadcast::Sender<Arc<[u8]>>,
+}
+
+struct History {
+    events: VecDeque<Arc<VictimEvent>>,
+    capacity: usize,
+    seq: u64,
+    received: u64,
+    kills_received: u64,
+    drops_seen: u64,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -72,12 +98,23 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let mut probe = Probe::attach()?;
     system::protect_self();
     let events = probe.take_events().expect("a fresh probe has its events");
-    let probe = Arc::new(probe);
+    let shared = Arc::new(Shared {
+        probe,
+        history: Mutex::new(History {
+            events: VecDeque::with_capacity(options.history.min(64)),
+            capacity: options.history,
+            seq: 0,
+            received: 0,
+            kills_received: 0,
+            drops_seen: 0,
+        }),
+        watchers: broadcast::channel(WATCH_QUEUE).0,
+    });
     let listener = bind(&socket)?;
     log::info!(
         "attached to oom/mark_victim on Linux {} at {}; serving on {}",
         crate::tracefs::kernel_release(),
-        humantime::format_rfc3339_seconds(probe.attached_at()),
+        humantime::format_rfc3339_seconds(shared.probe.attached_at()),
         socket.display()
     );
 
@@ -96,7 +133,6 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
-    let mut logged_drops = 0;
 
     loop {
         tokio::select! {
@@ -105,9 +141,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let probe = probe.clone();
+                        let shared = shared.clone();
                         tokio::spawn(async move {
-                            if let Err(err) = serve_client(stream, &probe).await {
+                            if let Err(err) = serve_client(stream, &shared).await {
                                 log::debug!("client: {err}");
                             }
                             drop(permit);
@@ -119,7 +155,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             },
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
-                    drain(guard.get_inner_mut(), &probe, &mut logged_drops);
+                    drain(guard.get_inner_mut(), &shared);
                     guard.clear_ready();
                 }
                 Err(err) => {
@@ -144,74 +180,74 @@ async fn readable(
     }
 }
 
-/// Logs every event waiting in the ring buffer, one line per kill.
-fn drain(ring: &mut RingBuf<MapData>, probe: &Probe, logged_drops: &mut u64) {
+/// Takes every event waiting in the ring buffer: logs kills, keeps them, tells watchers.
+fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
+    let clock = Clock::now();
+    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
     let mut seen = false;
     while let Some(item) = ring.next() {
         seen = true;
-        match Event::from_bytes(&item) {
-            Some(event) => log_event(&event),
-            None => log::warn!("short event record ({} bytes) ignored", item.len()),
+        let Some(event) = Event::from_bytes(&item) else {
+            log::warn!("short event record ({} bytes) ignored", item.len());
+            continue;
+        };
+        history.seq += 1;
+        history.received += 1;
+        let event = Arc::new(VictimEvent::decode(&event, history.seq, &clock));
+        if event.kind == "kill" {
+            history.kills_received += 1;
+            log::info!("{}", event.line());
+        } else {
+            log::debug!("{}", event.line());
+        }
+        if shared.watchers.receiver_count() > 0 {
+            let _ = shared
+                .watchers
+                .send(line(&Response::Event((*event).clone())));
+        }
+        if history.capacity > 0 {
+            if history.events.len() == history.capacity {
+                history.events.pop_front();
+            }
+            history.events.push_back(event);
         }
     }
     if !seen {
         return;
     }
-    match probe.counters() {
-        Ok(Counters {
-            kills,
-            marked,
-            events_dropped,
-            ..
-        }) => {
-            log::debug!("{kills} kills, {marked} marks since attach");
-            if events_dropped > *logged_drops {
-                log::warn!(
-                    "{} events dropped (ring buffer full); the counts stay exact",
-                    events_dropped - *logged_drops
-                );
-                *logged_drops = events_dropped;
-            }
-        }
-        Err(err) => log::warn!("cannot read counters: {err}"),
+    // Drops happen in the kernel while the buffer is full; they are noticed here, after it
+    // has been emptied, and numbered into the sequence so that gaps show.
+    if let Ok(counters) = shared.probe.counters()
+        && counters.events_dropped > history.drops_seen
+    {
+        let count = counters.events_dropped - history.drops_seen;
+        history.drops_seen = counters.events_dropped;
+        history.seq += count;
+        log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
+        let dropped = Response::Dropped(Dropped {
+            count,
+            by: "kernel".to_owned(),
+        });
+        let _ = shared.watchers.send(line(&dropped));
     }
 }
 
-fn log_event(event: &Event) {
-    let comm = String::from_utf8_lossy(c_str(&event.comm));
-    let trigger = String::from_utf8_lossy(c_str(&event.trigger_comm));
-    let memory = if event.flags & oomcount_common::flags::MEMORY != 0 {
-        format!(
-            ", uid {}, anon-rss {}kB, oom_score_adj {}",
-            event.uid, event.anon_rss_kb, event.oom_score_adj
-        )
-    } else {
-        String::new()
-    };
-    if event.kind == kind::KILL {
-        log::info!(
-            "OOM kill: pid {} ({comm}){memory}; invoked by pid {} ({trigger})",
-            event.pid,
-            event.trigger_pid
-        );
-    } else {
-        log::debug!(
-            "OOM mark without a kill: pid {}{memory} (a thread of a victim, or a victim already dying); by pid {} ({trigger})",
-            event.pid,
-            event.trigger_pid
-        );
-    }
+/// A response as one JSON line.
+fn line(response: &Response) -> Arc<[u8]> {
+    let mut out = serde_json::to_vec(response).unwrap_or_default();
+    out.push(b'\n');
+    out.into()
 }
 
 /// Serves one client's requests until it closes, idles or misbehaves.
-async fn serve_client(stream: UnixStream, probe: &Probe) -> io::Result<()> {
+async fn serve_client(stream: UnixStream, shared: &Shared) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(128);
+    let mut request = Vec::with_capacity(128);
     loop {
-        line.clear();
+        request.clear();
         let mut limited = (&mut reader).take(MAX_LINE as u64);
-        let read = limited.read_until(b'\n', &mut line);
+        let read = limited.read_until(b'\n', &mut request);
         let n = match tokio::time::timeout(CLIENT_IDLE, read).await {
             Ok(result) => result?,
             Err(_) => return Ok(()),
@@ -219,40 +255,82 @@ async fn serve_client(stream: UnixStream, probe: &Probe) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        let too_long = !line.ends_with(b"\n") && n >= MAX_LINE;
-        let response = if too_long {
-            Response::Error(format!("request longer than {MAX_LINE} bytes"))
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => answer(&request, probe),
-                Err(err) => Response::Error(format!(
+        if !request.ends_with(b"\n") && n >= MAX_LINE {
+            let error = Response::Error(format!("request longer than {MAX_LINE} bytes"));
+            return write.write_all(&line(&error)).await;
+        }
+        match serde_json::from_slice::<Request>(&request) {
+            Ok(Request::Watch) => return watch(write, shared).await,
+            Ok(request) => write.write_all(&line(&answer(&request, shared))).await?,
+            Err(err) => {
+                let error = Response::Error(format!(
                     "bad request ({err}): send one JSON object per line, such as {{\"request\":\"count\"}}"
-                )),
+                ));
+                write.write_all(&line(&error)).await?;
             }
-        };
-        let mut out = serde_json::to_vec(&response).unwrap_or_default();
-        out.push(b'\n');
-        write.write_all(&out).await?;
-        if too_long {
-            return Ok(());
         }
     }
 }
 
-fn answer(request: &Request, probe: &Probe) -> Response {
+/// Streams events to a watcher until it goes away.
+async fn watch(mut write: OwnedWriteHalf, shared: &Shared) -> io::Result<()> {
+    let mut events = shared.watchers.subscribe();
+    write
+        .write_all(&line(&Response::Watching(count_reply(shared)?)))
+        .await?;
+    loop {
+        match events.recv().await {
+            Ok(event) => write.write_all(&event).await?,
+            Err(broadcast::error::RecvError::Lagged(count)) => {
+                let dropped = Response::Dropped(Dropped {
+                    count,
+                    by: "watcher".to_owned(),
+                });
+                write.write_all(&line(&dropped)).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+fn answer(request: &Request, shared: &Shared) -> Response {
     match request {
-        Request::Count => match probe.counters() {
-            Ok(counters) => Response::Count(CountReply {
-                kills: counters.kills,
-                marked: counters.marked,
-                events_dropped: counters.events_dropped,
-                attached_at: humantime::format_rfc3339_seconds(probe.attached_at()).to_string(),
-                kernel_oom_kill: system::kernel_oom_kill(),
-                source: "daemon".to_owned(),
-            }),
+        Request::Count => match count_reply(shared) {
+            Ok(reply) => Response::Count(reply),
             Err(err) => Response::Error(format!("cannot read counters: {err}")),
         },
+        Request::List { n } => {
+            let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
+            let skip = history.events.len().saturating_sub(*n);
+            Response::Events(
+                history
+                    .events
+                    .iter()
+                    .skip(skip)
+                    .map(|e| (**e).clone())
+                    .collect(),
+            )
+        }
+        Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
     }
+}
+
+fn count_reply(shared: &Shared) -> io::Result<CountReply> {
+    let counters = shared.probe.counters().map_err(io::Error::other)?;
+    let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(CountReply {
+        kills: counters.kills,
+        marked: counters.marked,
+        kills_memcg: counters.kills_memcg,
+        kills_global: counters.kills_global,
+        events_dropped: counters.events_dropped,
+        kill_events_dropped: counters.kill_events_dropped,
+        events_received: history.received,
+        kill_events_received: history.kills_received,
+        attached_at: humantime::format_rfc3339_seconds(shared.probe.attached_at()).to_string(),
+        kernel_oom_kill: system::kernel_oom_kill(),
+        source: "daemon".to_owned(),
+    })
 }
 
 /// Takes the daemon's lock beside the socket: a second daemon on the same socket refuses.

@@ -6,7 +6,9 @@
 pub mod btf;
 pub mod cli;
 pub mod daemon;
+pub mod event;
 pub mod logger;
+pub mod offsets;
 pub mod probe;
 pub mod protocol;
 pub mod system;

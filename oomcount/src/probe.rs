@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use oomcount_common::{
-    GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PROG_MARK_VICTIM, PROG_SIGNAL_GENERATE,
-    TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter,
+    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PROG_MARK_VICTIM, PROG_SIGNAL_GENERATE,
+    PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature,
 };
 
 use crate::{system, tracefs};
@@ -54,8 +54,8 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("oomcount's eBPF object has no map {0}: the build is broken")]
-    MissingMap(&'static str),
+    #[error("oomcount's eBPF object has no map or program {0}: the build is broken")]
+    Missing(&'static str),
     #[error("cannot read the counter map")]
     Map(#[from] aya::maps::MapError),
 }
@@ -66,12 +66,16 @@ pub struct Counters {
     pub kills: u64,
     pub marked: u64,
     pub events_dropped: u64,
+    pub kill_events_dropped: u64,
     pub oom_signals: u64,
+    pub kills_memcg: u64,
+    pub kills_global: u64,
 }
 
 /// oomcount's programs, loaded and attached. Dropping it detaches them.
 pub struct Probe {
     _ebpf: Ebpf,
+    config: Config,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
@@ -86,7 +90,8 @@ impl Probe {
             return Err(ProbeError::NotPrivileged);
         }
         let tracefs = tracefs::ensure_mounted()?;
-        let config = tracefs::load_config(&tracefs)?;
+        let mut config = tracefs::load_config(&tracefs)?;
+        crate::offsets::fill(&mut config);
         system::lift_memlock_limit();
         let kernel = tracefs::kernel_release();
         let mut loader = system::without_kernel_btf(EbpfLoader::new);
@@ -98,45 +103,40 @@ impl Probe {
                 kernel: kernel.clone(),
                 source: Box::new(source),
             })?;
-        for (program, (category, name)) in [
-            (PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE),
-            (PROG_MARK_VICTIM, TP_MARK_VICTIM),
-        ] {
-            let prog_err = |source| ProbeError::Program {
-                kernel: kernel.clone(),
-                program,
-                source: Box::new(source),
-            };
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::MissingMap(program))?
-                .try_into()
-                .map_err(prog_err)?;
-            tracepoint.load().map_err(prog_err)?;
-            tracepoint
-                .attach(category, name)
-                .map_err(|source| ProbeError::Attach {
-                    kernel: kernel.clone(),
-                    category,
-                    name,
-                    source: Box::new(source),
-                })?;
+        // The signal program first, so that no kill is marked before its signal can be seen.
+        let raw_signal = config.features & feature::TASK != 0;
+        if raw_signal {
+            attach_raw(
+                &mut ebpf,
+                PROG_SIGNAL_GENERATE_RAW,
+                TP_SIGNAL_GENERATE.1,
+                &kernel,
+            )?;
+        } else {
+            attach(&mut ebpf, PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE, &kernel)?;
         }
+        attach(&mut ebpf, PROG_MARK_VICTIM, TP_MARK_VICTIM, &kernel)?;
         let attached_at = SystemTime::now();
         let counters = ebpf
             .take_map(MAP_COUNTERS)
-            .ok_or(ProbeError::MissingMap(MAP_COUNTERS))?
+            .ok_or(ProbeError::Missing(MAP_COUNTERS))?
             .try_into()?;
         let events = ebpf
             .take_map(MAP_EVENTS)
-            .ok_or(ProbeError::MissingMap(MAP_EVENTS))?
+            .ok_or(ProbeError::Missing(MAP_EVENTS))?
             .try_into()?;
         Ok(Self {
             _ebpf: ebpf,
+            config,
             counters,
             events: Some(events),
             attached_at,
         })
+    }
+
+    /// The configuration handed to the programs.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// When the programs were attached: counts start there.
@@ -153,7 +153,10 @@ impl Probe {
             kills: read(counter::KILLS)?,
             marked: read(counter::MARKED)?,
             events_dropped: read(counter::EVENTS_DROPPED)?,
+            kill_events_dropped: read(counter::KILL_EVENTS_DROPPED)?,
             oom_signals: read(counter::OOM_SIGNALS)?,
+            kills_memcg: read(counter::KILLS_MEMCG)?,
+            kills_global: read(counter::KILLS_GLOBAL)?,
         })
     }
 
@@ -161,4 +164,62 @@ impl Probe {
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
+}
+
+/// Loads `program` and attaches it to the classic tracepoint `category/name`.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    (category, name): (&'static str, &'static str),
+    kernel: &str,
+) -> Result<(), ProbeError> {
+    let prog_err = |source| ProbeError::Program {
+        kernel: kernel.to_owned(),
+        program,
+        source: Box::new(source),
+    };
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(prog_err)?;
+    tracepoint.load().map_err(prog_err)?;
+    tracepoint
+        .attach(category, name)
+        .map_err(|source| ProbeError::Attach {
+            kernel: kernel.to_owned(),
+            category,
+            name,
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// Loads `program` and attaches it to the raw tracepoint `name`.
+fn attach_raw(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    name: &'static str,
+    kernel: &str,
+) -> Result<(), ProbeError> {
+    let prog_err = |source| ProbeError::Program {
+        kernel: kernel.to_owned(),
+        program,
+        source: Box::new(source),
+    };
+    let tracepoint: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(prog_err)?;
+    tracepoint.load().map_err(prog_err)?;
+    tracepoint
+        .attach(name)
+        .map_err(|source| ProbeError::Attach {
+            kernel: kernel.to_owned(),
+            category: "raw",
+            name,
+            source: Box::new(source),
+        })?;
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! several requests. Lines are bounded ([`MAX_LINE`]) so that a misbehaving client cannot make
 //! the daemon grow; garbage gets an error response and costs the daemon nothing else.
 use std::{
-    io::{self, BufRead, BufReader, Write},
+    io::{self, BufRead, BufReader, Read as _, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -12,11 +12,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::VictimEvent;
+
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
 
-/// The longest request or response line accepted, newline included.
+/// The longest request line accepted, newline included.
 pub const MAX_LINE: usize = 4096;
+/// The longest response line a client accepts (a full `list`).
+pub const MAX_RESPONSE: usize = 8 << 20;
 
 /// How long a client waits for the daemon's answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,13 +30,32 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// The counts since attach, and the kernel's since boot.
     Count,
+    /// The last `n` events of the daemon's history, oldest first.
+    List { n: usize },
+    /// Every event from now on: a [`Response::Watching`] line, then one line per event.
+    Watch,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Count(CountReply),
+    Events(Vec<VictimEvent>),
+    /// The watch has begun: every event after this line will follow.
+    Watching(CountReply),
+    Event(VictimEvent),
+    /// Events the kernel could not hand over (ring buffer full), or that this watcher fell too
+    /// far behind to receive.
+    Dropped(Dropped),
     Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// How many events were lost.
+    pub count: u64,
+    /// `kernel` (ring buffer full: see `events_dropped`) or `watcher` (this client was slow).
+    pub by: String,
 }
 
 /// What `oomcount count --json` prints.
@@ -42,8 +65,17 @@ pub struct CountReply {
     pub kills: u64,
     /// `oom/mark_victim` events since attach, kills included.
     pub marked: u64,
-    /// Events lost to a full ring buffer (`kills` and `marked` are exact regardless).
+    /// Kills by a memory cgroup's limit, and all others (global, cpuset, mempolicy), where the
+    /// OOM killer's own record of the constraint could be read.
+    pub kills_memcg: u64,
+    pub kills_global: u64,
+    /// Events lost to a full ring buffer (`kills` and `marked` are exact regardless), and of
+    /// them, those of kills.
     pub events_dropped: u64,
+    pub kill_events_dropped: u64,
+    /// Events this daemon received from the kernel, and of them, kills.
+    pub events_received: u64,
+    pub kill_events_received: u64,
     /// When the probe was attached (RFC 3339, UTC).
     pub attached_at: String,
     /// `/proc/vmstat` `oom_kill`: the kernel's count since boot; absent before Linux 4.13.
@@ -80,52 +112,95 @@ pub enum ClientError {
     Refused(PathBuf, String),
 }
 
-/// Sends one request to the daemon at `path` and reads its answer.
-pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning(path.to_path_buf())
-        }
-        _ => ClientError::Connect {
+/// A connection to the daemon.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects to the daemon at `path`.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.to_path_buf())
+            }
+            _ => ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let client = Self {
             path: path.to_path_buf(),
-            source,
-        },
-    })?;
-    let io_err = |source| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err)?;
-    stream
-        .set_write_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err)?;
-    let mut line = serde_json::to_vec(request).expect("requests always serialize");
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_err)?;
-    let mut answer = Vec::new();
-    BufReader::new(&stream)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut answer)
-        .map_err(io_err)?;
-    if answer.is_empty() {
-        return Err(io_err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without an answer",
-        )));
+            reader: BufReader::new(stream),
+        };
+        let stream = client.reader.get_ref();
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(|e| client.io(e))?;
+        stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(|e| client.io(e))?;
+        Ok(client)
     }
-    let response = serde_json::from_slice(&answer).map_err(|source| ClientError::Garbage {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    match response {
-        Response::Error(message) => Err(ClientError::Refused(path.to_path_buf(), message)),
-        other => Ok(other),
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request.
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(request).expect("requests always serialize");
+        line.push(b'\n');
+        self.reader
+            .get_ref()
+            .write_all(&line)
+            .map_err(|e| self.io(e))
+    }
+
+    /// Reads the next response; `None` when the daemon closed the connection.
+    pub fn receive(&mut self) -> Result<Option<Response>, ClientError> {
+        let mut answer = Vec::new();
+        (&mut self.reader)
+            .take(MAX_RESPONSE as u64)
+            .read_until(b'\n', &mut answer)
+            .map_err(|e| self.io(e))?;
+        if answer.is_empty() {
+            return Ok(None);
+        }
+        let response = serde_json::from_slice(&answer).map_err(|source| ClientError::Garbage {
+            path: self.path.clone(),
+            source,
+        })?;
+        match response {
+            Response::Error(message) => Err(ClientError::Refused(self.path.clone(), message)),
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Waits for responses without a deadline (a watch can be quiet for days).
+    pub fn wait_forever(&mut self) -> Result<(), ClientError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(None)
+            .map_err(|e| self.io(e))
     }
 }
 
-use std::io::Read as _;
+/// Sends one request to the daemon at `path` and reads its answer.
+pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
+    let mut client = Client::connect(path)?;
+    client.send(request)?;
+    client.receive()?.ok_or_else(|| {
+        client.io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed without an answer",
+        ))
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +215,8 @@ mod tests {
         let parsed: Request = serde_json::from_str(r#"{"request":"count"}"#).unwrap();
         assert_eq!(parsed, Request::Count);
         assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+        let list: Request = serde_json::from_str(r#"{"request":"list","n":5}"#).unwrap();
+        assert_eq!(list, Request::List { n: 5 });
     }
 
     #[test]
@@ -147,7 +224,12 @@ mod tests {
         let reply = Response::Count(CountReply {
             kills: 3,
             marked: 5,
+            kills_memcg: 3,
+            kills_global: 0,
             events_dropped: 0,
+            kill_events_dropped: 0,
+            events_received: 5,
+            kill_events_received: 3,
             attached_at: "2026-11-26T05:00:00Z".into(),
             kernel_oom_kill: Some(7),
             source: "daemon".into(),

@@ -6,6 +6,9 @@ pub struct Args {
     /// Log each mark without a kill too, and other details (debug level).
     #[arg(short, long)]
     pub verbose: bool,
+    /// Events kept for `oomcount list` (about 400 bytes each).
+    #[arg(long, default_value_t = crate::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
+    pub history: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -16,6 +19,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     crate::daemon::run(crate::daemon::Options {
         socket: args.socket.socket,
+        history: args.history,
     })?;
     Ok(())
 }

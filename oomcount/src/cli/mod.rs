@@ -5,6 +5,8 @@
 //! usage errors exit 2.
 pub mod count;
 pub mod daemon;
+pub mod list;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,10 @@ pub enum Command {
     Daemon(daemon::Args),
     /// Print the OOM kills counted since the probe was attached, and the kernel's count since boot.
     Count(count::Args),
+    /// Stream OOM kills as they happen, one line each.
+    Watch(watch::Args),
+    /// Print the most recent OOM victims from the daemon's history.
+    List(list::Args),
 }
 
 /// The daemon's socket, shared by every subcommand that talks to it.
@@ -47,6 +53,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Count(args) => count::run(args),
+        Command::Watch(args) => watch::run(args),
+        Command::List(args) => list::run(args),
     }
 }
 

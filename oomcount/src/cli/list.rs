@@ -1,0 +1,46 @@
+//! `oomcount list`: the most recent victims, from the daemon's history.
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use crate::protocol::{self, Request, Response};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many events, the most recent last.
+    #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
+    pub count: usize,
+    /// A JSON array of event objects (the fields of `watch --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Also list marks without a kill.
+    #[arg(long)]
+    pub marks: bool,
+    #[command(flatten)]
+    pub socket: super::SocketArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // Marks are filtered here, so ask for the whole history when they are left out.
+    let n = if args.marks { args.count } else { usize::MAX };
+    let events = match protocol::call(&args.socket.socket, &Request::List { n })? {
+        Response::Events(events) => events,
+        other => anyhow::bail!("the daemon answered {other:?} to a list request"),
+    };
+    let mut events: Vec<_> = events
+        .into_iter()
+        .filter(|e| args.marks || e.kind == "kill")
+        .collect();
+    let skip = events.len().saturating_sub(args.count);
+    events.drain(..skip);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &events).context("write")?;
+        writeln!(out).context("write")?;
+    } else {
+        for event in &events {
+            writeln!(out, "{}", event.line()).context("write")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! `oomcount watch`: kills as they happen, one line each.
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use crate::protocol::{Client, Request, Response};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object per line: `kind` is `watching` (first line, with the counts), `kill`,
+    /// `mark` (with --marks), or `dropped` (events lost, with `count` and `by`).
+    #[arg(long)]
+    pub json: bool,
+    /// Also show marks without a kill (threads of a victim, victims already dying).
+    #[arg(long)]
+    pub marks: bool,
+    #[command(flatten)]
+    pub socket: super::SocketArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.socket.socket)?;
+    client.send(&Request::Watch)?;
+    client.wait_forever()?;
+    let mut out = std::io::stdout().lock();
+    while let Some(response) = client.receive()? {
+        match response {
+            Response::Watching(counts) => {
+                if args.json {
+                    let mut value = serde_json::to_value(&counts).context("encode")?;
+                    value["kind"] = "watching".into();
+                    writeln!(out, "{value}").context("write")?;
+                } else {
+                    eprintln!(
+                        "oomcount: watching OOM kills ({} since {}); Ctrl-C to stop",
+                        counts.kills, counts.attached_at
+                    );
+                }
+            }
+            Response::Event(event) => {
+                if event.kind != "kill" && !args.marks {
+                    continue;
+                }
+                if args.json {
+                    serde_json::to_writer(&mut out, &event).context("write")?;
+                    writeln!(out).context("write")?;
+                } else {
+                    writeln!(out, "{}", event.line()).context("write")?;
+                }
+            }
+            Response::Dropped(dropped) => {
+                if args.json {
+                    let line = serde_json::json!({"kind": "dropped", "count": dropped.count, "by": dropped.by});
+                    writeln!(out, "{line}").context("write")?;
+                } else {
+                    writeln!(out, "{} events dropped ({})", dropped.count, dropped.by)
+                        .context("write")?;
+                }
+            }
+            other => anyhow::bail!("the daemon answered {other:?} to a watch"),
+        }
+        out.flush().context("write")?;
+    }
+    anyhow::bail!("the daemon closed the connection (stopped?)")
+}

@@ -1,0 +1,277 @@
+//! Victim events as users see them: decoded from the kernel's records, with absent fields absent.
+//!
+//! The kernel sends one [`oomcount_common::Event`] per mark; this turns it into a
+//! [`VictimEvent`] with names, paths and a wall-clock time. A field the kernel could not give
+//! exactly on this machine (its flag clear) is `None` here and left out of the JSON: never
+//! guessed, never read from /proc after the fact.
+use std::time::{Duration, SystemTime};
+
+use oomcount_common::{CGROUP_DEPTH, Event, c_str, constraint, flags, kind};
+use serde::{Deserialize, Serialize};
+
+/// One victim event, as `watch --json` and `list --json` print it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VictimEvent {
+    /// `kill` (a victim killed by the OOM killer) or `mark` (a mark without a kill: another
+    /// thread of a victim, or a victim already dying).
+    pub kind: String,
+    /// Per-boot sequence number of events, in the order the daemon received them.
+    pub seq: u64,
+    /// When the kernel marked the victim (RFC 3339, UTC, nanoseconds).
+    pub time: String,
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tgid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub total_vm_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub anon_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub file_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shmem_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pgtables_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oom_score_adj: Option<i16>,
+    /// `memcg`, `global`, `cpuset` or `mempolicy`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub constraint: Option<String>,
+    /// The victim's memory cgroup, as a path in the memory controller's hierarchy.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup_id: Option<u64>,
+    /// The memory cgroup whose limit was hit (memcg OOMs only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oom_cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oom_cgroup_id: Option<u64>,
+    /// The task that invoked the OOM killer (whose allocation failed).
+    pub trigger_pid: u32,
+    pub trigger_tgid: u32,
+    pub trigger_comm: String,
+    pub cpu: u32,
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    boot: SystemTime,
+}
+
+impl Clock {
+    /// Reads both clocks now.
+    pub fn now() -> Self {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Self {
+            boot: SystemTime::now() - mono,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(ktime_ns)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(c_str(bytes)).into_owned()
+}
+
+impl VictimEvent {
+    /// Decodes a kernel record; `seq` is the daemon's.
+    pub fn decode(event: &Event, seq: u64, clock: &Clock) -> Self {
+        let has = |flag: u32| event.flags & flag != 0;
+        fn when<T>(event: &Event, flag: u32, value: T) -> Option<T> {
+            (event.flags & flag != 0).then_some(value)
+        }
+        let path = has(flags::CGROUP).then(|| cgroup_path(event, event.cgroup_depth as usize));
+        let oom_cgroup = if has(flags::OOM_CGROUP) {
+            let level = event.oom_cgroup_level as usize;
+            let depth = event.cgroup_depth as usize;
+            (has(flags::CGROUP) && level <= depth).then(|| cgroup_path_above(event, level, depth))
+        } else {
+            None
+        };
+        Self {
+            kind: if event.kind == kind::KILL {
+                "kill"
+            } else {
+                "mark"
+            }
+            .to_owned(),
+            seq,
+            time: humantime::format_rfc3339_nanos(clock.wall(event.ktime_ns)).to_string(),
+            pid: event.pid,
+            tgid: when(event, flags::TGID, event.tgid),
+            comm: has(flags::COMM).then(|| text(&event.comm)),
+            uid: when(event, flags::UID, event.uid),
+            total_vm_kb: when(event, flags::MEMORY, event.total_vm_kb),
+            anon_rss_kb: when(event, flags::MEMORY, event.anon_rss_kb),
+            file_rss_kb: when(event, flags::MEMORY, event.file_rss_kb),
+            shmem_rss_kb: when(event, flags::MEMORY, event.shmem_rss_kb),
+            pgtables_kb: when(event, flags::MEMORY, event.pgtables_kb),
+            oom_score_adj: when(event, flags::OOM_SCORE_ADJ, event.oom_score_adj),
+            constraint: has(flags::CONSTRAINT)
+                .then(|| constraint_name(event.constraint).to_owned()),
+            cgroup: path,
+            cgroup_id: when(event, flags::CGROUP, event.cgroup_id),
+            oom_cgroup,
+            oom_cgroup_id: when(event, flags::OOM_CGROUP, event.oom_cgroup_id),
+            trigger_pid: event.trigger_pid,
+            trigger_tgid: event.trigger_tgid,
+            trigger_comm: text(&event.trigger_comm),
+            cpu: event.cpu,
+        }
+    }
+
+    /// The one line `watch` prints and the daemon logs.
+    pub fn line(&self) -> String {
+        let mut out = format!("{} {} pid {}", self.time, self.kind, self.pid);
+        if let Some(comm) = &self.comm {
+            out += &format!(" ({comm})");
+        }
+        if let Some(uid) = self.uid {
+            out += &format!(" uid {uid}");
+        }
+        if let Some(rss) = self.anon_rss_kb {
+            out += &format!(" anon-rss {rss}kB");
+        }
+        if let Some(adj) = self.oom_score_adj {
+            out += &format!(" oom_score_adj {adj}");
+        }
+        if let Some(constraint) = &self.constraint {
+            out += &format!(" {constraint}");
+        }
+        if let Some(cgroup) = &self.oom_cgroup {
+            out += &format!(" limit {cgroup}");
+        }
+        if let Some(cgroup) = &self.cgroup {
+            out += &format!(" in {cgroup}");
+        }
+        out += &format!(
+            " by pid {} ({}) seq {}",
+            self.trigger_pid, self.trigger_comm, self.seq
+        );
+        out
+    }
+}
+
+fn constraint_name(value: u16) -> &'static str {
+    match value {
+        constraint::NONE => "global",
+        constraint::CPUSET => "cpuset",
+        constraint::MEMORY_POLICY => "mempolicy",
+        constraint::MEMCG => "memcg",
+        _ => "unknown",
+    }
+}
+
+/// The path of the victim's cgroup: levels `0..depth` are leaf first.
+fn cgroup_path(event: &Event, depth: usize) -> String {
+    cgroup_path_above(event, 0, depth)
+}
+
+/// The path of the ancestor `level` levels above the victim's cgroup.
+fn cgroup_path_above(event: &Event, level: usize, depth: usize) -> String {
+    let depth = depth.min(CGROUP_DEPTH);
+    let mut path = String::new();
+    if event.flags & flags::CGROUP_TRUNCATED != 0 {
+        path.push_str("/...");
+    }
+    for name in event.cgroup[level.min(depth)..depth].iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(c_str(name)));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(names: &[&str]) -> Event {
+        let mut event = Event {
+            kind: kind::KILL,
+            flags: flags::COMM | flags::CGROUP | flags::CONSTRAINT | flags::OOM_CGROUP,
+            ktime_ns: 1_500_000_000,
+            pid: 42,
+            constraint: constraint::MEMCG,
+            cgroup_depth: names.len() as u16,
+            oom_cgroup_level: 1,
+            cgroup_id: 7,
+            oom_cgroup_id: 6,
+            trigger_pid: 41,
+            ..Event::default()
+        };
+        event.comm[..3].copy_from_slice(b"hog");
+        for (level, name) in names.iter().enumerate() {
+            event.cgroup[level][..name.len()].copy_from_slice(name.as_bytes());
+        }
+        event
+    }
+
+    fn clock() -> Clock {
+        Clock {
+            boot: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn decodes_paths_leaf_first() {
+        let decoded = VictimEvent::decode(&event(&["child", "parent", "top"]), 9, &clock());
+        assert_eq!(decoded.cgroup.as_deref(), Some("/top/parent/child"));
+        assert_eq!(decoded.oom_cgroup.as_deref(), Some("/top/parent"));
+        assert_eq!(decoded.constraint.as_deref(), Some("memcg"));
+        assert_eq!(decoded.kind, "kill");
+        assert_eq!(decoded.time, "1970-01-01T00:00:01.500000000Z");
+        assert_eq!(decoded.seq, 9);
+    }
+
+    #[test]
+    fn absent_fields_are_left_out() {
+        let mut bare = event(&[]);
+        bare.flags = 0;
+        bare.kind = kind::MARK;
+        let decoded = VictimEvent::decode(&bare, 1, &clock());
+        let json = serde_json::to_string(&decoded).unwrap();
+        for absent in ["comm", "uid", "anon_rss_kb", "cgroup", "constraint", "tgid"] {
+            assert!(
+                !json.contains(&format!("\"{absent}\"")),
+                "{absent} in {json}"
+            );
+        }
+        assert!(json.contains(r#""kind":"mark""#), "{json}");
+        assert_eq!(serde_json::from_str::<VictimEvent>(&json).unwrap(), decoded);
+    }
+
+    #[test]
+    fn root_and_truncated_paths() {
+        let decoded = VictimEvent::decode(&event(&[]), 1, &clock());
+        assert_eq!(decoded.cgroup.as_deref(), Some("/"));
+        let mut deep = event(&["leaf"]);
+        deep.flags |= flags::CGROUP_TRUNCATED;
+        deep.oom_cgroup_level = 0;
+        let decoded = VictimEvent::decode(&deep, 1, &clock());
+        assert_eq!(decoded.cgroup.as_deref(), Some("/.../leaf"));
+    }
+
+    #[test]
+    fn line_reads_like_the_kernel_log() {
+        let decoded = VictimEvent::decode(&event(&["c"]), 3, &clock());
+        assert_eq!(
+            decoded.line(),
+            "1970-01-01T00:00:01.500000000Z kill pid 42 (hog) memcg limit / in /c by pid 41 () seq 3"
+        );
+    }
+}

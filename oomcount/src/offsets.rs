@@ -1,0 +1,174 @@
+//! The kernel-structure offsets oomcount's programs follow, read from the kernel's BTF.
+//!
+//! Each group of offsets ([`oomcount_common::feature`]) is handed to the programs only when all
+//! of its members were found; a kernel without BTF, or with a layout this code does not know,
+//! gets fewer event details (their flags clear) and the same exact counts.
+use oomcount_common::{Config, feature};
+
+use crate::btf::Btf;
+
+const STRUCTS: &[&str] = &[
+    "task_struct",
+    "cred",
+    "signal_struct",
+    "css_set",
+    "cgroup_subsys_state",
+    "cgroup",
+    "kernfs_node",
+    "oom_control",
+    "kernel_siginfo",
+];
+const MEMBERS: &[&str] = &[
+    "pid",
+    "tgid",
+    "comm",
+    "group_leader",
+    "real_cred",
+    "signal",
+    "cgroups",
+    "stack",
+    "uid",
+    "oom_score_adj",
+    "subsys",
+    "cgroup",
+    "kn",
+    "name",
+    "parent",
+    "__parent",
+    "id",
+    "memcg",
+    "chosen",
+    "constraint",
+    "order",
+    "si_code",
+];
+const ENUMERATORS: &[&str] = &["memory_cgrp_id"];
+
+/// Fills the BTF part of `config` from the running kernel, setting the `features` found.
+pub fn fill(config: &mut Config) {
+    match Btf::from_sys_fs(STRUCTS, MEMBERS, ENUMERATORS) {
+        Ok(btf) => fill_from(config, &btf, thread_size()),
+        Err(err) => log::warn!(
+            "cannot read the kernel's BTF ({err}): events will lack the victim's tgid, cgroup and the OOM constraint; counts stay exact"
+        ),
+    }
+}
+
+/// Fills `config` from `btf`; separate from [`fill`] so that tests can hand in any BTF.
+pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
+    let off = |s: &str, m: &str| btf.member_offset(s, m);
+    if let (Some(pid), Some(tgid), Some(comm), Some(leader), Some(code)) = (
+        off("task_struct", "pid"),
+        off("task_struct", "tgid"),
+        off("task_struct", "comm"),
+        off("task_struct", "group_leader"),
+        off("kernel_siginfo", "si_code"),
+    ) {
+        config.task_pid = pid;
+        config.task_tgid = tgid;
+        config.task_comm = comm;
+        config.task_group_leader = leader;
+        config.siginfo_code = code;
+        config.features |= feature::TASK;
+    }
+    if let (Some(real_cred), Some(signal), Some(uid), Some(adj)) = (
+        off("task_struct", "real_cred"),
+        off("task_struct", "signal"),
+        off("cred", "uid"),
+        off("signal_struct", "oom_score_adj"),
+    ) {
+        config.task_real_cred = real_cred;
+        config.task_signal = signal;
+        config.cred_uid = uid;
+        config.signal_oom_score_adj = adj;
+        config.features |= feature::CRED;
+    }
+    // Linux 6.15 renamed kernfs_node.parent to __parent.
+    let kn_parent = off("kernfs_node", "parent").or_else(|| off("kernfs_node", "__parent"));
+    if let (
+        Some(cgroups),
+        Some(subsys),
+        Some(id),
+        Some(css_cgroup),
+        Some(kn),
+        Some(name),
+        Some(parent),
+        Some(kn_id),
+    ) = (
+        off("task_struct", "cgroups"),
+        off("css_set", "subsys"),
+        btf.enum_value("memory_cgrp_id"),
+        off("cgroup_subsys_state", "cgroup"),
+        off("cgroup", "kn"),
+        off("kernfs_node", "name"),
+        kn_parent,
+        off("kernfs_node", "id"),
+    ) {
+        config.task_cgroups = cgroups;
+        config.css_set_subsys = subsys;
+        config.memory_cgrp_id = id as u32;
+        config.css_cgroup = css_cgroup;
+        config.cgroup_kn = kn;
+        config.kn_name = name;
+        config.kn_parent = parent;
+        config.kn_id = kn_id;
+        config.features |= feature::CGROUP;
+    }
+    if let (Some(stack), Some(memcg), Some(chosen), Some(constraint), Some(order)) = (
+        off("task_struct", "stack"),
+        off("oom_control", "memcg"),
+        off("oom_control", "chosen"),
+        off("oom_control", "constraint"),
+        off("oom_control", "order"),
+    ) {
+        config.task_stack = stack;
+        config.oc_memcg = memcg;
+        config.oc_chosen = chosen;
+        config.oc_constraint = constraint;
+        config.oc_order = order;
+        config.thread_size = thread_size;
+        config.features |= feature::OOM_CONTROL;
+    }
+}
+
+/// The size of a kernel stack: 16 KiB on x86_64 and arm64, twice that with KASAN.
+fn thread_size() -> u32 {
+    let config = format!("/boot/config-{}", crate::tracefs::kernel_release());
+    let kasan = std::fs::read_to_string(config)
+        .map(|text| text.lines().any(|l| l == "CONFIG_KASAN=y"))
+        .unwrap_or(false);
+    if kasan { 32 * 1024 } else { 16 * 1024 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_every_feature() {
+        if !std::path::Path::new(crate::btf::VMLINUX).exists() {
+            eprintln!(
+                "skipped: this kernel ({}) has no BTF",
+                crate::tracefs::kernel_release()
+            );
+            return;
+        }
+        let btf = Btf::from_sys_fs(STRUCTS, MEMBERS, ENUMERATORS).unwrap();
+        let mut config = Config::default();
+        fill_from(&mut config, &btf, 16384);
+        let all = feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL;
+        assert_eq!(config.features, all, "{config:?}");
+        assert_eq!(config.task_tgid, config.task_pid + 4);
+        assert_eq!(
+            config.siginfo_code, 8,
+            "si_code follows si_signo and si_errno"
+        );
+    }
+
+    #[test]
+    fn missing_members_leave_features_off() {
+        let mut config = Config::default();
+        fill_from(&mut config, &Btf::default(), 16384);
+        assert_eq!(config.features, 0);
+    }
+}
