@@ -61,6 +61,8 @@ pub enum DaemonError {
 
 pub struct Options {
     pub socket: PathBuf,
+    /// The stat file; `None` for none.
+    pub stat: Option<PathBuf>,
     /// Events kept for `list`.
     pub history: usize,
 }
@@ -68,6 +70,8 @@ pub struct Options {
 /// What the daemon's tasks share.
 struct Shared {
     probe: Probe,
+    /// Where the counts are published for `cat`; `None` when disabled.
+    stat: Option<PathBuf>,
     history: Mutex<History>,
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
@@ -100,6 +104,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let events = probe.take_events().expect("a fresh probe has its events");
     let shared = Arc::new(Shared {
         probe,
+        stat: options.stat,
         history: Mutex::new(History {
             events: VecDeque::with_capacity(options.history.min(64)),
             capacity: options.history,
@@ -111,6 +116,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         watchers: broadcast::channel(WATCH_QUEUE).0,
     });
     let listener = bind(&socket)?;
+    publish_stat(&shared);
     log::info!(
         "attached to oom/mark_victim on Linux {} at {}; serving on {}",
         crate::tracefs::kernel_release(),
@@ -167,6 +173,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     log::info!("stopping");
     let _ = fs::remove_file(&socket);
+    if let Some(stat) = &shared.stat {
+        let _ = fs::remove_file(stat);
+    }
     drop(lock);
     Ok(())
 }
@@ -229,6 +238,18 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
             by: "kernel".to_owned(),
         });
         let _ = shared.watchers.send(line(&dropped));
+    }
+    drop(history);
+    publish_stat(shared);
+}
+
+/// Rewrites the stat file; a failure is logged, never fatal.
+fn publish_stat(shared: &Shared) {
+    let Some(path) = &shared.stat else { return };
+    let written = count_reply(shared)
+        .and_then(|counts| crate::stat::write_atomic(path, &crate::stat::render(&counts)));
+    if let Err(err) = written {
+        log::warn!("cannot write {} ({err})", path.display());
     }
 }
 

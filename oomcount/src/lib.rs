@@ -11,5 +11,6 @@ pub mod logger;
 pub mod offsets;
 pub mod probe;
 pub mod protocol;
+pub mod stat;
 pub mod system;
 pub mod tracefs;

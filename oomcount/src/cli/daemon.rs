@@ -6,6 +6,9 @@ pub struct Args {
     /// Log each mark without a kill too, and other details (debug level).
     #[arg(short, long)]
     pub verbose: bool,
+    /// Where to publish the counts for `cat` (default: `stat` beside the socket); "" for none.
+    #[arg(long, value_name = "PATH")]
+    pub stat: Option<std::path::PathBuf>,
     /// Events kept for `oomcount list` (about 400 bytes each).
     #[arg(long, default_value_t = crate::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
     pub history: usize,
@@ -17,7 +20,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         log::LevelFilter::Info
     });
+    let stat = match args.stat {
+        Some(path) if path.as_os_str().is_empty() => None,
+        Some(path) => Some(path),
+        None => Some(crate::stat::path_for(&args.socket.socket)),
+    };
     crate::daemon::run(crate::daemon::Options {
+        stat,
         socket: args.socket.socket,
         history: args.history,
     })?;

@@ -1,0 +1,100 @@
+//! `/run/oomcount/stat`: the counts for anyone to `cat`, the way `/proc/vmstat` has them.
+//!
+//! One `name value` per line, world-readable, replaced atomically (written beside, then renamed)
+//! after each batch of events, so a reader never sees half a file and needs no privileges, no
+//! socket and no parsing beyond `awk`.
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use crate::protocol::CountReply;
+
+/// The stat file that goes with a daemon socket: `stat` in the socket's folder.
+pub fn path_for(socket: &Path) -> PathBuf {
+    socket.with_file_name("stat")
+}
+
+/// The file's contents.
+pub fn render(counts: &CountReply) -> String {
+    let mut out = String::with_capacity(256);
+    let mut line = |name: &str, value: &dyn std::fmt::Display| {
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(&value.to_string());
+        out.push('\n');
+    };
+    line("oom_kill", &counts.kills);
+    line("oom_marked", &counts.marked);
+    line("oom_kill_memcg", &counts.kills_memcg);
+    line("oom_kill_global", &counts.kills_global);
+    line("oom_events_dropped", &counts.events_dropped);
+    line("attached_at", &counts.attached_at);
+    out
+}
+
+/// Replaces `path` with `contents`, atomically, mode 0644.
+pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    drop(file);
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts() -> CountReply {
+        CountReply {
+            kills: 3,
+            marked: 5,
+            kills_memcg: 2,
+            kills_global: 1,
+            events_dropped: 0,
+            kill_events_dropped: 0,
+            events_received: 5,
+            kill_events_received: 3,
+            attached_at: "2026-11-26T05:00:00Z".into(),
+            kernel_oom_kill: Some(9),
+            source: "daemon".into(),
+        }
+    }
+
+    #[test]
+    fn one_name_value_per_line() {
+        assert_eq!(
+            render(&counts()),
+            "oom_kill 3\noom_marked 5\noom_kill_memcg 2\noom_kill_global 1\noom_events_dropped 0\nattached_at 2026-11-26T05:00:00Z\n"
+        );
+    }
+
+    #[test]
+    fn replaces_the_file_world_readable() {
+        let dir = std::env::temp_dir().join(format!("oomcount-stat-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stat");
+        write_atomic(&path, "oom_kill 1\n").unwrap();
+        write_atomic(&path, "oom_kill 2\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "oom_kill 2\n");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(!dir.join("stat.tmp").exists());
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            path_for(Path::new("/run/oomcount/oomcount.sock")),
+            Path::new("/run/oomcount/stat")
+        );
+    }
+}
