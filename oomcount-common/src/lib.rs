@@ -81,10 +81,10 @@ pub const ABSENT: u32 = 0;
 /// Bits of [`Config::features`]: which groups of kernel-structure offsets (from BTF) were found.
 /// A group is used only when all of its offsets were.
 pub mod feature {
-    /// `task_struct` pid, tgid, comm, group_leader, and `kernel_siginfo.si_code`: the raw
-    /// `signal_generate` program can run.
+    /// `task_struct` pid, tgid, comm, group_leader, signal, `signal_struct.oom_mm` and
+    /// `kernel_siginfo.si_code`: the raw `signal_generate` program can run.
     pub const TASK: u32 = 1 << 0;
-    /// `task_struct.real_cred` -> `cred.uid`, `task_struct.signal` -> `oom_score_adj`.
+    /// `task_struct.real_cred` -> `cred.uid`, `signal_struct.oom_score_adj`.
     pub const CRED: u32 = 1 << 1;
     /// The memory cgroup of a task and the names of its kernfs nodes.
     pub const CGROUP: u32 = 1 << 2;
@@ -148,12 +148,14 @@ pub struct Config {
     pub oc_constraint: u32,
     pub oc_order: u32,
     pub thread_size: u32,
-    /// `kernel_siginfo.si_code` (feature::TASK).
+    /// `kernel_siginfo.si_code`, `signal_struct.oom_mm` (feature::TASK).
     pub siginfo_code: u32,
+    pub signal_oom_mm: u32,
+    pub _pad: u32,
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 160);
+const _: () = assert!(size_of::<Config>() == 168);
 
 /// What the signal programs remember for the task that sent an OOM-style SIGKILL.
 #[repr(C)]
@@ -161,7 +163,9 @@ const _: () = assert!(size_of::<Config>() == 160);
 pub struct Pending {
     /// The pid (thread id) the SIGKILL was sent to.
     pub victim_pid: u32,
-    pub _pad: u32,
+    /// 1 when the kill was counted (and its event sent) at the signal already: its victim was
+    /// an OOM victim before, so no mark may follow.
+    pub counted: u32,
     /// `bpf_ktime_get_ns()` when it was sent.
     pub at_ns: u64,
     /// The victim's `task_struct`, where the raw program saw it (0 otherwise).
@@ -200,6 +204,10 @@ pub mod flags {
     pub const CONSTRAINT: u32 = 1 << 7;
     /// `oom_cgroup_level` and `oom_cgroup_id` name the cgroup whose limit was hit.
     pub const OOM_CGROUP: u32 = 1 << 8;
+    /// The victim was already an OOM victim when the OOM killer killed it (again): a
+    /// `memory.oom.group` kill reaches its first victim twice, and the kernel counts both. The
+    /// event comes from the signal, so the tracepoint's memory fields are absent.
+    pub const AGAIN: u32 = 1 << 9;
 }
 
 /// Values of [`Event::constraint`]: the kernel's `enum oom_constraint`.

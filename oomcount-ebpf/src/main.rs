@@ -72,6 +72,8 @@ static OOMCOUNT_CONFIG: Config = Config {
     oc_order: 0,
     thread_size: 0,
     siginfo_code: 0,
+    signal_oom_mm: 0,
+    _pad: 0,
     pair_window_ns: 0,
 };
 
@@ -118,11 +120,11 @@ fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
 
 /// Remembers that the current task just sent an OOM-style SIGKILL to `victim_pid`.
 #[inline(always)]
-fn remember(victim_pid: u32, task: u64, comm: [u8; 16]) -> Result<(), i32> {
+fn remember(victim_pid: u32, task: u64, comm: [u8; 16], counted: u32) -> Result<(), i32> {
     bump(counter::OOM_SIGNALS);
     let pending = Pending {
         victim_pid,
-        _pad: 0,
+        counted,
         // SAFETY: helper without preconditions.
         at_ns: unsafe { bpf_ktime_get_ns() },
         task,
@@ -154,7 +156,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let victim_pid: i32 = unsafe { ctx.read_at(cfg.sig_pid as usize)? };
     let comm: [u8; 16] = unsafe { ctx.read_at(cfg.sig_comm as usize)? };
-    remember(victim_pid as u32, 0, comm)
+    remember(victim_pid as u32, 0, comm, 0)
 }
 
 /// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
@@ -189,7 +191,22 @@ fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task: u64 = ctx.arg(2);
     let pid: i32 = read(task, cfg.task_pid)?;
     let comm: [u8; 16] = read(task, cfg.task_comm)?;
-    remember(pid as u32, task, comm)
+    // A task that is already an OOM victim gets no new mark (its thread is flagged already),
+    // yet the kernel counts the kill: a `memory.oom.group` kill reaches its first victim twice.
+    // Count it, and send its event, here.
+    let signal: u64 = read(task, cfg.task_signal)?;
+    let oom_mm: u64 = read(signal, cfg.signal_oom_mm)?;
+    if oom_mm != 0 {
+        let oom = count_kill(&cfg, task);
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        emit(&cfg, now, pid as u32, true, |cfg, event| {
+            event.kind = kind::KILL;
+            event.flags |= flags::AGAIN;
+            fill_kill(cfg, event, comm, task, &oom);
+        });
+    }
+    remember(pid as u32, task, comm, u32::from(oom_mm != 0))
 }
 
 #[tracepoint]
@@ -216,20 +233,34 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     let mut killed = None;
     if let Some(pending) = pending {
         let _ = OOMCOUNT_PENDING.remove(tid);
-        if pending.victim_pid == pid && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns {
-            bump(counter::KILLS);
-            killed = Some(pending);
+        if pending.victim_pid == pid
+            && pending.counted == 0
+            && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns
+        {
+            killed = Some((pending, count_kill(&cfg, pending.task)));
         }
     }
+    emit(&cfg, now, pid, killed.is_some(), |cfg, event| {
+        if cfg.mark_total_vm != ABSENT {
+            let _ = read_memory_fields(ctx, cfg, event);
+        }
+        if let Some((pending, oom)) = killed {
+            event.kind = kind::KILL;
+            fill_kill(cfg, event, pending.comm, pending.task, &oom);
+        }
+    });
+    Ok(())
+}
 
-    // Where the victim's task is known: the OOM killer's own view of this kill, counted before
-    // any event is written, so that the counters stay exact when the ring buffer is full.
+/// Counts a kill, and where the victim's task is known, its constraint from the OOM killer's
+/// own view of it. Counting comes before any event is written, so that the counters stay exact
+/// when the ring buffer is full.
+#[inline(always)]
+fn count_kill(cfg: &Config, task: u64) -> OomControl {
+    bump(counter::KILLS);
     let mut oom = OomControl::default();
-    if let Some(pending) = killed
-        && pending.task != 0
-        && cfg.features & feature::OOM_CONTROL != 0
-    {
-        let _ = read_oom_control(&cfg, pending.task, &mut oom);
+    if task != 0 && cfg.features & feature::OOM_CONTROL != 0 {
+        let _ = read_oom_control(cfg, task, &mut oom);
         if oom.found {
             bump(if oom.memcg != 0 {
                 counter::KILLS_MEMCG
@@ -238,15 +269,22 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
             });
         }
     }
+    oom
+}
 
+/// Sends one event about `pid` (a kill's when `kill`): the common fields here, the rest by
+/// `fill`; a full ring buffer is counted.
+#[inline(always)]
+fn emit(cfg: &Config, now: u64, pid: u32, kill: bool, fill: impl FnOnce(&Config, &mut Event)) {
     let Some(mut entry) = OOMCOUNT_EVENTS.reserve::<Event>(0) else {
         bump(counter::EVENTS_DROPPED);
-        if killed.is_some() {
+        if kill {
             bump(counter::KILL_EVENTS_DROPPED);
         }
-        return Ok(());
+        return;
     };
     let event = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `event` points at a reserved, exclusively ours ring-buffer record of the right
     // size; it is zeroed first so that every byte the user side reads is initialised.
     unsafe {
@@ -255,33 +293,33 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
         event.kind = kind::MARK;
         event.ktime_ns = now;
         event.pid = pid;
-        event.trigger_pid = tid;
+        event.trigger_pid = pid_tgid as u32;
         event.trigger_tgid = (pid_tgid >> 32) as u32;
         event.cpu = bpf_get_smp_processor_id();
         event.trigger_comm = bpf_get_current_comm().unwrap_or_default();
-        if cfg.mark_total_vm != ABSENT {
-            let _ = read_memory_fields(ctx, &cfg, event);
-        }
-        if let Some(pending) = killed {
-            event.kind = kind::KILL;
-            event.comm = pending.comm;
-            event.flags |= flags::COMM;
-            if oom.found {
-                event.constraint = oom.constraint;
-                event.flags |= flags::CONSTRAINT;
-                if oom.kn != 0 {
-                    event.oom_cgroup_id = oom.kn_id;
-                    event.oom_cgroup_level = u16::MAX;
-                    event.flags |= flags::OOM_CGROUP;
-                }
-            }
-            if pending.task != 0 {
-                let _ = read_victim_task(&cfg, pending.task, oom.kn, event);
-            }
-        }
+        fill(cfg, event);
     }
     entry.submit(0);
-    Ok(())
+}
+
+/// The fields of a kill's event: the victim's comm from the signal, the OOM killer's view, and
+/// what the victim's task tells.
+#[inline(always)]
+fn fill_kill(cfg: &Config, event: &mut Event, comm: [u8; 16], task: u64, oom: &OomControl) {
+    event.comm = comm;
+    event.flags |= flags::COMM;
+    if oom.found {
+        event.constraint = oom.constraint;
+        event.flags |= flags::CONSTRAINT;
+        if oom.kn != 0 {
+            event.oom_cgroup_id = oom.kn_id;
+            event.oom_cgroup_level = u16::MAX;
+            event.flags |= flags::OOM_CGROUP;
+        }
+    }
+    if task != 0 {
+        let _ = read_victim_task(cfg, task, oom.kn, event);
+    }
 }
 
 /// What the OOM killer's `oom_control` says of a kill.

@@ -51,6 +51,11 @@ pub struct VictimEvent {
     pub oom_cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub oom_cgroup_id: Option<u64>,
+    /// The victim was already an OOM victim when it was killed (again): a `memory.oom.group`
+    /// kill reaches its first victim twice and the kernel counts both; this event comes from the
+    /// signal, without the tracepoint's memory fields.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub again: bool,
     /// The task that invoked the OOM killer (whose allocation failed).
     pub trigger_pid: u32,
     pub trigger_tgid: u32,
@@ -125,6 +130,7 @@ impl VictimEvent {
             cgroup_id: when(event, flags::CGROUP, event.cgroup_id),
             oom_cgroup,
             oom_cgroup_id: when(event, flags::OOM_CGROUP, event.oom_cgroup_id),
+            again: has(flags::AGAIN),
             trigger_pid: event.trigger_pid,
             trigger_tgid: event.trigger_tgid,
             trigger_comm: text(&event.trigger_comm),
@@ -155,6 +161,9 @@ impl VictimEvent {
         }
         if let Some(cgroup) = &self.cgroup {
             out += &format!(" in {cgroup}");
+        }
+        if self.again {
+            out += " (again)";
         }
         out += &format!(
             " by pid {} ({}) seq {}",

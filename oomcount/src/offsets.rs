@@ -41,6 +41,7 @@ const MEMBERS: &[&str] = &[
     "constraint",
     "order",
     "si_code",
+    "oom_mm",
 ];
 const ENUMERATORS: &[&str] = &["memory_cgrp_id"];
 
@@ -57,28 +58,39 @@ pub fn fill(config: &mut Config) {
 /// Fills `config` from `btf`; separate from [`fill`] so that tests can hand in any BTF.
 pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
     let off = |s: &str, m: &str| btf.member_offset(s, m);
-    if let (Some(pid), Some(tgid), Some(comm), Some(leader), Some(code)) = (
+    if let (
+        Some(pid),
+        Some(tgid),
+        Some(comm),
+        Some(leader),
+        Some(signal),
+        Some(oom_mm),
+        Some(code),
+    ) = (
         off("task_struct", "pid"),
         off("task_struct", "tgid"),
         off("task_struct", "comm"),
         off("task_struct", "group_leader"),
+        off("task_struct", "signal"),
+        off("signal_struct", "oom_mm"),
         off("kernel_siginfo", "si_code"),
     ) {
         config.task_pid = pid;
         config.task_tgid = tgid;
         config.task_comm = comm;
         config.task_group_leader = leader;
+        config.task_signal = signal;
+        config.signal_oom_mm = oom_mm;
         config.siginfo_code = code;
         config.features |= feature::TASK;
     }
-    if let (Some(real_cred), Some(signal), Some(uid), Some(adj)) = (
+    if let (true, Some(real_cred), Some(uid), Some(adj)) = (
+        config.features & feature::TASK != 0,
         off("task_struct", "real_cred"),
-        off("task_struct", "signal"),
         off("cred", "uid"),
         off("signal_struct", "oom_score_adj"),
     ) {
         config.task_real_cred = real_cred;
-        config.task_signal = signal;
         config.cred_uid = uid;
         config.signal_oom_score_adj = adj;
         config.features |= feature::CRED;
