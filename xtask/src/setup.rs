@@ -157,10 +157,10 @@ fn ensure_nightly_rust_src() -> anyhow::Result<()> {
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
     let version = Command::new("bpf-linker").arg("--version").output();
-    if let Ok(out) = &version {
-        if String::from_utf8_lossy(&out.stdout).contains(&format!(" {BPF_LINKER_VERSION}.")) {
-            return Ok(());
-        }
+    if let Ok(out) = &version
+        && String::from_utf8_lossy(&out.stdout).contains(&format!(" {BPF_LINKER_VERSION}."))
+    {
+        return Ok(());
     }
     eprintln!(
         "setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)"

@@ -1,0 +1,53 @@
+//! The file systems oomcount needs, which no one else mounts in this guest: tracefs for the
+//! tracepoint formats, bpffs for pins, cgroup2 with the memory controller handed to children so
+//! tests can make memory cgroups and OOM them.
+use std::ffi::CString;
+
+/// (file system type, mount point), in order: each needs the ones before it.
+const MOUNTS: &[(&str, &str)] = &[
+    ("proc", "/proc"),
+    ("sysfs", "/sys"),
+    ("devtmpfs", "/dev"),
+    ("tmpfs", "/dev/shm"),
+    ("tracefs", "/sys/kernel/tracing"),
+    ("bpf", "/sys/fs/bpf"),
+    ("cgroup2", "/sys/fs/cgroup"),
+];
+
+/// Mounts everything and enables the memory controller; returns what failed, one line each.
+pub fn mount_all() -> Vec<String> {
+    let mut errors: Vec<String> = MOUNTS
+        .iter()
+        .filter_map(|&(fstype, target)| mount(fstype, target).err())
+        .collect();
+    let control = "/sys/fs/cgroup/cgroup.subtree_control";
+    if let Err(err) = std::fs::write(control, "+memory") {
+        errors.push(format!("write +memory to {control}: {err}"));
+    }
+    errors
+}
+
+fn mount(fstype: &str, target: &str) -> Result<(), String> {
+    // Most mount points exist already (in sysfs); the others are made here.
+    let _ = std::fs::create_dir_all(target);
+    let c_fstype = CString::new(fstype).expect("no NUL in a constant");
+    let c_target = CString::new(target).expect("no NUL in a constant");
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call; data may be null.
+    let rc = unsafe {
+        libc::mount(
+            c_fstype.as_ptr(),
+            c_target.as_ptr(),
+            c_fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
