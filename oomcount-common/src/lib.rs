@@ -46,8 +46,8 @@ pub const EVENTS_BYTES: u32 = 128 * 1024;
 
 /// How long after an OOM-style SIGKILL a mark of the same pid by the same task still counts as
 /// that kill. In `__oom_kill_process` the two are a few instructions apart in one task, with no
-/// sleep between them, but a preemptible kernel may preempt it there, and under load (a QEMU
-/// guest with a storm of kills, measured) that took over 50 ms. The window only guards against a
+/// sleep between them, but a preemptible kernel may preempt it there, for as long as the load
+/// (a storm of kills in a slow QEMU guest) makes it wait. The window only guards against a
 /// stale entry (an mm-sharer's SIGKILL) matching a much later mark of the same pid by the same
 /// task.
 pub const PAIR_WINDOW_NS: u64 = 5_000_000_000;
