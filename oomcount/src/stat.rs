@@ -12,9 +12,18 @@ use std::{
 
 use crate::protocol::CountReply;
 
-/// The stat file that goes with a daemon socket: `stat` in the socket's folder.
+/// The stat file that goes with a daemon socket: `stat` beside the default socket
+/// (`/run/oomcount/stat`), `<socket>.stat` beside any other, so that daemons whose sockets share
+/// a folder do not share a stat file.
 pub fn path_for(socket: &Path) -> PathBuf {
-    socket.with_file_name("stat")
+    let default = Path::new(crate::protocol::DEFAULT_SOCKET);
+    if socket.file_name() == default.file_name() {
+        socket.with_file_name("stat")
+    } else {
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".stat");
+        PathBuf::from(name)
+    }
 }
 
 /// The file's contents.

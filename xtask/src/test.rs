@@ -54,6 +54,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     eprintln!("test: unit tests");
     check(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
     eprintln!("test: privileged integration tests on this kernel");
+    // The tests start the daemon binary, which `cargo test` of another package does not build.
+    check(cargo().args(["build", "--package", "oomcount", "--bin", "oomcount"]))?;
     let mut integration = cargo();
     integration.args([
         "test",

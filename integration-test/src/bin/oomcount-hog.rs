@@ -1,1 +1,119 @@
-fn main() {}
+//! `oomcount-hog`: makes the OOM killer kill, in the shapes the tests need (see the library's
+//! `victim` module). Modes:
+//!
+//!     oomcount-hog alloc   --cgroup DIR [--adj N] [--mb N [--hold]]   touch memory (until killed)
+//!     oomcount-hog alloc   --global [--adj N]                          the VM's global OOM only
+//!     oomcount-hog threads N --cgroup DIR                              N threads touching memory
+//!     oomcount-hog vmshare --cgroup DIR                                clone(CLONE_VM) pair
+//!     oomcount-hog storm   --cgroup DIR... --kills-each K              forking producers
+//!     oomcount-hog dying   --cgroup DIR --mb N                         the already-dying victim
+//!
+//! Anything that touches memory without bound needs a cgroup (whose limit ends it), or
+//! `--global` together with `OOMCOUNT_VM=1`: a global OOM is allowed only in the VM guest.
+use std::{path::PathBuf, process::ExitCode};
+
+use oomcount_integration_test::{victim, wait::in_vm};
+
+#[derive(Default)]
+struct Options {
+    cgroups: Vec<PathBuf>,
+    adj: Option<i32>,
+    mb: Option<u64>,
+    hold: bool,
+    global: bool,
+    kills_each: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("oomcount-hog: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let (mode, rest) = args
+        .split_first()
+        .ok_or("name a mode: alloc, threads, vmshare or storm")?;
+    let (count, rest) = match (mode.as_str(), rest.split_first()) {
+        ("threads", Some((n, rest))) => (
+            Some(
+                n.parse::<usize>()
+                    .map_err(|e| format!("threads {n}: {e}"))?,
+            ),
+            rest,
+        ),
+        _ => (None, rest),
+    };
+    let o = parse(rest)?;
+    let unbounded = !(matches!(mode.as_str(), "alloc" | "dying") && o.mb.is_some());
+    if unbounded && o.cgroups.is_empty() && !(o.global && in_vm()) {
+        return Err("refusing to touch memory without bound outside a memory cgroup (give --cgroup; --global needs OOMCOUNT_VM=1)".into());
+    }
+    // The storm's producers and the dying victim's tracer stay outside; their children join.
+    let stays_outside = matches!(mode.as_str(), "storm" | "dying");
+    if let (false, Some(dir)) = (stays_outside, o.cgroups.first()) {
+        victim::join_cgroup(dir);
+    }
+    if let Some(adj) = o.adj {
+        victim::set_oom_score_adj(adj);
+    }
+    match (mode.as_str(), o.mb) {
+        ("alloc", Some(mb)) => {
+            victim::touch_mb(mb);
+            if o.hold {
+                victim::hold();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ("alloc", None) => victim::touch_forever(),
+        ("threads", _) => victim::threads(count.unwrap_or(8)),
+        ("vmshare", _) => victim::vmshare(),
+        ("dying", Some(mb)) => {
+            let dir = o.cgroups.first().ok_or("dying needs --cgroup")?;
+            victim::dying(dir, mb).map(|()| ExitCode::SUCCESS)
+        }
+        ("storm", _) => {
+            let each = o.kills_each.ok_or("storm needs --kills-each K")?;
+            match victim::storm(&o.cgroups, each) {
+                Ok(kills) => {
+                    println!("killed {kills}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    eprintln!("oomcount-hog storm: {err}");
+                    Ok(ExitCode::from(victim::EXIT_STORM_CHILD as u8))
+                }
+            }
+        }
+        (other, _) => Err(format!("unknown mode {other:?}")),
+    }
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--cgroup" => o.cgroups.push(PathBuf::from(value()?)),
+            "--adj" => o.adj = Some(number(flag, value()?)?),
+            "--mb" => o.mb = Some(number(flag, value()?)?),
+            "--kills-each" => o.kills_each = Some(number(flag, value()?)?),
+            "--hold" => o.hold = true,
+            "--global" => o.global = true,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag} {value:?} is not a number"))
+}

@@ -6,7 +6,8 @@ pub struct Args {
     /// Log each mark without a kill too, and other details (debug level).
     #[arg(short, long)]
     pub verbose: bool,
-    /// Where to publish the counts for `cat` (default: `stat` beside the socket); "" for none.
+    /// Where to publish the counts for `cat` (default: /run/oomcount/stat, or SOCKET.stat beside
+    /// another socket); "" for none.
     #[arg(long, value_name = "PATH")]
     pub stat: Option<std::path::PathBuf>,
     /// Events kept for `oomcount list` (about 400 bytes each).
