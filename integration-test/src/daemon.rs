@@ -60,10 +60,13 @@ impl Daemon {
             fs::File::create(&log).unwrap_or_else(|err| panic!("create {}: {err}", log.display()));
         let err = out.try_clone().expect("dup the log file");
         let started_at = SystemTime::now();
+        // No pins: each test's daemon starts from its own attach (the continuity tests pin on
+        // purpose, in folders of their own).
         let child = Command::new(&bin)
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
+            .arg("--no-pin")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -68,8 +68,30 @@ pub mod counter {
     pub const KILLS_MEMCG: u32 = 5;
     /// Kills with any other constraint: the whole machine (or a cpuset or memory policy).
     pub const KILLS_GLOBAL: u32 = 6;
-    /// Number of counters; the size of the map.
-    pub const COUNT: u32 = 8;
+    /// Slots the user side keeps beside the counters, on CPU 0, so that they outlive a daemon
+    /// with the pinned map: the layout version of the pins, when the probe was attached (Unix
+    /// ns), the last event sequence number, and the drops already reported. Never touched by the
+    /// programs. The version slot stays at this index in every version.
+    pub const VERSION: u32 = 8;
+    pub const ATTACHED_AT_NS: u32 = 9;
+    pub const SEQ: u32 = 10;
+    pub const DROPS_SEEN: u32 = 11;
+    /// Number of slots; the size of the map.
+    pub const COUNT: u32 = 16;
+}
+
+/// The layout version recorded with pinned maps and links: bumped whenever a pinned map or the
+/// meaning of a counter changes, so that a daemon recognises pins it cannot adopt. Version 0 is
+/// "no version recorded" (pins of a probe whose daemon died before writing it).
+pub const PIN_VERSION: u64 = 1;
+
+/// Names of the pinned objects, in the pin folder (`/sys/fs/bpf/oomcount` by default).
+pub mod pin {
+    pub const COUNTERS: &str = "counters";
+    pub const EVENTS: &str = "events";
+    pub const LINK_SIGNAL: &str = "link_signal_generate";
+    pub const LINK_MARK: &str = "link_mark_victim";
+    pub const ALL: [&str; 4] = [COUNTERS, EVENTS, LINK_SIGNAL, LINK_MARK];
 }
 
 /// Values of `si_code` and signal numbers the kernel program compares against.
@@ -369,6 +391,10 @@ mod tests {
             counter::KILL_EVENTS_DROPPED,
             counter::KILLS_MEMCG,
             counter::KILLS_GLOBAL,
+            counter::VERSION,
+            counter::ATTACHED_AT_NS,
+            counter::SEQ,
+            counter::DROPS_SEEN,
         ] {
             assert!(index < counter::COUNT);
         }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use oomcount_common::Event;
+use oomcount_common::{Event, counter};
 use tokio::{
     io::unix::AsyncFd,
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -27,7 +27,7 @@ use tokio::{
 
 use crate::{
     event::{Clock, VictimEvent},
-    probe::{Probe, ProbeError},
+    probe::{Origin, Probe, ProbeError},
     protocol::{CountReply, Dropped, MAX_LINE, Request, Response},
     system,
 };
@@ -61,6 +61,8 @@ pub enum DaemonError {
 
 pub struct Options {
     pub socket: PathBuf,
+    /// Where to pin the probe; `None` for no pins.
+    pub pin_dir: Option<PathBuf>,
     /// The stat file; `None` for none.
     pub stat: Option<PathBuf>,
     /// Events kept for `list`.
@@ -69,7 +71,8 @@ pub struct Options {
 
 /// What the daemon's tasks share.
 struct Shared {
-    probe: Probe,
+    /// Behind a lock because writing the slots kept with the pins needs `&mut`.
+    probe: Mutex<Probe>,
     /// Where the counts are published for `cat`; `None` when disabled.
     stat: Option<PathBuf>,
     history: Mutex<History>,
@@ -99,28 +102,38 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
 async fn serve(options: Options) -> Result<(), DaemonError> {
     let socket = options.socket;
     let lock = lock_socket(&socket)?;
-    let mut probe = Probe::attach()?;
+    let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
     let events = probe.take_events().expect("a fresh probe has its events");
+    let origin = probe.origin();
+    // The sequence and the drops already reported go on where the previous daemon left them.
+    let seq = probe.slot(counter::SEQ).unwrap_or(0);
+    let drops_seen = probe.slot(counter::DROPS_SEEN).unwrap_or(0);
     let shared = Arc::new(Shared {
-        probe,
+        probe: Mutex::new(probe),
         stat: options.stat,
         history: Mutex::new(History {
             events: VecDeque::with_capacity(options.history.min(64)),
             capacity: options.history,
-            seq: 0,
+            seq,
             received: 0,
             kills_received: 0,
-            drops_seen: 0,
+            drops_seen,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
     });
     let listener = bind(&socket)?;
     publish_stat(&shared);
+    let how = match (origin, &options.pin_dir) {
+        (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
+        (Origin::Upgraded, Some(dir)) => format!("replaced older pins in {}", dir.display()),
+        (Origin::Attached, Some(dir)) => format!("attached, pinned in {}", dir.display()),
+        _ => "attached, not pinned".to_owned(),
+    };
     log::info!(
-        "attached to oom/mark_victim on Linux {} at {}; serving on {}",
+        "{how}: oom/mark_victim on Linux {}, counting since {}; serving on {}",
         crate::tracefs::kernel_release(),
-        humantime::format_rfc3339_seconds(shared.probe.attached_at()),
+        humantime::format_rfc3339_seconds(lock_probe(&shared).attached_at()),
         socket.display()
     );
 
@@ -226,7 +239,8 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
     }
     // Drops happen in the kernel while the buffer is full; they are noticed here, after it
     // has been emptied, and numbered into the sequence so that gaps show.
-    if let Ok(counters) = shared.probe.counters()
+    let mut probe = lock_probe(shared);
+    if let Ok(counters) = probe.counters()
         && counters.events_dropped > history.drops_seen
     {
         let count = counters.events_dropped - history.drops_seen;
@@ -239,8 +253,16 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
         });
         let _ = shared.watchers.send(line(&dropped));
     }
+    // Kept with the pins, for the next daemon.
+    let _ = probe.set_slot(counter::SEQ, history.seq);
+    let _ = probe.set_slot(counter::DROPS_SEEN, history.drops_seen);
+    drop(probe);
     drop(history);
     publish_stat(shared);
+}
+
+fn lock_probe(shared: &Shared) -> std::sync::MutexGuard<'_, Probe> {
+    shared.probe.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Rewrites the stat file; a failure is logged, never fatal.
@@ -337,7 +359,10 @@ fn answer(request: &Request, shared: &Shared) -> Response {
 }
 
 fn count_reply(shared: &Shared) -> io::Result<CountReply> {
-    let counters = shared.probe.counters().map_err(io::Error::other)?;
+    let probe = lock_probe(shared);
+    let counters = probe.counters().map_err(io::Error::other)?;
+    let attached_at = probe.attached_at();
+    drop(probe);
     let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
     Ok(CountReply {
         kills: counters.kills,
@@ -348,7 +373,7 @@ fn count_reply(shared: &Shared) -> io::Result<CountReply> {
         kill_events_dropped: counters.kill_events_dropped,
         events_received: history.received,
         kill_events_received: history.kills_received,
-        attached_at: humantime::format_rfc3339_seconds(shared.probe.attached_at()).to_string(),
+        attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
         kernel_oom_kill: system::kernel_oom_kill(),
         source: "daemon".to_owned(),
     })

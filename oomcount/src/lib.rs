@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod event;
 pub mod logger;
 pub mod offsets;
+pub mod pins;
 pub mod probe;
 pub mod protocol;
 pub mod stat;

@@ -1,22 +1,26 @@
-//! The kernel side, seen from userspace: loading and attaching oomcount's eBPF programs, reading
-//! their counters and taking their event stream.
+//! The kernel side, seen from userspace: loading and attaching oomcount's eBPF programs, pinning
+//! them so that they outlive the daemon, adopting pins a previous daemon left, reading the
+//! counters and taking the event stream.
 //!
-//! The object is embedded in the binary (built by `build.rs`). It is loaded without the kernel's
-//! BTF: the programs use classic tracepoints with offsets from the format files, so parsing the
-//! kernel's 5 MB of BTF would only cost memory (about 14 MB of peak RSS, measured).
-use std::time::SystemTime;
+//! The object is embedded in the binary (built by `build.rs`). It is loaded without aya's parse
+//! of the kernel's BTF: the few kernel-structure offsets the programs need come from
+//! [`crate::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
-    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PROG_MARK_VICTIM, PROG_SIGNAL_GENERATE,
+    GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PIN_VERSION, PROG_MARK_VICTIM, PROG_SIGNAL_GENERATE,
     PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature,
 };
 
-use crate::{system, tracefs};
+use crate::{pins, system, tracefs};
 
 /// The eBPF object, as `build.rs` left it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomcount"));
@@ -29,6 +33,8 @@ pub enum ProbeError {
     NotPrivileged,
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
     #[error(
         "the kernel ({kernel}) refused oomcount's eBPF maps or programs (is bpf() restricted here: lockdown, seccomp, a container?)"
     )]
@@ -56,7 +62,9 @@ pub enum ProbeError {
     },
     #[error("oomcount's eBPF object has no map or program {0}: the build is broken")]
     Missing(&'static str),
-    #[error("cannot read the counter map")]
+    #[error("cannot make the tracepoint's link pinnable")]
+    Link(#[source] aya::programs::links::LinkError),
+    #[error("cannot read or write the counter map")]
     Map(#[from] aya::maps::MapError),
 }
 
@@ -72,23 +80,80 @@ pub struct Counters {
     pub kills_global: u64,
 }
 
-/// oomcount's programs, loaded and attached. Dropping it detaches them.
+/// How the probe came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Attached now, and pinned.
+    Attached,
+    /// Attached now, not pinned (`--no-pin`, or a kernel whose attachments cannot be pinned).
+    Unpinned,
+    /// Adopted from the pins a previous daemon left: its counts go on.
+    Adopted,
+    /// Attached now, replacing pins of another layout version, whose counts were carried over.
+    Upgraded,
+}
+
+/// oomcount's programs, attached. Dropping it detaches them unless they are pinned.
 pub struct Probe {
-    _ebpf: Ebpf,
-    config: Config,
+    /// The loaded object, when loaded by this process (not when adopted).
+    _ebpf: Option<Ebpf>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
+    origin: Origin,
 }
 
 impl Probe {
-    /// Checks privileges, mounts tracefs if needed, reads the tracepoint layouts, loads the
-    /// programs and attaches them (the signal program first, so no kill is marked before its
-    /// signal can be seen).
-    pub fn attach() -> Result<Self, ProbeError> {
+    /// Attaches the programs, pinning them under `pin_dir` when given: adopts the pins found
+    /// there when their version is this one's, replaces them (keeping their counts) when not.
+    pub fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
         if !system::may_load_bpf() {
             return Err(ProbeError::NotPrivileged);
         }
+        let Some(dir) = pin_dir else {
+            return Self::load(None, None);
+        };
+        pins::ensure_bpffs(dir)?;
+        match pins::Pinned::open(dir)? {
+            Some(pinned) if pinned.version() == pin_version() && pinned.links_present() => {
+                Self::adopt(pinned)
+            }
+            Some(pinned) => {
+                log::info!(
+                    "replacing pins of layout version {} in {} with version {}; their counts go on",
+                    pinned.version(),
+                    dir.display(),
+                    pin_version()
+                );
+                let carried = pinned.carry_over()?;
+                pins::remove(dir)?;
+                let mut probe = Self::load(Some(dir), Some(carried))?;
+                if probe.origin == Origin::Attached {
+                    probe.origin = Origin::Upgraded;
+                }
+                Ok(probe)
+            }
+            None => Self::load(Some(dir), None),
+        }
+    }
+
+    fn adopt(pinned: pins::Pinned) -> Result<Self, ProbeError> {
+        let (counters, events, attached_ns) = pinned.into_parts()?;
+        Ok(Self {
+            _ebpf: None,
+            counters,
+            events: Some(events),
+            attached_at: UNIX_EPOCH + Duration::from_nanos(attached_ns),
+            origin: Origin::Adopted,
+        })
+    }
+
+    /// Loads and attaches the programs (the signal program first, so that no kill is marked
+    /// before its signal can be seen), then pins them under `pin_dir` where the kernel allows.
+    fn load(
+        pin_dir: Option<&Path>,
+        carried: Option<PerCpuValuesByIndex>,
+    ) -> Result<Self, ProbeError> {
         let tracefs = tracefs::ensure_mounted()?;
         let mut config = tracefs::load_config(&tracefs)?;
         crate::offsets::fill(&mut config);
@@ -103,40 +168,67 @@ impl Probe {
                 kernel: kernel.clone(),
                 source: Box::new(source),
             })?;
-        // The signal program first, so that no kill is marked before its signal can be seen.
-        let raw_signal = config.features & feature::TASK != 0;
-        if raw_signal {
+        let pinning = pin_dir.filter(|_| aya::features().bpf_perf_link());
+        if let Some(dir) = pin_dir
+            && pinning.is_none()
+        {
+            log::warn!(
+                "Linux {kernel} cannot keep a tracepoint attached without its process (BPF perf links came in 5.15): the counts restart with the daemon; nothing is pinned in {}",
+                dir.display()
+            );
+        }
+        if let Some(dir) = pinning {
+            let map = |name| ebpf.map(name).ok_or(ProbeError::Missing(name));
+            pins::pin_maps(dir, map(MAP_COUNTERS)?, map(MAP_EVENTS)?)?;
+        }
+        let mut counters: PerCpuArray<MapData, u64> = ebpf
+            .take_map(MAP_COUNTERS)
+            .ok_or(ProbeError::Missing(MAP_COUNTERS))?
+            .try_into()?;
+        // Counts carried from older pins go on from where they were, since when they began.
+        let mut carried_attach = None;
+        for (index, value) in carried.unwrap_or_default() {
+            set_slot(&mut counters, index, value)?;
+            if index == counter::ATTACHED_AT_NS && value != 0 {
+                carried_attach = Some(UNIX_EPOCH + Duration::from_nanos(value));
+            }
+        }
+        let events: RingBuf<MapData> = ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(ProbeError::Missing(MAP_EVENTS))?
+            .try_into()?;
+
+        let signal_link = if config.features & feature::TASK != 0 {
             attach_raw(
                 &mut ebpf,
                 PROG_SIGNAL_GENERATE_RAW,
                 TP_SIGNAL_GENERATE.1,
                 &kernel,
-            )?;
+            )?
         } else {
-            attach(&mut ebpf, PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE, &kernel)?;
+            attach(&mut ebpf, PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE, &kernel)?
+        };
+        let mark_link = attach(&mut ebpf, PROG_MARK_VICTIM, TP_MARK_VICTIM, &kernel)?;
+        let attached_at = carried_attach.unwrap_or_else(SystemTime::now);
+        let attached_ns = attached_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        set_slot(&mut counters, counter::VERSION, pin_version())?;
+        set_slot(&mut counters, counter::ATTACHED_AT_NS, attached_ns as u64)?;
+
+        let mut origin = Origin::Unpinned;
+        if let (Some(dir), Some(signal), Some(mark)) = (pinning, signal_link, mark_link) {
+            pins::pin_links(dir, signal, mark)?;
+            origin = Origin::Attached;
         }
-        attach(&mut ebpf, PROG_MARK_VICTIM, TP_MARK_VICTIM, &kernel)?;
-        let attached_at = SystemTime::now();
-        let counters = ebpf
-            .take_map(MAP_COUNTERS)
-            .ok_or(ProbeError::Missing(MAP_COUNTERS))?
-            .try_into()?;
-        let events = ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(ProbeError::Missing(MAP_EVENTS))?
-            .try_into()?;
         Ok(Self {
-            _ebpf: ebpf,
-            config,
+            _ebpf: Some(ebpf),
             counters,
             events: Some(events),
             attached_at,
+            origin,
         })
-    }
-
-    /// The configuration handed to the programs.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     /// When the programs were attached: counts start there.
@@ -144,20 +236,23 @@ impl Probe {
         self.attached_at
     }
 
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
     /// The counters, each summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
-        let read = |index: u32| -> Result<u64, ProbeError> {
-            Ok(self.counters.get(&index, 0)?.iter().sum())
-        };
-        Ok(Counters {
-            kills: read(counter::KILLS)?,
-            marked: read(counter::MARKED)?,
-            events_dropped: read(counter::EVENTS_DROPPED)?,
-            kill_events_dropped: read(counter::KILL_EVENTS_DROPPED)?,
-            oom_signals: read(counter::OOM_SIGNALS)?,
-            kills_memcg: read(counter::KILLS_MEMCG)?,
-            kills_global: read(counter::KILLS_GLOBAL)?,
-        })
+        read_counters(&self.counters)
+    }
+
+    /// A user-side slot ([`counter::SEQ`], ...).
+    pub fn slot(&self, index: u32) -> Result<u64, ProbeError> {
+        Ok(self.counters.get(&index, 0)?.iter().sum())
+    }
+
+    /// Sets a user-side slot, kept with the pins.
+    pub fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        set_slot(&mut self.counters, index, value)
     }
 
     /// The event ring buffer; `None` once taken.
@@ -166,13 +261,51 @@ impl Probe {
     }
 }
 
-/// Loads `program` and attaches it to the classic tracepoint `category/name`.
+/// The layout version this daemon records with its pins: [`PIN_VERSION`], unless the tests ask
+/// it to pose as another (older) oomcount through `OOMCOUNT_TEST_PIN_VERSION`, since no older
+/// binary exists to test the upgrade path with.
+fn pin_version() -> u64 {
+    std::env::var("OOMCOUNT_TEST_PIN_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PIN_VERSION)
+}
+
+/// Counter values by index, carried from old pins to new ones.
+pub type PerCpuValuesByIndex = Vec<(u32, u64)>;
+
+/// Sums each counter over all CPUs.
+pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
+    let read = |index: u32| -> Result<u64, ProbeError> { Ok(map.get(&index, 0)?.iter().sum()) };
+    Ok(Counters {
+        kills: read(counter::KILLS)?,
+        marked: read(counter::MARKED)?,
+        events_dropped: read(counter::EVENTS_DROPPED)?,
+        kill_events_dropped: read(counter::KILL_EVENTS_DROPPED)?,
+        oom_signals: read(counter::OOM_SIGNALS)?,
+        kills_memcg: read(counter::KILLS_MEMCG)?,
+        kills_global: read(counter::KILLS_GLOBAL)?,
+    })
+}
+
+/// Writes `value` to CPU 0's copy of slot `index` and zero to the others, so that the sum is
+/// `value`.
+fn set_slot(map: &mut PerCpuArray<MapData, u64>, index: u32, value: u64) -> Result<(), ProbeError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| aya::maps::MapError::IoError(err))?;
+    let mut values = vec![0u64; cpus];
+    values[0] = value;
+    let values = PerCpuValues::try_from(values).map_err(aya::maps::MapError::IoError)?;
+    Ok(map.set(index, values, 0)?)
+}
+
+/// Loads `program` and attaches it to the classic tracepoint `category/name`; returns the link
+/// as a pinnable one where the kernel has BPF perf links (5.15+).
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     (category, name): (&'static str, &'static str),
     kernel: &str,
-) -> Result<(), ProbeError> {
+) -> Result<Option<FdLink>, ProbeError> {
     let prog_err = |source| ProbeError::Program {
         kernel: kernel.to_owned(),
         program,
@@ -184,7 +317,7 @@ fn attach(
         .try_into()
         .map_err(prog_err)?;
     tracepoint.load().map_err(prog_err)?;
-    tracepoint
+    let id = tracepoint
         .attach(category, name)
         .map_err(|source| ProbeError::Attach {
             kernel: kernel.to_owned(),
@@ -192,16 +325,22 @@ fn attach(
             name,
             source: Box::new(source),
         })?;
-    Ok(())
+    if !aya::features().bpf_perf_link() {
+        // Not pinnable: the link stays with the program, attached while this process lives.
+        return Ok(None);
+    }
+    let link = tracepoint.take_link(id).map_err(prog_err)?;
+    let link = FdLink::try_from(link).map_err(ProbeError::Link)?;
+    Ok(Some(link))
 }
 
-/// Loads `program` and attaches it to the raw tracepoint `name`.
+/// Loads `program` and attaches it to the raw tracepoint `name` (always a pinnable link).
 fn attach_raw(
     ebpf: &mut Ebpf,
     program: &'static str,
     name: &'static str,
     kernel: &str,
-) -> Result<(), ProbeError> {
+) -> Result<Option<FdLink>, ProbeError> {
     let prog_err = |source| ProbeError::Program {
         kernel: kernel.to_owned(),
         program,
@@ -213,7 +352,7 @@ fn attach_raw(
         .try_into()
         .map_err(prog_err)?;
     tracepoint.load().map_err(prog_err)?;
-    tracepoint
+    let id = tracepoint
         .attach(name)
         .map_err(|source| ProbeError::Attach {
             kernel: kernel.to_owned(),
@@ -221,5 +360,17 @@ fn attach_raw(
             name,
             source: Box::new(source),
         })?;
-    Ok(())
+    let link = tracepoint.take_link(id).map_err(prog_err)?;
+    Ok(Some(link.into()))
+}
+
+/// The pin folder used unless told otherwise.
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from(pins::DEFAULT_DIR)
+}
+
+/// Opens a pinned counter map.
+pub fn open_counters(path: &Path) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    let map = Map::from_map_data(MapData::from_pin(path)?)?;
+    Ok(map.try_into()?)
 }

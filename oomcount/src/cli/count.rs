@@ -3,23 +3,55 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::protocol::{self, CountReply, Request, Response};
+use crate::{
+    pins::Pinned,
+    protocol::{self, ClientError, CountReply, Request, Response},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print one JSON object: kills, marked, kills_memcg, kills_global, events_dropped,
     /// kill_events_dropped, events_received, kill_events_received, attached_at, kernel_oom_kill,
-    /// source.
+    /// source (`daemon`, or `pins` when read from the pinned counters without a daemon).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub socket: super::SocketArg,
+    /// Where the daemon pins the probe: read from there (as root) when no daemon answers.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    pub pin_dir: std::path::PathBuf,
+}
+
+/// The counts from the pinned counter map, when there are pins and this process may read them.
+fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
+    let pinned = Pinned::open(dir).ok()??;
+    let counters = pinned.counters().ok()?;
+    let attached = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(pinned.attached_ns());
+    Some(CountReply {
+        kills: counters.kills,
+        marked: counters.marked,
+        kills_memcg: counters.kills_memcg,
+        kills_global: counters.kills_global,
+        events_dropped: counters.events_dropped,
+        kill_events_dropped: counters.kill_events_dropped,
+        events_received: 0,
+        kill_events_received: 0,
+        attached_at: humantime::format_rfc3339_seconds(attached).to_string(),
+        kernel_oom_kill: crate::system::kernel_oom_kill(),
+        source: "pins".to_owned(),
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reply = match protocol::call(&args.socket.socket, &Request::Count)? {
-        Response::Count(reply) => reply,
-        other => anyhow::bail!("the daemon answered {other:?} to a count request"),
+    let reply = match protocol::call(&args.socket.socket, &Request::Count) {
+        Ok(Response::Count(reply)) => reply,
+        Ok(other) => anyhow::bail!("the daemon answered {other:?} to a count request"),
+        // No daemon: the pinned counters still know, to whoever may read them.
+        Err(ClientError::NotRunning(path)) => match from_pins(&args.pin_dir) {
+            Some(reply) => reply,
+            None => return Err(ClientError::NotRunning(path).into()),
+        },
+        Err(err) => return Err(err.into()),
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -40,14 +72,20 @@ fn human(reply: &CountReply) -> String {
         "kills            {}  (OOM kills since {}: {} by a cgroup limit, {} global)\n\
          marked           {}  (oom/mark_victim events: kills, threads of victims, victims already dying)\n\
          events dropped   {}\n\
-         kernel oom_kill  {}  (/proc/vmstat, since boot)\n",
+         kernel oom_kill  {}  (/proc/vmstat, since boot)\n\
+         source           {}\n",
         reply.kills,
         reply.attached_at,
         reply.kills_memcg,
         reply.kills_global,
         reply.marked,
         reply.events_dropped,
-        kernel
+        kernel,
+        if reply.source == "pins" {
+            "the pinned counters (no daemon is running)"
+        } else {
+            "the daemon"
+        }
     )
 }
 

@@ -10,6 +10,12 @@ pub struct Args {
     /// another socket); "" for none.
     #[arg(long, value_name = "PATH")]
     pub stat: Option<std::path::PathBuf>,
+    /// Where to pin the probe in bpffs, so that it counts on while no daemon runs.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    pub pin_dir: std::path::PathBuf,
+    /// Pin nothing: the probe detaches when the daemon exits.
+    #[arg(long)]
+    pub no_pin: bool,
     /// Events kept for `oomcount list` (about 400 bytes each).
     #[arg(long, default_value_t = crate::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
     pub history: usize,
@@ -28,6 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     crate::daemon::run(crate::daemon::Options {
         stat,
+        pin_dir: (!args.no_pin).then_some(args.pin_dir),
         socket: args.socket.socket,
         history: args.history,
     })?;

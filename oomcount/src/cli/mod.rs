@@ -5,6 +5,7 @@
 //! usage errors exit 2.
 pub mod count;
 pub mod daemon;
+pub mod detach;
 pub mod list;
 pub mod watch;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Watch(watch::Args),
     /// Print the most recent OOM victims from the daemon's history.
     List(list::Args),
+    /// Remove the probe's pins from bpffs (the probe stops once no daemon holds it).
+    Detach(detach::Args),
 }
 
 /// The daemon's socket, shared by every subcommand that talks to it.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Count(args) => count::run(args),
         Command::Watch(args) => watch::run(args),
         Command::List(args) => list::run(args),
+        Command::Detach(args) => detach::run(args),
     }
 }
 
