@@ -144,9 +144,12 @@ impl Drop for Pinned {
     }
 }
 
-/// BPF perf links, which keep a tracepoint attached without a process, came in Linux 5.15.
-/// oomcount cannot pin its probe on older kernels yet (raw tracepoints could: not built yet).
+/// BPF perf links, which keep a tracepoint attached without a process, came in Linux 5.15;
+/// before, oomcount pins raw tracepoints, which need the kernel's BTF.
 fn pins_possible() -> bool {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return true;
+    }
     let release = oomcount_integration_test::kernel_release();
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
@@ -154,7 +157,7 @@ fn pins_possible() -> bool {
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if version < (5, 15) {
         eprintln!(
-            "SKIPPED on Linux {release}: no BPF perf links before 5.15, so oomcount does not pin its probe here (yet)"
+            "SKIPPED on Linux {release}: no BPF perf links before 5.15 and no BTF for raw tracepoints: oomcount cannot pin its probe here"
         );
         return false;
     }

@@ -18,6 +18,8 @@ pub const PROG_MARK_VICTIM: &str = "oomcount_mark_victim";
 pub const PROG_SIGNAL_GENERATE: &str = "oomcount_signal_generate";
 /// The same as a raw tracepoint, which also sees the victim's `task_struct` (needs BTF offsets).
 pub const PROG_SIGNAL_GENERATE_RAW: &str = "oomcount_signal_generate_raw";
+/// `mark_victim` as a raw tracepoint, for kernels whose classic tracepoints cannot be pinned.
+pub const PROG_MARK_VICTIM_RAW: &str = "oomcount_mark_victim_raw";
 
 /// Tracepoints the programs attach to, as (category, name).
 pub const TP_MARK_VICTIM: (&str, &str) = ("oom", "mark_victim");
@@ -115,6 +117,9 @@ pub mod feature {
     pub const CGROUP: u32 = 1 << 2;
     /// `oom_control` on the OOM invoker's stack: constraint and the cgroup whose limit was hit.
     pub const OOM_CONTROL: u32 = 1 << 3;
+    /// `task_struct.mm` and the `mm_struct` counters (atomic, before 6.2): the raw `mark_victim`
+    /// program can give the new layout's memory fields.
+    pub const MM: u32 = 1 << 4;
 }
 
 /// Where the fields the programs read sit: in each tracepoint's record (read by the user side
@@ -176,11 +181,23 @@ pub struct Config {
     /// `kernel_siginfo.si_code`, `signal_struct.oom_mm` (feature::TASK).
     pub siginfo_code: u32,
     pub signal_oom_mm: u32,
-    pub _pad: u32,
+    /// 1 when the raw `mark_victim` arguments are `(task, uid)` (new layout), 0 for `(pid)`.
+    pub mark_raw_task: u32,
+    /// `task_struct.mm`, and in `mm_struct`: total_vm, the anon/file/shmem rss counters and
+    /// pgtables_bytes (feature::MM); kB per page.
+    pub task_mm: u32,
+    pub mm_total_vm: u32,
+    pub mm_rss_anon: u32,
+    pub mm_rss_file: u32,
+    pub mm_rss_shmem: u32,
+    pub mm_pgtables_bytes: u32,
+    pub page_kb: u32,
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 168);
+const _: () = assert!(size_of::<Config>() == 200);
+// No implicit padding: 48 offsets of 4 bytes, then the window.
+const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 48 * 4);
 
 /// What the signal programs remember for the task that sent an OOM-style SIGKILL.
 #[repr(C)]

@@ -73,7 +73,14 @@ static OOMCOUNT_CONFIG: Config = Config {
     thread_size: 0,
     siginfo_code: 0,
     signal_oom_mm: 0,
-    _pad: 0,
+    mark_raw_task: 0,
+    task_mm: 0,
+    mm_total_vm: 0,
+    mm_rss_anon: 0,
+    mm_rss_file: 0,
+    mm_rss_shmem: 0,
+    mm_pgtables_bytes: 0,
+    page_kb: 4,
     pair_window_ns: 0,
 };
 
@@ -220,7 +227,68 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     bump(counter::MARKED);
     // SAFETY: as in try_signal_generate.
     let pid: i32 = unsafe { ctx.read_at(cfg.mark_pid as usize)? };
-    let pid = pid as u32;
+    mark(&cfg, pid as u32, |cfg, event| {
+        if cfg.mark_total_vm != ABSENT {
+            let _ = read_memory_fields(ctx, cfg, event);
+        }
+    });
+    Ok(())
+}
+
+/// `mark_victim` as a raw tracepoint, for kernels before 5.15, where only raw tracepoints can
+/// stay attached without a process (their links are pinnable). Its arguments are `(int pid)` on
+/// the old layout and `(struct task_struct *task, uid_t uid)` on the new one, whose memory
+/// fields are then read from the victim's `mm` as the tracepoint itself computes them.
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn oomcount_mark_victim_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_mark_victim_raw(&ctx);
+    0
+}
+
+fn try_mark_victim_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let cfg = config();
+    bump(counter::MARKED);
+    let arg: u64 = ctx.arg(0);
+    if cfg.mark_raw_task == 0 {
+        mark(&cfg, arg as u32, |_, _| {});
+        return Ok(());
+    }
+    let pid: i32 = read(arg, cfg.task_pid)?;
+    let uid: u64 = ctx.arg(1);
+    mark(&cfg, pid as u32, |cfg, event| {
+        event.uid = uid as u32;
+        event.flags |= flags::UID;
+        if cfg.features & feature::MM != 0 {
+            let _ = read_task_memory(cfg, arg, event);
+        }
+    });
+    Ok(())
+}
+
+/// The memory fields of the new `mark_victim` layout, from the task's `mm` (Linux 5.10's
+/// `mm_rss_stat` counters, pages) and its `signal` (oom_score_adj).
+#[inline(always)]
+fn read_task_memory(cfg: &Config, task: u64, event: &mut Event) -> Result<(), i32> {
+    let mm: u64 = read(task, cfg.task_mm)?;
+    if mm == 0 {
+        return Ok(());
+    }
+    let pages_kb = |pages: i64| (pages.max(0) as u64) * u64::from(cfg.page_kb);
+    event.total_vm_kb = pages_kb(read::<i64>(mm, cfg.mm_total_vm)?);
+    event.anon_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_anon)?);
+    event.file_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_file)?);
+    event.shmem_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_shmem)?);
+    event.pgtables_kb = (read::<i64>(mm, cfg.mm_pgtables_bytes)?.max(0) as u64) >> 10;
+    let signal: u64 = read(task, cfg.task_signal)?;
+    event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
+    event.flags |= flags::MEMORY | flags::OOM_SCORE_ADJ;
+    Ok(())
+}
+
+/// What both `mark_victim` programs do once they know the pid: pair the mark with the task's
+/// pending SIGKILL, count, and send the event (`fill` adds the program's own fields).
+#[inline(always)]
+fn mark(cfg: &Config, pid: u32, fill: impl FnOnce(&Config, &mut Event)) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -237,19 +305,16 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
             && pending.counted == 0
             && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns
         {
-            killed = Some((pending, count_kill(&cfg, pending.task)));
+            killed = Some((pending, count_kill(cfg, pending.task)));
         }
     }
-    emit(&cfg, now, pid, killed.is_some(), |cfg, event| {
-        if cfg.mark_total_vm != ABSENT {
-            let _ = read_memory_fields(ctx, cfg, event);
-        }
+    emit(cfg, now, pid, killed.is_some(), |cfg, event| {
+        fill(cfg, event);
         if let Some((pending, oom)) = killed {
             event.kind = kind::KILL;
             fill_kill(cfg, event, pending.comm, pending.task, &oom);
         }
     });
-    Ok(())
 }
 
 /// Counts a kill, and where the victim's task is known, its constraint from the OOM killer's

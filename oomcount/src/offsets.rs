@@ -17,6 +17,8 @@ const STRUCTS: &[&str] = &[
     "kernfs_node",
     "oom_control",
     "kernel_siginfo",
+    "mm_struct",
+    "mm_rss_stat",
 ];
 const MEMBERS: &[&str] = &[
     "pid",
@@ -42,8 +44,18 @@ const MEMBERS: &[&str] = &[
     "order",
     "si_code",
     "oom_mm",
+    "mm",
+    "total_vm",
+    "rss_stat",
+    "count",
+    "pgtables_bytes",
 ];
-const ENUMERATORS: &[&str] = &["memory_cgrp_id"];
+const ENUMERATORS: &[&str] = &[
+    "memory_cgrp_id",
+    "MM_FILEPAGES",
+    "MM_ANONPAGES",
+    "MM_SHMEMPAGES",
+];
 
 /// Fills the BTF part of `config` from the running kernel, setting the `features` found.
 pub fn fill(config: &mut Config) {
@@ -140,6 +152,40 @@ pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
         config.oc_order = order;
         config.thread_size = thread_size;
         config.features |= feature::OOM_CONTROL;
+    }
+    fill_mm(config, btf);
+    config.page_kb = (nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096)
+        / 1024) as u32;
+}
+
+/// The mm counters as Linux before 6.2 keeps them (`struct mm_rss_stat` of atomics), for the raw
+/// `mark_victim` program on kernels that need it (before 5.15).
+fn fill_mm(config: &mut Config, btf: &Btf) {
+    let off = |s: &str, m: &str| btf.member_offset(s, m);
+    let index = |name: &str| btf.enum_value(name).and_then(|v| u32::try_from(v).ok());
+    if let (true, Some(mm), Some(total_vm), Some(rss_stat), Some(count), Some(pgtables)) = (
+        config.features & feature::CRED != 0,
+        off("task_struct", "mm"),
+        off("mm_struct", "total_vm"),
+        off("mm_struct", "rss_stat"),
+        off("mm_rss_stat", "count"),
+        off("mm_struct", "pgtables_bytes"),
+    ) && let (Some(file), Some(anon), Some(shmem)) = (
+        index("MM_FILEPAGES"),
+        index("MM_ANONPAGES"),
+        index("MM_SHMEMPAGES"),
+    ) {
+        let counter = |i: u32| rss_stat + count + 8 * i;
+        config.task_mm = mm;
+        config.mm_total_vm = total_vm;
+        config.mm_rss_anon = counter(anon);
+        config.mm_rss_file = counter(file);
+        config.mm_rss_shmem = counter(shmem);
+        config.mm_pgtables_bytes = pgtables;
+        config.features |= feature::MM;
     }
 }
 

@@ -16,8 +16,9 @@ use aya::{
     programs::{RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
-    GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PIN_VERSION, PROG_MARK_VICTIM, PROG_SIGNAL_GENERATE,
-    PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature,
+    ABSENT, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PIN_VERSION, PROG_MARK_VICTIM,
+    PROG_MARK_VICTIM_RAW, PROG_SIGNAL_GENERATE, PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM,
+    TP_SIGNAL_GENERATE, counter, feature,
 };
 
 use crate::{pins, system, tracefs};
@@ -157,6 +158,15 @@ impl Probe {
         let tracefs = tracefs::ensure_mounted()?;
         let mut config = tracefs::load_config(&tracefs)?;
         crate::offsets::fill(&mut config);
+        // Raw `mark_victim` arguments: `(task, uid)` on the new layout, `(pid)` on the old.
+        config.mark_raw_task = u32::from(config.mark_total_vm != ABSENT);
+        // Classic tracepoints stay attached without their process only through BPF perf links
+        // (5.15+); before, both programs go on raw tracepoints, whose links can be pinned.
+        let perf_links = aya::features().bpf_perf_link();
+        let raw_signal = config.features & feature::TASK != 0;
+        // (`OOMCOUNT_TEST_RAW_MARK` makes a newer kernel take the old kernels' path, for tests.)
+        let old_path = !perf_links || std::env::var_os("OOMCOUNT_TEST_RAW_MARK").is_some();
+        let raw_mark = pin_dir.is_some() && old_path && raw_signal;
         system::lift_memlock_limit();
         let kernel = tracefs::kernel_release();
         let mut loader = system::without_kernel_btf(EbpfLoader::new);
@@ -168,12 +178,12 @@ impl Probe {
                 kernel: kernel.clone(),
                 source: Box::new(source),
             })?;
-        let pinning = pin_dir.filter(|_| aya::features().bpf_perf_link());
+        let pinning = pin_dir.filter(|_| perf_links || raw_mark);
         if let Some(dir) = pin_dir
             && pinning.is_none()
         {
             log::warn!(
-                "Linux {kernel} cannot keep a tracepoint attached without its process (BPF perf links came in 5.15): the counts restart with the daemon; nothing is pinned in {}",
+                "Linux {kernel} without BTF cannot keep oomcount's probe attached without the daemon (no BPF perf links before 5.15): the counts restart with the daemon; nothing is pinned in {}",
                 dir.display()
             );
         }
@@ -198,7 +208,7 @@ impl Probe {
             .ok_or(ProbeError::Missing(MAP_EVENTS))?
             .try_into()?;
 
-        let signal_link = if config.features & feature::TASK != 0 {
+        let signal_link = if raw_signal {
             attach_raw(
                 &mut ebpf,
                 PROG_SIGNAL_GENERATE_RAW,
@@ -208,7 +218,11 @@ impl Probe {
         } else {
             attach(&mut ebpf, PROG_SIGNAL_GENERATE, TP_SIGNAL_GENERATE, &kernel)?
         };
-        let mark_link = attach(&mut ebpf, PROG_MARK_VICTIM, TP_MARK_VICTIM, &kernel)?;
+        let mark_link = if raw_mark {
+            attach_raw(&mut ebpf, PROG_MARK_VICTIM_RAW, TP_MARK_VICTIM.1, &kernel)?
+        } else {
+            attach(&mut ebpf, PROG_MARK_VICTIM, TP_MARK_VICTIM, &kernel)?
+        };
         let attached_at = carried_attach.unwrap_or_else(SystemTime::now);
         let attached_ns = attached_at
             .duration_since(UNIX_EPOCH)
