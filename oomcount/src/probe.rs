@@ -98,6 +98,8 @@ pub enum Origin {
 pub struct Probe {
     /// The loaded object, when loaded by this process (not when adopted).
     _ebpf: Option<Ebpf>,
+    /// Links taken from their programs but not pinned: dropping them detaches.
+    _links: Vec<FdLink>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
@@ -142,6 +144,7 @@ impl Probe {
         let (counters, events, attached_ns) = pinned.into_parts()?;
         Ok(Self {
             _ebpf: None,
+            _links: Vec::new(),
             counters,
             events: Some(events),
             attached_at: UNIX_EPOCH + Duration::from_nanos(attached_ns),
@@ -232,12 +235,18 @@ impl Probe {
         set_slot(&mut counters, counter::ATTACHED_AT_NS, attached_ns as u64)?;
 
         let mut origin = Origin::Unpinned;
-        if let (Some(dir), Some(signal), Some(mark)) = (pinning, signal_link, mark_link) {
-            pins::pin_links(dir, signal, mark)?;
-            origin = Origin::Attached;
+        let mut links = Vec::new();
+        match (pinning, signal_link, mark_link) {
+            (Some(dir), Some(signal), Some(mark)) => {
+                pins::pin_links(dir, signal, mark)?;
+                origin = Origin::Attached;
+            }
+            // Not pinned: the links live as long as this probe.
+            (_, signal, mark) => links.extend(signal.into_iter().chain(mark)),
         }
         Ok(Self {
             _ebpf: Some(ebpf),
+            _links: links,
             counters,
             events: Some(events),
             attached_at,
