@@ -42,6 +42,8 @@ pub struct Hierarchy {
     pub version: Version,
     /// The mount point of the hierarchy.
     pub mount: PathBuf,
+    /// The folder of the hierarchy mounted there (`/` unless a bind mount or a namespace).
+    pub root: PathBuf,
     /// The folder under which the `oomcount-test` parent is made.
     pub base: PathBuf,
 }
@@ -79,6 +81,7 @@ fn find_memory_hierarchy() -> Option<Hierarchy> {
         return Some(Hierarchy {
             version: Version::V1,
             mount: m.point.clone(),
+            root: m.root.clone(),
             base,
         });
     }
@@ -92,6 +95,7 @@ fn find_memory_hierarchy() -> Option<Hierarchy> {
         .map(|m| Hierarchy {
             version: Version::V2,
             mount: m.point.clone(),
+            root: m.root.clone(),
             base: m.point.clone(),
         })
 }
@@ -176,6 +180,28 @@ impl MemCg {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// This group's path in the memory controller's hierarchy, as the kernel names it (in its
+    /// `oom-kill:` lines, and as oomcount's `cgroup`): `/` is the hierarchy's root, whatever
+    /// folder this process's group is in (on v1 hosts the `oomcount-test` parent sits in it).
+    pub fn path(&self) -> String {
+        hierarchy_path(&self.dir)
+    }
+
+    /// The group's id as the kernel numbers it: its kernfs node id, the folder's inode number.
+    pub fn id(&self) -> u64 {
+        inode(&self.dir)
+    }
+
+    /// cgroup v1 before 5.16: makes the limits of this group apply to the groups made in it
+    /// (`memory.use_hierarchy`, which must be set before it has children). A no-op where
+    /// hierarchy is always on (cgroup2, v1 since 5.16).
+    pub fn use_hierarchy(&self) {
+        let file = self.dir.join("memory.use_hierarchy");
+        if self.version == Version::V1 && fs::read_to_string(&file).is_ok_and(|v| v.trim() == "0") {
+            self.write("memory.use_hierarchy", "1");
+        }
     }
 
     /// Sets the memory limit; on v2 also forbids swap so that the limit is hit, not swapped past.
@@ -294,6 +320,47 @@ fn remove_tree(dir: &Path) -> Result<(), String> {
             Err(err) => Err(format!("rmdir: {err}; members {:?}", read_pids(dir))),
         }
     })
+}
+
+/// The path of the cgroup folder `dir` in its memory hierarchy (see [`MemCg::path`]).
+pub fn hierarchy_path(dir: &Path) -> String {
+    let hierarchy = memory_hierarchy();
+    let relative = dir.strip_prefix(&hierarchy.mount).unwrap_or_else(|_| {
+        panic!(
+            "{} is not in the memory hierarchy at {}",
+            dir.display(),
+            hierarchy.mount.display()
+        )
+    });
+    let path = Path::new("/").join(&hierarchy.root).join(relative);
+    path.to_str().expect("cgroup paths are UTF-8").to_owned()
+}
+
+/// The inode number of `path` (a cgroup folder's is its kernfs id).
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .unwrap_or_else(|err| panic!("stat {}: {err}", path.display()))
+        .ino()
+}
+
+/// The memory cgroup of process `pid` as a path in the memory hierarchy (`/proc/PID/cgroup`:
+/// the v1 line with `memory`, else the cgroup2 line `0::PATH`).
+pub fn memcg_of(pid: u32) -> String {
+    let file = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&file).unwrap_or_else(|err| panic!("read {file}: {err}"));
+    let field = |want: &dyn Fn(&str, &str) -> bool| {
+        text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            want(id, controllers).then(|| path.to_owned())
+        })
+    };
+    let path = match memory_hierarchy().version {
+        Version::V1 => field(&|_, c| c.split(',').any(|c| c == "memory")),
+        Version::V2 => field(&|id, c| id == "0" && c.is_empty()),
+    };
+    path.unwrap_or_else(|| panic!("no memory cgroup in {file}: {text:?}"))
 }
 
 fn read_pids(dir: &Path) -> Vec<u32> {

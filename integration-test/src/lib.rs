@@ -8,6 +8,8 @@
 //! The library panics with a message instead of returning errors: its callers are tests.
 pub mod cgroup;
 pub mod daemon;
+pub mod events;
+pub mod kmsg;
 pub mod locate;
 pub mod mounts;
 pub mod producer;
@@ -20,6 +22,8 @@ pub mod watch;
 
 pub use cgroup::{MemCg, Version};
 pub use daemon::{Counts, Daemon};
+pub use events::{Event, EventCounts, Layout, WatchClient};
+pub use kmsg::Kmsg;
 pub use wait::{deadline, in_vm, wait_until};
 pub use watch::{Delta, Watch};
 

@@ -61,8 +61,9 @@ pub fn single_kills(cg: &MemCg, n: u64) {
     }
 }
 
-/// One process of `threads` threads, all touching memory in `cg` until it is killed.
-pub fn threaded_kill(cg: &MemCg, threads: usize) {
+/// One process of `threads` threads, all touching memory in `cg` until it is killed; returns
+/// its pid.
+pub fn threaded_kill(cg: &MemCg, threads: usize) -> u32 {
     let mut child = spawn(hog(&["threads", &threads.to_string(), "--cgroup", dir(cg)]));
     let status = wait_child(
         &mut child,
@@ -70,6 +71,34 @@ pub fn threaded_kill(cg: &MemCg, threads: usize) {
         "the multi-threaded hog to be killed",
     );
     assert_oom_killed(status, "the multi-threaded hog");
+    child.id()
+}
+
+/// One single-threaded process touching memory in `cg` until killed, with more hog options
+/// (`--adj N`, `--comm NAME`, `--uid N`); returns its pid.
+pub fn kill_one(cg: &MemCg, options: &[&str]) -> u32 {
+    let mut cmd = hog(&["alloc", "--cgroup", dir(cg)]);
+    cmd.args(options);
+    let mut child = spawn(cmd);
+    let what = format!("the hog {options:?} to be killed");
+    let status = wait_child(&mut child, deadline(Duration::from_secs(20)), &what);
+    assert_oom_killed(status, &format!("the hog {options:?}"));
+    child.id()
+}
+
+/// A process that touches `mb` MiB in `cg` and exits, which must survive (another member is
+/// the OOM killer's choice); with more hog options. Returns its pid.
+pub fn survivor(cg: &MemCg, mb: u64, options: &[&str]) -> u32 {
+    let mut cmd = hog(&["alloc", "--cgroup", dir(cg), "--mb", &mb.to_string()]);
+    cmd.args(options);
+    let mut child = spawn(cmd);
+    let what = format!("the hog {options:?} to touch {mb} MiB and exit");
+    let status = wait_child(&mut child, deadline(Duration::from_secs(30)), &what);
+    assert!(
+        status.success(),
+        "the hog {options:?} touching {mb} MiB should have survived but ended with {status}"
+    );
+    child.id()
 }
 
 /// A `clone(CLONE_VM)` pair touching memory in `cg`; both must die (the group ends up empty).
@@ -127,6 +156,11 @@ pub struct Held {
 impl Held {
     /// Starts it with `oom_score_adj` `adj` and waits until it holds its memory.
     pub fn spawn(cg: &MemCg, mb: u64, adj: i32) -> Held {
+        Held::spawn_with(cg, mb, adj, &[])
+    }
+
+    /// [`Held::spawn`] with more hog options (`--comm NAME`, `--uid N`).
+    pub fn spawn_with(cg: &MemCg, mb: u64, adj: i32, options: &[&str]) -> Held {
         let mut cmd = hog(&[
             "alloc",
             "--cgroup",
@@ -137,7 +171,7 @@ impl Held {
             &adj.to_string(),
             "--hold",
         ]);
-        cmd.stdout(Stdio::piped());
+        cmd.args(options).stdout(Stdio::piped());
         let mut child = spawn(cmd);
         let said = read_line_by(&mut child, deadline(Duration::from_secs(20)));
         if said != "ready" {
@@ -244,7 +278,8 @@ fn read_line_by(child: &mut Child, deadline: Instant) -> String {
 
 /// The members of a `memory.oom.group` (cgroup2): `members - 1` processes holding a little
 /// memory, then one touching memory until the limit; the OOM killer kills them all together.
-pub fn oom_group_kill(cg: &MemCg, members: usize) {
+/// Returns their pids, the growing one first.
+pub fn oom_group_kill(cg: &MemCg, members: usize) -> Vec<u32> {
     assert!(members >= 2, "a group needs at least two members");
     let mut held: Vec<Held> = (1..members).map(|_| Held::spawn(cg, 4, 0)).collect();
     let mut grower = spawn(hog(&["alloc", "--cgroup", dir(cg)]));
@@ -257,11 +292,14 @@ pub fn oom_group_kill(cg: &MemCg, members: usize) {
     for (i, member) in held.iter_mut().enumerate() {
         member.wait_killed(&format!("held member {i} to be killed with its group"));
     }
+    std::iter::once(grower.id())
+        .chain(held.iter().map(Held::pid))
+        .collect()
 }
 
 /// The VM guest's global OOM: one process (`oom_score_adj` 1000) touching memory outside any
-/// limit until the kernel kills it. Refused unless `OOMCOUNT_VM` is set.
-pub fn global_kill() {
+/// limit until the kernel kills it. Refused unless `OOMCOUNT_VM` is set. Returns its pid.
+pub fn global_kill() -> u32 {
     assert!(
         crate::wait::in_vm(),
         "a global OOM is allowed only in the VM guest (OOMCOUNT_VM=1)"
@@ -273,6 +311,7 @@ pub fn global_kill() {
         "the global hog to be killed",
     );
     assert_oom_killed(status, "the global hog");
+    child.id()
 }
 
 /// What `/proc/PID/status` says about a process, for the already-dying victim.

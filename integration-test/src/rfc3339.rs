@@ -1,5 +1,6 @@
-//! RFC 3339 timestamps (`2026-11-26T05:00:00Z`), as `attached_at` carries them, parsed without
-//! a date crate: the tests need only to check the format and compare the instant with now.
+//! RFC 3339 timestamps (`2026-11-26T05:00:00Z`), as `attached_at` and the events' `time` carry
+//! them, parsed without a date crate: the tests need only to check the format and compare the
+//! instant with others (to the nanosecond: fractions are kept).
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parses an RFC 3339 timestamp (`2026-11-26T05:00:00Z`, fractions and offsets allowed).
@@ -28,10 +29,20 @@ pub fn parse(text: &str) -> Option<SystemTime> {
         return None;
     }
     let mut rest = &text[19..];
+    let mut nanos = 0u32;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
             return None;
+        }
+        // Nanoseconds: the first nine digits, padded; finer ones are dropped.
+        for i in 0..9 {
+            let digit = frac
+                .as_bytes()
+                .get(i)
+                .filter(|_| i < digits)
+                .map_or(0, |d| d - b'0');
+            nanos = nanos * 10 + u32::from(digit);
         }
         rest = &frac[digits..];
     }
@@ -58,7 +69,7 @@ pub fn parse(text: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
 }
 
 #[cfg(test)]
@@ -72,6 +83,10 @@ mod tests {
         assert_eq!(at("2000-03-01T00:00:00Z"), Some(951_868_800));
         assert_eq!(at("2026-11-26T05:00:00.123456+01:00"), Some(1_795_665_600));
         assert_eq!(at("2026-11-26 05:00:00z"), at("2026-11-26T05:00:00Z"));
+        let nanos = |s| parse(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().subsec_nanos());
+        assert_eq!(nanos("2026-11-26T05:45:25.371666706Z"), Some(371_666_706));
+        assert_eq!(nanos("2026-11-26T05:45:25.5Z"), Some(500_000_000));
+        assert_eq!(nanos("2026-11-26T05:45:25.1234567891Z"), Some(123_456_789));
         for bad in [
             "",
             "2026-11-26",

@@ -42,6 +42,46 @@ pub fn set_oom_score_adj(adj: i32) {
         .unwrap_or_else(|err| panic!("set oom_score_adj {adj}: {err}"));
 }
 
+/// Renames this process (its comm, at most 15 bytes: the kernel cuts the rest), so that a test
+/// can tell its victim from the process that made the OOM by name too.
+pub fn set_comm(name: &str) {
+    let name = CString::new(name).expect("no NUL in a comm");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of which it copies at most 16 bytes.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+    assert_eq!(
+        rc,
+        0,
+        "prctl(PR_SET_NAME): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Becomes user and group `uid` (real, effective and saved), dropping root: for a victim whose
+/// uid is not the test's. Called after joining the cgroup and setting `oom_score_adj`.
+pub fn become_user(uid: u32) {
+    // SAFETY: plain system calls on integers.
+    unsafe {
+        assert_eq!(
+            libc::setgroups(0, ptr::null()),
+            0,
+            "setgroups: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::setresgid(uid, uid, uid),
+            0,
+            "setresgid {uid}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::setresuid(uid, uid, uid),
+            0,
+            "setresuid {uid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Maps one [`CHUNK`] and writes to each page so that it is charged. Uses no allocator and no
 /// thread-local state besides `errno`, so an mm-sharing clone may call it.
 fn touch_chunk() -> bool {

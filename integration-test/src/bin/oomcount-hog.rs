@@ -2,6 +2,7 @@
 //! `victim` module). Modes:
 //!
 //!     oomcount-hog alloc   --cgroup DIR [--adj N] [--mb N [--hold]]   touch memory (until killed)
+//!                          [--comm NAME] [--uid N]                     renamed, as another user
 //!     oomcount-hog alloc   --global [--adj N]                          the VM's global OOM only
 //!     oomcount-hog threads N --cgroup DIR                              N threads touching memory
 //!     oomcount-hog vmshare --cgroup DIR                                clone(CLONE_VM) pair
@@ -22,6 +23,8 @@ struct Options {
     hold: bool,
     global: bool,
     kills_each: Option<u64>,
+    comm: Option<String>,
+    uid: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         _ => (None, rest),
     };
     let o = parse(rest)?;
+    if (o.comm.is_some() || o.uid.is_some()) && mode != "alloc" {
+        return Err("--comm and --uid are for alloc".into());
+    }
     let unbounded = !(matches!(mode.as_str(), "alloc" | "dying") && o.mb.is_some());
     if unbounded && o.cgroups.is_empty() && !(o.global && in_vm()) {
         return Err("refusing to touch memory without bound outside a memory cgroup (give --cgroup; --global needs OOMCOUNT_VM=1)".into());
@@ -61,6 +67,13 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     if let Some(adj) = o.adj {
         victim::set_oom_score_adj(adj);
+    }
+    // After the cgroup and oom_score_adj: a negative one needs root.
+    if let Some(comm) = &o.comm {
+        victim::set_comm(comm);
+    }
+    if let Some(uid) = o.uid {
+        victim::become_user(uid);
     }
     match (mode.as_str(), o.mb) {
         ("alloc", Some(mb)) => {
@@ -104,6 +117,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--adj" => o.adj = Some(number(flag, value()?)?),
             "--mb" => o.mb = Some(number(flag, value()?)?),
             "--kills-each" => o.kills_each = Some(number(flag, value()?)?),
+            "--comm" => o.comm = Some(value()?.clone()),
+            "--uid" => o.uid = Some(number(flag, value()?)?),
             "--hold" => o.hold = true,
             "--global" => o.global = true,
             other => return Err(format!("unknown option {other:?}")),
