@@ -117,8 +117,8 @@ pub mod feature {
     pub const CGROUP: u32 = 1 << 2;
     /// `oom_control` on the OOM invoker's stack: constraint and the cgroup whose limit was hit.
     pub const OOM_CONTROL: u32 = 1 << 3;
-    /// `task_struct.mm` and the `mm_struct` counters (atomic, before 6.2): the raw `mark_victim`
-    /// program can give the new layout's memory fields.
+    /// `task_struct.mm` and the `mm_struct` counters: the raw `mark_victim` program can give
+    /// the new layout's memory fields.
     pub const MM: u32 = 1 << 4;
 }
 

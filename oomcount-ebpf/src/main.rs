@@ -235,8 +235,9 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// `mark_victim` as a raw tracepoint, for kernels before 5.15, where only raw tracepoints can
-/// stay attached without a process (their links are pinnable). Its arguments are `(int pid)` on
+/// `mark_victim` as a raw tracepoint, the one used wherever BTF is: unlike a classic
+/// tracepoint's program it is never skipped because another BPF program or a map syscall is
+/// active on the CPU, and its link can be pinned on any kernel. Its arguments are `(int pid)` on
 /// the old layout and `(struct task_struct *task, uid_t uid)` on the new one, whose memory
 /// fields are then read from the victim's `mm` as the tracepoint itself computes them.
 #[raw_tracepoint(tracepoint = "mark_victim")]
@@ -265,8 +266,8 @@ fn try_mark_victim_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// The memory fields of the new `mark_victim` layout, from the task's `mm` (Linux 5.10's
-/// `mm_rss_stat` counters, pages) and its `signal` (oom_score_adj).
+/// The memory fields of the new `mark_victim` layout, from the task's `mm` (its rss counters,
+/// in pages) and its `signal` (oom_score_adj).
 #[inline(always)]
 fn read_task_memory(cfg: &Config, task: u64, event: &mut Event) -> Result<(), i32> {
     let mm: u64 = read(task, cfg.task_mm)?;
@@ -440,12 +441,17 @@ fn read_memory_fields(ctx: &TracePointContext, cfg: &Config, event: &mut Event) 
 fn read_victim_task(cfg: &Config, task: u64, oom_kn: u64, event: &mut Event) -> Result<(), i32> {
     event.tgid = read(task, cfg.task_tgid)?;
     event.flags |= flags::TGID;
-    if cfg.features & feature::CRED != 0 && event.flags & flags::UID == 0 {
-        let cred: u64 = read(task, cfg.task_real_cred)?;
-        event.uid = read(cred, cfg.cred_uid)?;
-        let signal: u64 = read(task, cfg.task_signal)?;
-        event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
-        event.flags |= flags::UID | flags::OOM_SCORE_ADJ;
+    if cfg.features & feature::CRED != 0 {
+        if event.flags & flags::UID == 0 {
+            let cred: u64 = read(task, cfg.task_real_cred)?;
+            event.uid = read(cred, cfg.cred_uid)?;
+            event.flags |= flags::UID;
+        }
+        if event.flags & flags::OOM_SCORE_ADJ == 0 {
+            let signal: u64 = read(task, cfg.task_signal)?;
+            event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
+            event.flags |= flags::OOM_SCORE_ADJ;
+        }
     }
     if cfg.features & feature::CGROUP != 0 {
         read_cgroup_path(cfg, task, oom_kn, event)?;

@@ -55,6 +55,8 @@ pub struct Btf {
     strings: HashMap<String, u32>,
     /// Named structs and unions that were asked for: name offset -> members.
     structs: HashMap<u32, Vec<Member>>,
+    /// Their sizes in bytes.
+    sizes: HashMap<u32, u32>,
     /// Anonymous structs and unions: type id -> members (only wanted or anonymous ones).
     anonymous: HashMap<u32, Vec<Member>>,
     enum_values: HashMap<u32, i64>,
@@ -165,6 +167,8 @@ impl Btf {
                         btf.anonymous.insert(type_id, kept);
                     } else if keep_struct && vlen > 0 {
                         btf.structs.insert(name, kept);
+                        let size = u32::from_le_bytes(head[8..12].try_into().unwrap());
+                        btf.sizes.insert(name, size);
                     }
                 }
                 kind::ENUM => {
@@ -211,6 +215,11 @@ impl Btf {
             let inner = self.anonymous.get(&m.type_id)?;
             Some(m.bit_offset + self.find(inner, wanted, depth + 1)?)
         })
+    }
+
+    /// The size in bytes of struct `name`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.sizes.get(self.strings.get(name)?).copied()
     }
 
     /// The value of enumerator `name`.
@@ -324,6 +333,7 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "a"), Some(0));
         assert_eq!(btf.member_offset("outer", "c"), Some(4));
         assert_eq!(btf.member_offset("outer", "b"), None, "not asked for");
+        assert_eq!(btf.struct_size("outer"), Some(8));
         assert_eq!(btf.enum_value("x"), Some(3));
     }
 

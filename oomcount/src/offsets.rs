@@ -19,6 +19,7 @@ const STRUCTS: &[&str] = &[
     "kernel_siginfo",
     "mm_struct",
     "mm_rss_stat",
+    "percpu_counter",
 ];
 const MEMBERS: &[&str] = &[
     "pid",
@@ -161,24 +162,32 @@ pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
         / 1024) as u32;
 }
 
-/// The mm counters as Linux before 6.2 keeps them (`struct mm_rss_stat` of atomics), for the raw
-/// `mark_victim` program on kernels that need it (before 5.15).
+/// The mm counters the new `mark_victim` layout reports, for the raw `mark_victim` program: an
+/// array of atomics in `struct mm_rss_stat` before Linux 6.2, an array of `struct percpu_counter`
+/// since, whose `count` is what the tracepoint itself reads (`percpu_counter_read_positive`).
 fn fill_mm(config: &mut Config, btf: &Btf) {
     let off = |s: &str, m: &str| btf.member_offset(s, m);
     let index = |name: &str| btf.enum_value(name).and_then(|v| u32::try_from(v).ok());
-    if let (true, Some(mm), Some(total_vm), Some(rss_stat), Some(count), Some(pgtables)) = (
+    // Where counter `i` sits relative to `mm_struct.rss_stat`: (stride, offset within).
+    let layout = match off("mm_rss_stat", "count") {
+        Some(count) => Some((8, count)),
+        None => btf
+            .struct_size("percpu_counter")
+            .zip(off("percpu_counter", "count")),
+    };
+    if let (true, Some((stride, within)), Some(mm), Some(total_vm), Some(rss_stat), Some(pgtables)) = (
         config.features & feature::CRED != 0,
+        layout,
         off("task_struct", "mm"),
         off("mm_struct", "total_vm"),
         off("mm_struct", "rss_stat"),
-        off("mm_rss_stat", "count"),
         off("mm_struct", "pgtables_bytes"),
     ) && let (Some(file), Some(anon), Some(shmem)) = (
         index("MM_FILEPAGES"),
         index("MM_ANONPAGES"),
         index("MM_SHMEMPAGES"),
     ) {
-        let counter = |i: u32| rss_stat + count + 8 * i;
+        let counter = |i: u32| rss_stat + stride * i + within;
         config.task_mm = mm;
         config.mm_total_vm = total_vm;
         config.mm_rss_anon = counter(anon);
@@ -214,7 +223,8 @@ mod tests {
         let btf = Btf::from_sys_fs(STRUCTS, MEMBERS, ENUMERATORS).unwrap();
         let mut config = Config::default();
         fill_from(&mut config, &btf, 16384);
-        let all = feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL;
+        let all =
+            feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL | feature::MM;
         assert_eq!(config.features, all, "{config:?}");
         assert_eq!(config.task_tgid, config.task_pid + 4);
         assert_eq!(
@@ -223,6 +233,7 @@ mod tests {
         );
     }
 
+    #[test]
     #[test]
     fn missing_members_leave_features_off() {
         let mut config = Config::default();

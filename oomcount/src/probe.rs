@@ -163,13 +163,15 @@ impl Probe {
         crate::offsets::fill(&mut config);
         // Raw `mark_victim` arguments: `(task, uid)` on the new layout, `(pid)` on the old.
         config.mark_raw_task = u32::from(config.mark_total_vm != ABSENT);
-        // Classic tracepoints stay attached without their process only through BPF perf links
-        // (5.15+); before, both programs go on raw tracepoints, whose links can be pinned.
+        // Both programs go on raw tracepoints wherever BTF gives the task's offsets. A classic
+        // tracepoint's program is skipped while any BPF program or map syscall holds the CPU's
+        // `bpf_prog_active` (a `bpf()` lookup of a per-CPU map does, and can be preempted): a
+        // mark would be lost. A raw tracepoint only guards against its own recursion. Raw links
+        // can also be pinned on every kernel; classic ones need BPF perf links (5.15+). The
+        // classic programs remain for kernels without BTF.
         let perf_links = aya::features().bpf_perf_link();
         let raw_signal = config.features & feature::TASK != 0;
-        // (`OOMCOUNT_TEST_RAW_MARK` makes a newer kernel take the old kernels' path, for tests.)
-        let old_path = !perf_links || std::env::var_os("OOMCOUNT_TEST_RAW_MARK").is_some();
-        let raw_mark = pin_dir.is_some() && old_path && raw_signal;
+        let raw_mark = raw_signal && std::env::var_os("OOMCOUNT_TEST_CLASSIC_MARK").is_none();
         system::lift_memlock_limit();
         let kernel = tracefs::kernel_release();
         let mut loader = system::without_kernel_btf(EbpfLoader::new);
