@@ -234,7 +234,6 @@ mod tests {
     }
 
     #[test]
-    #[test]
     fn missing_members_leave_features_off() {
         let mut config = Config::default();
         fill_from(&mut config, &Btf::default(), 16384);
