@@ -298,22 +298,28 @@ fn mark(cfg: &Config, pid: u32, fill: impl FnOnce(&Config, &mut Event)) {
     // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is the
     // very next mark after its signal, so an older entry can only be stale.
     // SAFETY: the value is copied out before the entry is removed.
-    let pending = unsafe { OOMCOUNT_PENDING.get(tid) }.copied();
-    let mut killed = None;
-    if let Some(pending) = pending {
+    // Everything is initialised on every path (no `Option` with an undefined payload): older
+    // verifiers (5.10) reject a register that LLVM leaves undefined on one path.
+    let mut is_kill = false;
+    let mut victim = Pending::default();
+    let mut oom = OomControl::default();
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(tid) } {
+        victim = *pending;
         let _ = OOMCOUNT_PENDING.remove(tid);
-        if pending.victim_pid == pid
-            && pending.counted == 0
-            && now.wrapping_sub(pending.at_ns) <= cfg.pair_window_ns
+        if victim.victim_pid == pid
+            && victim.counted == 0
+            && now.wrapping_sub(victim.at_ns) <= cfg.pair_window_ns
         {
-            killed = Some((pending, count_kill(cfg, pending.task)));
+            is_kill = true;
+            oom = count_kill(cfg, victim.task);
         }
     }
-    emit(cfg, now, pid, killed.is_some(), |cfg, event| {
+    emit(cfg, now, pid, is_kill, |cfg, event| {
         fill(cfg, event);
-        if let Some((pending, oom)) = killed {
+        if is_kill {
             event.kind = kind::KILL;
-            fill_kill(cfg, event, pending.comm, pending.task, &oom);
+            fill_kill(cfg, event, victim.comm, victim.task, &oom);
         }
     });
 }
