@@ -249,10 +249,14 @@ fn an_oom_group_kill_makes_one_again_event() {
     }
     events::assert_seq_increasing(&kills);
     if layout.btf {
+        // Only kills found through `oom_control` (the chosen victim's) are split by constraint;
+        // none of them may be called global.
+        let found = kills.iter().filter(|k| k.constraint.is_some()).count() as u64;
         assert_eq!(
             (delta.kills_memcg, delta.kills_global),
-            (vmstat, 0),
-            "kills_memcg and kills_global: every kill of the group is by its limit"
+            (found, 0),
+            "kills_memcg and kills_global: every kill found through oom_control is by the group's limit"
         );
+        assert!(found >= 1, "the chosen victim's kill is found: {kills:?}");
     }
 }
