@@ -15,3 +15,5 @@ pub mod protocol;
 pub mod stat;
 pub mod system;
 pub mod tracefs;
+pub mod victims;
+pub mod vitals;

@@ -1,5 +1,5 @@
 //! `oomcount count`: the body count, from the daemon.
-use std::io::Write as _;
+use std::{io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
@@ -42,17 +42,23 @@ fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
     })
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let reply = match protocol::call(&args.socket.socket, &Request::Count) {
+/// The counts from the daemon at `socket`, else from the pins in `pin_dir` when no daemon runs
+/// (shared with `status`).
+pub(crate) fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply> {
+    Ok(match protocol::call(socket, &Request::Count) {
         Ok(Response::Count(reply)) => reply,
         Ok(other) => anyhow::bail!("the daemon answered {other:?} to a count request"),
         // No daemon: the pinned counters still know, to whoever may read them.
-        Err(ClientError::NotRunning(path)) => match from_pins(&args.pin_dir) {
+        Err(ClientError::NotRunning(path)) => match from_pins(pin_dir) {
             Some(reply) => reply,
             None => return Err(ClientError::NotRunning(path).into()),
         },
         Err(err) => return Err(err.into()),
-    };
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let reply = counts(&args.socket.socket, &args.pin_dir)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &reply).context("write")?;

@@ -7,6 +7,8 @@ pub mod count;
 pub mod daemon;
 pub mod detach;
 pub mod list;
+pub mod next;
+pub mod status;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ pub enum Command {
     List(list::Args),
     /// Remove the probe's pins from bpffs (the probe stops once no daemon holds it).
     Detach(detach::Args),
+    /// List the processes the OOM killer would kill next, by oom_score, and the protected ones.
+    Next(next::Args),
+    /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
+    Status(status::Args),
 }
 
 /// The daemon's socket, shared by every subcommand that talks to it.
@@ -59,6 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(args),
         Command::List(args) => list::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Next(args) => next::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 

@@ -1,0 +1,242 @@
+//! `oomcount status`: the machine's memory vitals and the OOM kills counted, in one look.
+//!
+//! The vitals come from /proc, so `status` answers without a daemon; the count comes from the
+//! daemon (or its pins, as `count` reads them). A missing daemon is then said in the count's
+//! place rather than failing the whole status: the vitals are worth having on their own.
+use std::{fmt::Write as _, io::Write as _, path::PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    protocol::CountReply,
+    vitals::{self, MemoryPsi, Psi, Vitals},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object: `vitals` (mem_total_kb, mem_available_kb, swap_total_kb,
+    /// swap_free_kb, psi: {some, full} each {avg10, avg60, avg300, total_us}, or null without
+    /// PSI), `count` (the object `count --json` prints, or null) and `count_error` (why it is
+    /// null).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: super::SocketArg,
+    /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
+    /// answers.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// What `oomcount status --json` prints.
+#[derive(Debug, Serialize)]
+struct Status {
+    vitals: Vitals,
+    /// The count from the daemon, or from the pins without one.
+    count: Option<CountReply>,
+    /// Why `count` is null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count_error: Option<String>,
+    // WATCHDOG (issue #6): the daemon's watchdog state goes here, as a `watchdog` field, once
+    // protocol.rs has the request that asks for it (`Request::Status`); absent until then.
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let vitals = vitals::read().context("read the memory vitals")?;
+    let (count, count_error) = match super::count::counts(&args.socket.socket, &args.pin_dir) {
+        Ok(reply) => (Some(reply), None),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    };
+    let status = Status {
+        vitals,
+        count,
+        count_error,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &status).context("write")?;
+        writeln!(out).context("write")?;
+    } else {
+        write!(out, "{}", human(&status)).context("write")?;
+    }
+    Ok(())
+}
+
+fn human(status: &Status) -> String {
+    let v = &status.vitals;
+    let mut text = match v.mem_available_kb {
+        Some(available) => format!(
+            "memory     {} available of {} ({}%)\n",
+            mib(available),
+            mib(v.mem_total_kb),
+            percent(available, v.mem_total_kb)
+        ),
+        None => format!(
+            "memory     {} (MemAvailable unknown before Linux 3.14)\n",
+            mib(v.mem_total_kb)
+        ),
+    };
+    if v.swap_total_kb == 0 {
+        text.push_str("swap       none\n");
+    } else {
+        let _ = writeln!(
+            text,
+            "swap       {} free of {} ({}%)",
+            mib(v.swap_free_kb),
+            mib(v.swap_total_kb),
+            percent(v.swap_free_kb, v.swap_total_kb)
+        );
+    }
+    match &v.psi {
+        Some(MemoryPsi { some, full }) => {
+            let _ = writeln!(text, "pressure   some {}", psi(some));
+            match full {
+                Some(full) => {
+                    let _ = writeln!(text, "           full {}", psi(full));
+                }
+                None => text.push_str("           full (not reported by this kernel)\n"),
+            }
+        }
+        None => text.push_str("pressure   unknown (no PSI: Linux 4.20+ with psi enabled)\n"),
+    }
+    match (&status.count, &status.count_error) {
+        (Some(c), _) => {
+            let kernel = c
+                .kernel_oom_kill
+                .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+            let source = if c.source == "pins" {
+                "the pinned counters, no daemon running"
+            } else {
+                "the daemon"
+            };
+            let _ = writeln!(
+                text,
+                "oom kills  {} since {} ({} by a cgroup limit, {} global; from {source})\n\
+                 \x20          kernel oom_kill {kernel} since boot",
+                c.kills, c.attached_at, c.kills_memcg, c.kills_global
+            );
+        }
+        (None, error) => {
+            let _ = writeln!(
+                text,
+                "oom kills  unknown: {}",
+                error.as_deref().unwrap_or("no answer")
+            );
+        }
+    }
+    // WATCHDOG (issue #6): the watchdog section is printed here once the daemon reports it.
+    text
+}
+
+fn mib(kb: u64) -> String {
+    format!("{} MiB", kb / 1024)
+}
+
+fn percent(part: u64, whole: u64) -> u64 {
+    (part * 100).checked_div(whole).unwrap_or(0)
+}
+
+fn psi(p: &Psi) -> String {
+    format!(
+        "avg10 {:.2}%  avg60 {:.2}%  avg300 {:.2}%  total {:.1} s",
+        p.avg10,
+        p.avg60,
+        p.avg300,
+        p.total_us as f64 / 1e6
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vitals() -> Vitals {
+        Vitals {
+            mem_total_kb: 24_683_520,
+            mem_available_kb: Some(24_183_456),
+            swap_total_kb: 0,
+            swap_free_kb: 0,
+            psi: Some(MemoryPsi {
+                some: Psi {
+                    avg10: 1.5,
+                    avg60: 0.25,
+                    avg300: 0.0,
+                    total_us: 176_388_169,
+                },
+                full: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn human_output_without_a_daemon() {
+        let text = human(&Status {
+            vitals: vitals(),
+            count: None,
+            count_error: Some("no oomcount daemon is running on /x".into()),
+        });
+        assert_eq!(
+            text,
+            "memory     23616 MiB available of 24105 MiB (97%)\n\
+             swap       none\n\
+             pressure   some avg10 1.50%  avg60 0.25%  avg300 0.00%  total 176.4 s\n\
+             \x20          full (not reported by this kernel)\n\
+             oom kills  unknown: no oomcount daemon is running on /x\n"
+        );
+    }
+
+    #[test]
+    fn human_output_with_the_count() {
+        let text = human(&Status {
+            vitals: Vitals {
+                psi: None,
+                swap_total_kb: 2048,
+                swap_free_kb: 1024,
+                ..vitals()
+            },
+            count: Some(CountReply {
+                kills: 5,
+                marked: 5,
+                kills_memcg: 5,
+                kills_global: 0,
+                events_dropped: 0,
+                kill_events_dropped: 0,
+                events_received: 0,
+                kill_events_received: 0,
+                attached_at: "2026-11-26T06:12:48Z".into(),
+                kernel_oom_kill: Some(33552),
+                source: "pins".into(),
+            }),
+            count_error: None,
+        });
+        assert!(
+            text.contains("swap       1 MiB free of 2 MiB (50%)\n"),
+            "{text}"
+        );
+        assert!(text.contains("pressure   unknown"), "{text}");
+        assert!(
+            text.contains(
+                "oom kills  5 since 2026-11-26T06:12:48Z (5 by a cgroup limit, 0 global; from the pinned counters, no daemon running)\n\
+                 \x20          kernel oom_kill 33552 since boot\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_has_vitals_count_and_why_not() {
+        let status = Status {
+            vitals: Vitals {
+                psi: None,
+                ..vitals()
+            },
+            count: None,
+            count_error: Some("no daemon".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"vitals":{"mem_total_kb":24683520,"mem_available_kb":24183456,"swap_total_kb":0,"swap_free_kb":0,"psi":null},"count":null,"count_error":"no daemon"}"#
+        );
+    }
+}
