@@ -51,6 +51,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon on a socket of its own and waits until `count` answers.
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// [`Daemon::start`] with more daemon flags (`--config FILE`, `--dry-run`).
+    pub fn start_with(args: &[&std::ffi::OsStr]) -> Daemon {
         let bin = locate::oomcount();
         let dir = std::env::temp_dir().join(unique_name("oomcount-daemon"));
         fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
@@ -67,6 +72,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("--no-pin")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -160,6 +166,13 @@ impl Daemon {
         text.trim()
             .parse()
             .unwrap_or_else(|_| panic!("{path}: {text:?}"))
+    }
+
+    /// Sends SIGKILL and reaps the daemon: a crash, as far as anything else can tell.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("the daemon runs");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Whether the daemon process is still running.

@@ -19,6 +19,7 @@ pub mod victim;
 pub mod vmstat;
 pub mod wait;
 pub mod watch;
+pub mod watchdog;
 
 pub use cgroup::{MemCg, Version};
 pub use daemon::{Counts, Daemon};

@@ -26,9 +26,12 @@ use tokio::{
 };
 
 use crate::{
+    config::Config,
     event::{Clock, VictimEvent},
+    keeper::Keeper,
     probe::{Origin, Probe, ProbeError},
-    protocol::{CountReply, Dropped, MAX_LINE, Request, Response},
+    protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
+    rules::Kill,
     system,
 };
 
@@ -57,6 +60,8 @@ pub enum DaemonError {
     },
     #[error("cannot start the runtime")]
     Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::WatchdogError),
 }
 
 pub struct Options {
@@ -67,6 +72,10 @@ pub struct Options {
     pub stat: Option<PathBuf>,
     /// Events kept for `list`.
     pub history: usize,
+    /// The watchdog and its rules.
+    pub config: Config,
+    /// Judge and log, but open no watchdog device.
+    pub dry_run: bool,
 }
 
 /// What the daemon's tasks share.
@@ -78,6 +87,7 @@ struct Shared {
     history: Mutex<History>,
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
+    keeper: Mutex<Keeper>,
 }
 
 struct History {
@@ -87,6 +97,9 @@ struct History {
     received: u64,
     kills_received: u64,
     drops_seen: u64,
+    /// `kill_events_dropped` when last looked at: each new one is a kill the rules weigh
+    /// without its details.
+    kill_events_dropped: u64,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -104,6 +117,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let lock = lock_socket(&socket)?;
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
+    let listener = bind(&socket)?;
+    // Armed from here, the last step that can fail: an error after it would leave the
+    // watchdog armed. The first keepalive goes out as the loop starts.
+    let keeper = Keeper::new(&options.config, options.dry_run)?;
+    let kill_events_dropped = probe.counters().map_or(0, |c| c.kill_events_dropped);
     let events = probe.take_events().expect("a fresh probe has its events");
     let origin = probe.origin();
     // The sequence and the drops already reported go on where the previous daemon left them.
@@ -119,10 +137,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             received: 0,
             kills_received: 0,
             drops_seen,
+            kill_events_dropped,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
+        keeper: Mutex::new(keeper),
     });
-    let listener = bind(&socket)?;
     publish_stat(&shared);
     let how = match (origin, &options.pin_dir) {
         (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
@@ -152,11 +171,19 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
+    let mut keepalive = lock_keeper(&shared).interval().map(|period| {
+        let mut timer = tokio::time::interval(period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = tick(&mut keepalive) => lock_keeper(&shared).tick(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -185,12 +212,23 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         }
     }
     log::info!("stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    lock_keeper(&shared).stop();
     let _ = fs::remove_file(&socket);
     if let Some(stat) = &shared.stat {
         let _ = fs::remove_file(stat);
     }
     drop(lock);
     Ok(())
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn readable(
@@ -209,16 +247,22 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
     let mut seen = false;
     while let Some(item) = ring.next() {
         seen = true;
-        let Some(event) = Event::from_bytes(&item) else {
+        let Some(raw) = Event::from_bytes(&item) else {
             log::warn!("short event record ({} bytes) ignored", item.len());
             continue;
         };
         history.seq += 1;
         history.received += 1;
-        let event = Arc::new(VictimEvent::decode(&event, history.seq, &clock));
+        let event = Arc::new(VictimEvent::decode(&raw, history.seq, &clock));
         if event.kind == "kill" {
             history.kills_received += 1;
             log::info!("{}", event.line());
+            lock_keeper(shared).kill(Kill {
+                at: Duration::from_nanos(raw.ktime_ns),
+                pid: event.pid,
+                comm: event.comm.clone(),
+                constraint: event.constraint.clone(),
+            });
         } else {
             log::debug!("{}", event.line());
         }
@@ -240,6 +284,25 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
     // Drops happen in the kernel while the buffer is full; they are noticed here, after it
     // has been emptied, and numbered into the sequence so that gaps show.
     let mut probe = lock_probe(shared);
+    let mut keeper = lock_keeper(shared);
+    if let Ok(counters) = probe.counters()
+        && counters.kill_events_dropped > history.kill_events_dropped
+    {
+        // Kills whose events were lost still count: their name and constraint are unknown.
+        let now = crate::event::monotonic();
+        for _ in history.kill_events_dropped..counters.kill_events_dropped {
+            keeper.kill(Kill {
+                at: now,
+                pid: 0,
+                comm: None,
+                constraint: None,
+            });
+        }
+        history.kill_events_dropped = counters.kill_events_dropped;
+    }
+    // Judged at once: an unrecoverable kill stops the very next keepalive.
+    keeper.judge();
+    drop(keeper);
     if let Ok(counters) = probe.counters()
         && counters.events_dropped > history.drops_seen
     {
@@ -263,6 +326,10 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
 
 fn lock_probe(shared: &Shared) -> std::sync::MutexGuard<'_, Probe> {
     shared.probe.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_keeper(shared: &Shared) -> std::sync::MutexGuard<'_, Keeper> {
+    shared.keeper.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Rewrites the stat file; a failure is logged, never fatal.
@@ -355,6 +422,15 @@ fn answer(request: &Request, shared: &Shared) -> Response {
             )
         }
         Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
+        Request::Verdict => {
+            let mut keeper = lock_keeper(shared);
+            let verdict = keeper.judge();
+            Response::Verdict(VerdictReply {
+                health: verdict.health,
+                reason: verdict.reason,
+                watchdog: keeper.state(),
+            })
+        }
     }
 }
 

@@ -73,17 +73,21 @@ pub struct Clock {
 impl Clock {
     /// Reads both clocks now.
     pub fn now() -> Self {
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
-            .unwrap_or_default();
         Self {
-            boot: SystemTime::now() - mono,
+            boot: SystemTime::now() - monotonic(),
         }
     }
 
     pub fn wall(&self, ktime_ns: u64) -> SystemTime {
         self.boot + Duration::from_nanos(ktime_ns)
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`bpf_ktime_get_ns`).
+pub fn monotonic() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default()
 }
 
 fn text(bytes: &[u8]) -> String {

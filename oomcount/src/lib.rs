@@ -5,15 +5,19 @@
 //! socket protocol ([`protocol`]). The `oomcount` binary is a thin shell over [`cli`].
 pub mod btf;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod keeper;
 pub mod logger;
 pub mod offsets;
 pub mod pins;
 pub mod probe;
 pub mod protocol;
+pub mod rules;
 pub mod stat;
 pub mod system;
 pub mod tracefs;
 pub mod victims;
 pub mod vitals;
+pub mod watchdog;

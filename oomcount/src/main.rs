@@ -9,6 +9,12 @@ fn main() -> ExitCode {
     match oomcount::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        // `oomcount check` speaks in exit codes (watchdog(8)'s convention).
+        Err(err) if err.is::<oomcount::cli::check::Failed>() => {
+            let failed = err.downcast_ref::<oomcount::cli::check::Failed>();
+            eprintln!("oomcount: {err}");
+            ExitCode::from(failed.map_or(1, |f| f.code))
+        }
         Err(err) => {
             eprintln!("oomcount: {err:#}");
             ExitCode::FAILURE

@@ -34,6 +34,8 @@ pub enum Request {
     List { n: usize },
     /// Every event from now on: a [`Response::Watching`] line, then one line per event.
     Watch,
+    /// The watchdog rules' verdict, judged now, and the keepalive's state.
+    Verdict,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +49,18 @@ pub enum Response {
     /// Events the kernel could not hand over (ring buffer full), or that this watcher fell too
     /// far behind to receive.
     Dropped(Dropped),
+    Verdict(VerdictReply),
     Error(String),
+}
+
+/// What `oomcount check --json` prints, and the `watchdog` part of `oomcount status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictReply {
+    /// `healthy`, `degraded` (recoverable: keepalives go on) or `unrecoverable`.
+    pub health: crate::rules::Health,
+    /// Why, in one line; empty when healthy.
+    pub reason: String,
+    pub watchdog: crate::keeper::KeeperState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! no shell, no busybox. It mounts what BPF and cgroup2 memory control need, loads the modules
 //! the host packed, runs every test with a deadline, reports each on the report port (see
 //! `oomcount_vm_init::report`) and powers the guest off. Arguments come from the kernel command
-//! line after `--`: `--test-timeout SECS` and any number of `--filter SUBSTRING`.
+//! line after `--`: `--test-timeout SECS`, any number of `--filter SUBSTRING`, and
+//! `--run-ignored` (for the watchdog scenarios).
 mod modules;
 mod mounts;
 mod power;
@@ -21,6 +22,9 @@ use oomcount_vm_init::report::Line;
 pub struct Config {
     pub test_timeout: Duration,
     pub filters: Vec<String>,
+    /// Run the `#[ignore]`d tests the filters select (the watchdog scenarios, which reset the
+    /// guest: one per boot).
+    pub run_ignored: bool,
 }
 
 fn main() {
@@ -49,15 +53,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Config {
     let mut config = Config {
         test_timeout: Duration::from_secs(300),
         filters: Vec::new(),
+        run_ignored: false,
     };
     while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--test-timeout", Some(secs)) => match secs.parse() {
-                Ok(secs) => config.test_timeout = Duration::from_secs(secs),
-                Err(_) => eprintln!("oomcount-vm: bad --test-timeout {secs}, keeping the default"),
+        match arg.as_str() {
+            "--run-ignored" => config.run_ignored = true,
+            "--test-timeout" => match args.next().map(|secs| secs.parse()) {
+                Some(Ok(secs)) => config.test_timeout = Duration::from_secs(secs),
+                _ => eprintln!("oomcount-vm: bad --test-timeout, keeping the default"),
             },
-            ("--filter", Some(filter)) => config.filters.push(filter),
-            (arg, _) => eprintln!("oomcount-vm: unknown argument {arg}, ignored"),
+            "--filter" => config.filters.extend(args.next()),
+            arg => eprintln!("oomcount-vm: unknown argument {arg}, ignored"),
         }
     }
     config

@@ -16,6 +16,22 @@ pub fn run_marker(test: &str) -> String {
     format!("{PREFIX}run {}", one_line(test))
 }
 
+/// The console line a watchdog scenario prints when, from now on, it expects the watchdog to
+/// reset the guest within `ms` milliseconds. The host times the reset from when it reads it.
+pub fn reset_expected(ms: u64) -> String {
+    format!("{PREFIX}expect reset within {ms} ms")
+}
+
+/// The milliseconds of a [`reset_expected`] line, found anywhere in a console line.
+pub fn parse_reset_expected(line: &str) -> Option<u64> {
+    let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+    rest.strip_prefix("expect reset within ")?
+        .strip_suffix(" ms")?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// One report line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
@@ -147,6 +163,20 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_marks_are_found_in_console_noise() {
+        let line = format!("[   12.3] noise {}\r\n", reset_expected(7000));
+        assert_eq!(parse_reset_expected(line.trim_end()), Some(7000));
+        assert_eq!(
+            parse_reset_expected("oomcount-vm: expect reset within x ms"),
+            None
+        );
+        assert_eq!(
+            parse_reset_expected("oomcount-vm: run vm_watchdog::x"),
+            None
+        );
+    }
 
     fn round_trip(line: Line) {
         let text = line.to_string();

@@ -19,6 +19,12 @@ pub struct Args {
     /// Events kept for `oomcount list` (about 400 bytes each).
     #[arg(long, default_value_t = crate::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
     pub history: usize,
+    /// The watchdog and its rules (TOML) [default: /etc/oomcount/oomcount.toml, where it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Judge and log as configured, but open no watchdog device.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -27,6 +33,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         log::LevelFilter::Info
     });
+    // Before anything is attached or armed: a bad file stops here, naming its line.
+    let config = crate::config::Config::load(args.config.as_deref())?;
     let stat = match args.stat {
         Some(path) if path.as_os_str().is_empty() => None,
         Some(path) => Some(path),
@@ -37,6 +45,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         pin_dir: (!args.no_pin).then_some(args.pin_dir),
         socket: args.socket.socket,
         history: args.history,
+        config,
+        dry_run: args.dry_run,
     })?;
     Ok(())
 }

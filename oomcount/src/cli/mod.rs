@@ -3,6 +3,8 @@
 //! Parsing lives here; the work lives in the library. Every subcommand returns an
 //! `anyhow::Result` whose error is printed as one line by `main`, with exit status 1; clap's own
 //! usage errors exit 2.
+pub mod check;
+pub mod config;
 pub mod count;
 pub mod daemon;
 pub mod detach;
@@ -45,6 +47,10 @@ pub enum Command {
     Detach(detach::Args),
     /// List the processes the OOM killer would kill next, by oom_score, and the protected ones.
     Next(next::Args),
+    /// Exit 0 while OOM activity is recoverable, non-zero otherwise (for watchdog(8) and scripts).
+    Check(check::Args),
+    /// Check the daemon's configuration file.
+    Config(config::Args),
     /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
     Status(status::Args),
 }
@@ -67,6 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach(args) => detach::run(args),
         Command::Next(args) => next::run(args),
         Command::Status(args) => status::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Config(args) => config::run(args),
     }
 }
 

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use oomcount_vm_init::report::{Line, PREFIX};
+use oomcount_vm_init::report::{Line, PREFIX, parse_reset_expected};
 
 use super::kernel::Kernel;
 
@@ -39,6 +39,9 @@ pub struct Run {
     /// QEMU's exit status; `None` when it was killed at the timeout.
     pub exit: Option<i32>,
     pub lines: Vec<Line>,
+    /// Each "expect reset within MS" console mark: when the host read it (since QEMU started),
+    /// and its milliseconds.
+    pub reset_marks: Vec<(Duration, u64)>,
 }
 
 pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
@@ -68,7 +71,7 @@ pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
     )?;
     let console = qemu.stdout.take().expect("piped");
     let label = boot.kernel.upstream().to_owned();
-    let echo = std::thread::spawn(move || copy_console(console, log, &label));
+    let echo = std::thread::spawn(move || copy_console(console, log, &label, start));
     let exit = loop {
         if let Some(status) = qemu.try_wait()? {
             break status.code();
@@ -78,29 +81,46 @@ pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
             qemu.wait()?;
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Short: a watchdog reset is timed by when QEMU's exit is seen.
+        std::thread::sleep(Duration::from_millis(20));
     };
     let wall = start.elapsed();
-    let _ = echo.join();
+    let reset_marks = echo.join().unwrap_or_default();
     let report = std::fs::read(boot.report).unwrap_or_default();
     let lines = String::from_utf8_lossy(&report)
         .lines()
         .filter_map(Line::parse)
         .collect();
-    Ok(Run { wall, exit, lines })
+    Ok(Run {
+        wall,
+        exit,
+        lines,
+        reset_marks,
+    })
 }
 
 /// Saves the console to the log, echoing the report lines (and `/init`'s other notes) on stderr
-/// so that a long run shows its progress.
-fn copy_console(console: impl std::io::Read, mut log: File, label: &str) {
+/// so that a long run shows its progress; returns the reset marks, timed as they are read.
+fn copy_console(
+    console: impl std::io::Read,
+    mut log: File,
+    label: &str,
+    start: Instant,
+) -> Vec<(Duration, u64)> {
     let mut reader = BufReader::new(console);
     let mut line = Vec::new();
+    let mut marks = Vec::new();
     while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        let at = start.elapsed();
         let _ = log.write_all(&line);
         let text = String::from_utf8_lossy(&line);
+        if let Some(ms) = parse_reset_expected(text.trim_end()) {
+            marks.push((at, ms));
+        }
         if let Some(start) = text.find(PREFIX) {
             eprintln!("  {label:>9} | {}", text[start..].trim_end());
         }
         line.clear();
     }
+    marks
 }

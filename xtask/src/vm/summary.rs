@@ -232,6 +232,7 @@ mod tests {
                 wall: Duration::from_secs(90),
                 exit,
                 lines,
+                reset_marks: Vec::new(),
             }),
             timeout: Duration::from_secs(600),
             console_log: PathBuf::from("console.log"),

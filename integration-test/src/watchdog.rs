@@ -1,0 +1,188 @@
+//! The watchdog tests' tools: a stand-in device where no real one exists, configuration files,
+//! and `oomcount check` run as watchdog(8) runs it.
+//!
+//! The stand-in is a FIFO: the daemon opens it as it opens `/dev/watchdog` (without ioctls it
+//! pings by writing), and a reader thread records every byte and when it came, and whether the
+//! daemon closed it. So a test sees the keepalives, their stop, and the magic 'V', without a
+//! watchdog that could reset this machine. The real softdog is tested in the VM guests.
+use std::{
+    ffi::OsStr,
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use crate::{locate, unique_name};
+
+#[derive(Default)]
+struct Seen {
+    bytes: Vec<(Instant, u8)>,
+    closed: bool,
+}
+
+/// A FIFO standing in for a watchdog device.
+pub struct StandIn {
+    dir: PathBuf,
+    path: PathBuf,
+    seen: Arc<Mutex<Seen>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl StandIn {
+    pub fn new() -> StandIn {
+        let dir = std::env::temp_dir().join(unique_name("oomcount-watchdog"));
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+        let path = dir.join("watchdog");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .unwrap_or_else(|err| panic!("mkfifo {}: {err}", path.display()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let reader = {
+            let (path, seen) = (path.clone(), seen.clone());
+            // Opening a FIFO to read waits for its writer: the daemon, when it arms the device.
+            std::thread::spawn(move || {
+                let Ok(mut fifo) = fs::File::open(&path) else {
+                    return;
+                };
+                let mut buf = [0u8; 64];
+                loop {
+                    match fifo.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let now = Instant::now();
+                            let mut seen = seen.lock().unwrap();
+                            seen.bytes.extend(buf[..n].iter().map(|&b| (now, b)));
+                        }
+                    }
+                }
+                seen.lock().unwrap().closed = true;
+            })
+        };
+        StandIn {
+            dir,
+            path,
+            seen,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keepalives so far (each a write of one NUL byte).
+    pub fn pings(&self) -> usize {
+        self.bytes().iter().filter(|&&b| b == 0).count()
+    }
+
+    /// Every byte written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.seen
+            .lock()
+            .unwrap()
+            .bytes
+            .iter()
+            .map(|&(_, b)| b)
+            .collect()
+    }
+
+    /// When the last keepalive came.
+    pub fn last_ping(&self) -> Option<Instant> {
+        let seen = self.seen.lock().unwrap();
+        seen.bytes
+            .iter()
+            .rev()
+            .find(|&&(_, b)| b == 0)
+            .map(|&(at, _)| at)
+    }
+
+    /// Whether the daemon closed the device.
+    pub fn closed(&self) -> bool {
+        self.seen.lock().unwrap().closed
+    }
+
+    /// A config file beside the FIFO: `[watchdog]` on this stand-in with `watchdog` (more
+    /// keys), then `rules` as the `[rules]` table's body.
+    pub fn config(&self, watchdog: &str, rules: &str) -> PathBuf {
+        let text = format!(
+            "[watchdog]\ndevice = {:?}\n{watchdog}\n[rules]\n{rules}\n",
+            self.path.display().to_string()
+        );
+        write_config(&self.dir, &text)
+    }
+}
+
+impl Default for StandIn {
+    fn default() -> Self {
+        StandIn::new()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        // A reader still waiting for a writer is released by one of ours.
+        if !self.closed() {
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags_nonblock()
+                .open(&self.path);
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Writes `text` as `oomcount.toml` in `dir` (made if needed); returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+    let path = dir.join("oomcount.toml");
+    fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+    path
+}
+
+/// How `oomcount` ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `oomcount ARGS` to its end.
+pub fn oomcount(args: &[&OsStr]) -> Run {
+    let bin = locate::oomcount();
+    let out = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("run {} {args:?}: {err}", bin.display()));
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `oomcount check --json --socket SOCKET [MORE]`.
+pub fn check(socket: &Path, more: &[&str]) -> Run {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("check")];
+    args.extend(more.iter().map(OsStr::new));
+    args.extend(["--socket".as_ref(), socket.as_os_str()]);
+    oomcount(&args)
+}

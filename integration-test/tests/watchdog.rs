@@ -1,0 +1,290 @@
+//! The watchdog on this host: the real daemon, real OOM kills in a memory cgroup, and a FIFO
+//! standing in for `/dev/watchdog` (this machine has no watchdog device, and a real one could
+//! reset it). The keepalives are seen where they land; `oomcount check` is run as watchdog(8)
+//! runs it. The real softdog resets real guests in `vm_watchdog`.
+use std::{ffi::OsStr, time::Duration};
+
+use oomcount_integration_test::{
+    Daemon, MemCg,
+    producer::{kill_one, single_kills},
+    require_root,
+    wait::{deadline, time_scale, wait_until},
+    watchdog::{StandIn, check, oomcount, write_config},
+};
+
+/// Keepalive period in these tests: short, so that pings and their stop show quickly.
+const INTERVAL: &str = "interval = \"200ms\"";
+
+fn start(config: &std::path::Path) -> Daemon {
+    Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()])
+}
+
+fn wait_pings(device: &StandIn, n: usize, what: &str) {
+    wait_until(deadline(Duration::from_secs(10)), what, || {
+        let pings = device.pings();
+        if pings >= n { Ok(()) } else { Err(pings) }
+    });
+}
+
+/// Waits until the daemon has counted `n` kills.
+fn wait_kills(daemon: &Daemon, n: u64) {
+    wait_until(
+        deadline(Duration::from_secs(10)),
+        "the daemon to count the kills",
+        || {
+            let kills = daemon.count().kills;
+            if kills >= n { Ok(()) } else { Err(kills) }
+        },
+    );
+}
+
+/// `oomcount check --json` while recoverable: exit 0, and the verdict's health.
+fn health(daemon: &Daemon) -> serde_json::Value {
+    let run = check(daemon.socket(), &["--json"]);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|err| panic!("check --json: {err}: {run:?}"))
+}
+
+#[test]
+fn keepalives_stop_when_kills_go_over_the_rule_and_check_fails() {
+    require_root();
+    let device = StandIn::new();
+    let config = device.config(
+        INTERVAL,
+        "max_kills = 2\nwindow = \"1h\"\nconstraint = \"memcg\"",
+    );
+    let mut daemon = start(&config);
+    wait_pings(&device, 3, "keepalives before any kill");
+    let cg = MemCg::new("watchdog-rule", 32 << 20);
+
+    // Two kills: at the limit, degraded but recoverable; the pings go on.
+    single_kills(&cg, 2);
+    wait_kills(&daemon, 2);
+    let verdict = health(&daemon);
+    assert_eq!(verdict["health"], "degraded", "{verdict}");
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("memcg OOM kill of"),
+        "{verdict}"
+    );
+    let pings = device.pings();
+    wait_pings(
+        &device,
+        pings + 2,
+        "keepalives after two kills (under the rule)",
+    );
+    assert_eq!(check(daemon.socket(), &[]).code, Some(0));
+
+    // The third kill is over the rule: no keepalive after the daemon has counted it.
+    single_kills(&cg, 1);
+    wait_kills(&daemon, 3);
+    let run = check(daemon.socket(), &["--explain"]);
+    assert_eq!(run.code, Some(255), "unrecoverable is 255: {run:?}");
+    assert!(
+        run.stderr
+            .contains("unrecoverable: 3 memcg OOM kills within 1h (more than max_kills = 2)"),
+        "{run:?}"
+    );
+    let stopped_at = device.pings();
+    // Ten keepalive periods without a ping (a wait for an absence has to be a fixed span).
+    std::thread::sleep(Duration::from_millis(2000) * time_scale());
+    assert_eq!(
+        device.pings(),
+        stopped_at,
+        "keepalives went on after the unrecoverable verdict; daemon log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("error: unrecoverable: 3 memcg OOM kills")
+    );
+    // A repair cannot undo it: the verdict is latched.
+    assert_eq!(check(daemon.socket(), &["repair", "255"]).code, Some(255));
+
+    // A clean stop leaves the device armed: no magic 'V', the reset still comes.
+    assert!(daemon.stop().unwrap().success());
+    wait_until(
+        deadline(Duration::from_secs(5)),
+        "the device closed",
+        || {
+            if device.closed() {
+                Ok(())
+            } else {
+                Err(device.bytes().len())
+            }
+        },
+    );
+    assert!(!device.bytes().contains(&b'V'), "{:?}", device.bytes());
+}
+
+#[test]
+fn one_kill_of_a_critical_process_is_unrecoverable() {
+    require_root();
+    let device = StandIn::new();
+    let config = device.config(
+        INTERVAL,
+        "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]",
+    );
+    let daemon = start(&config);
+    wait_pings(&device, 2, "keepalives before the kill");
+    let cg = MemCg::new("watchdog-critical", 32 << 20);
+    let pid = kill_one(&cg, &["--comm", "oc-critical"]);
+    wait_kills(&daemon, 1);
+    let run = check(daemon.socket(), &["--explain"]);
+    assert_eq!(run.code, Some(255), "{run:?}");
+    assert!(
+        run.stdout.starts_with(&format!(
+            "unrecoverable: critical process oc-critical (pid {pid}) was OOM-killed"
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("stopped: unrecoverable"), "{run:?}");
+}
+
+#[test]
+fn a_clean_stop_disarms_with_the_magic_v_and_nowayout_does_not() {
+    require_root();
+    for (nowayout, magic) in [(false, true), (true, false)] {
+        let device = StandIn::new();
+        let config = device.config(&format!("{INTERVAL}\nnowayout = {nowayout}"), "");
+        let mut daemon = start(&config);
+        wait_pings(&device, 3, "keepalives");
+        let verdict = health(&daemon);
+        assert_eq!(verdict["health"], "healthy", "{verdict}");
+        assert_eq!(verdict["watchdog"]["pinging"], true, "{verdict}");
+        assert_eq!(
+            verdict["watchdog"]["device"],
+            device.path().display().to_string()
+        );
+        assert!(daemon.stop().unwrap().success());
+        wait_until(
+            deadline(Duration::from_secs(5)),
+            "the device closed",
+            || {
+                if device.closed() {
+                    Ok(())
+                } else {
+                    Err(device.bytes().len())
+                }
+            },
+        );
+        let bytes = device.bytes();
+        assert_eq!(
+            bytes.last() == Some(&b'V'),
+            magic,
+            "nowayout = {nowayout}: {bytes:?}"
+        );
+        assert!(
+            bytes[..bytes.len() - 1].iter().all(|&b| b == 0),
+            "{bytes:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_config_stops_the_daemon_before_it_attaches_naming_file_line_and_key() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oomcount-badconf-{}", std::process::id()));
+    let config = write_config(
+        &dir,
+        "[watchdog]\ndevice = \"/dev/null\"\n\n[rules]\nmax_kills = 3\nwindow = \"5 minutes and a bit\"\n",
+    );
+    let expected = format!("oomcount: {}:6: rules.window: ", config.display());
+    let socket = dir.join("oomcount.sock");
+    let daemon = oomcount(&[
+        "daemon".as_ref(),
+        "--no-pin".as_ref(),
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_eq!(daemon.code, Some(1), "{daemon:?}");
+    assert!(daemon.stderr.starts_with(&expected), "{daemon:?}");
+    assert_eq!(daemon.stderr.lines().count(), 1, "{daemon:?}");
+    assert!(!socket.exists(), "the daemon went on to serve");
+
+    let checked = oomcount(&["config".as_ref(), "check".as_ref(), config.as_os_str()]);
+    assert_eq!(checked.code, Some(1));
+    assert!(checked.stderr.starts_with(&expected), "{checked:?}");
+
+    let good = write_config(&dir, "[rules]\nmax_kills = 5\ncritical = [\"xenstored\"]\n");
+    let checked = oomcount(&["config".as_ref(), "check".as_ref(), good.as_os_str()]);
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+    assert!(
+        checked
+            .stdout
+            .contains("unrecoverable above 5 global OOM kills within 5m, or one kill of xenstored"),
+        "{checked:?}"
+    );
+    let missing = oomcount(&[
+        "daemon".as_ref(),
+        "--config".as_ref(),
+        dir.join("nope.toml").as_os_str(),
+    ]);
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing.stderr.contains("nope.toml") && missing.stderr.contains("--config"),
+        "{missing:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_without_a_daemon_fails_with_econnrefused_and_repair_keeps_it() {
+    let socket =
+        std::env::temp_dir().join(format!("oomcount-nodaemon-{}.sock", std::process::id()));
+    let run = check(&socket, &[]);
+    assert_eq!(run.code, Some(111), "{run:?}");
+    assert!(
+        run.stderr.contains("no oomcount daemon is running"),
+        "{run:?}"
+    );
+    assert_eq!(check(&socket, &["test"]).code, Some(111));
+    assert_eq!(check(&socket, &["repair", "111"]).code, Some(111));
+    let usage = check(&socket, &["repair"]);
+    assert_eq!(usage.code, Some(1), "{usage:?}");
+    assert!(usage.stderr.contains("repair needs the CODE"), "{usage:?}");
+}
+
+#[test]
+fn dry_run_judges_and_logs_without_a_device() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oomcount-dry-{}", std::process::id()));
+    // The device does not exist: a dry run must not need it.
+    let config = write_config(
+        &dir,
+        "[watchdog]\ndevice = \"/nonexistent/watchdog\"\ninterval = \"200ms\"\n[rules]\nmax_kills = 0\nconstraint = \"memcg\"\n",
+    );
+    let daemon = Daemon::start_with(&[
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--dry-run"),
+    ]);
+    let verdict = health(&daemon);
+    assert_eq!(verdict["watchdog"]["dry_run"], true, "{verdict}");
+    assert!(
+        verdict["watchdog"]
+            .get("device")
+            .is_none_or(|d| d.is_null()),
+        "{verdict}"
+    );
+    let cg = MemCg::new("watchdog-dry", 32 << 20);
+    single_kills(&cg, 1);
+    wait_until(
+        deadline(Duration::from_secs(10)),
+        "the dry run to log its verdict",
+        || {
+            let log = daemon.log();
+            if log.contains("keepalives would stop here") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    assert_eq!(check(daemon.socket(), &[]).code, Some(255));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,108 @@
+//! `oomcount check`: the daemon's verdict as an exit status, for watchdog(8) and scripts.
+//!
+//! watchdog(8) runs a `test-binary` with no argument (or `test`, from its test-directory) and
+//! treats a non-zero status as a problem: it then runs the same program as `repair CODE`, and
+//! reboots when that fails too. Codes are errno-like, except 255, which asks watchdog(8) to
+//! reboot at once. The verdict is the daemon's own, the one its pinger acts on.
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use crate::{
+    protocol::{self, ClientError, Request, Response, VerdictReply},
+    rules::Health,
+};
+
+/// Unrecoverable: watchdog(8)'s "reboot" code.
+pub const UNRECOVERABLE: u8 = 255;
+/// No daemon answers on the socket (ECONNREFUSED).
+pub const NO_DAEMON: u8 = libc::ECONNREFUSED as u8;
+/// The daemon did not answer in time (ETIMEDOUT).
+pub const NO_ANSWER: u8 = libc::ETIMEDOUT as u8;
+/// The daemon answered something else than a verdict (EPROTO).
+pub const GARBAGE: u8 = libc::EPROTO as u8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Judge now (what watchdog(8) runs from its test-directory).
+    Test,
+    /// watchdog(8)'s second chance after CODE: 0 if things are recoverable now, else the code.
+    Repair,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Exit status: 0 recoverable (healthy or degraded); 255 unrecoverable \
+(watchdog(8) reboots); 111 no daemon answers on the socket; 110 the daemon did not answer in \
+time; 71 the daemon answered garbage. In repair mode: 0 when things are recoverable again, else \
+one of these codes."
+)]
+pub struct Args {
+    /// `test` (the default) or `repair`, as watchdog(8) calls its test programs.
+    #[arg(value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// The code the test returned, in repair mode.
+    #[arg(value_name = "CODE", requires = "mode")]
+    pub code: Option<i32>,
+    /// Print the verdict and its reason, and the keepalive's state, even when recoverable.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print the verdict as one JSON object: health, reason, watchdog.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: super::SocketArg,
+}
+
+/// A check that did not pass: its exit status and its one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failed {
+    pub code: u8,
+    pub message: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.mode == Some(Mode::Repair) && args.code.is_none() {
+        anyhow::bail!("repair needs the CODE the test returned, as in `oomcount check repair 255`");
+    }
+    let reply = match protocol::call(&args.socket.socket, &Request::Verdict) {
+        Ok(Response::Verdict(reply)) => reply,
+        Ok(other) => return Err(failed(GARBAGE, format!("the daemon answered {other:?}"))),
+        Err(err @ ClientError::NotRunning(_)) => return Err(failed(NO_DAEMON, err.to_string())),
+        Err(err @ ClientError::Garbage { .. }) => return Err(failed(GARBAGE, err.to_string())),
+        Err(err) => return Err(failed(NO_ANSWER, format!("{:#}", anyhow::Error::from(err)))),
+    };
+    print(&args, &reply)?;
+    if reply.health.recoverable() {
+        if let (Some(Mode::Repair), Some(code)) = (args.mode, args.code) {
+            eprintln!("oomcount: repaired: the test's code {code} no longer applies");
+        }
+        Ok(())
+    } else {
+        Err(failed(
+            UNRECOVERABLE,
+            format!("unrecoverable: {}", reply.reason),
+        ))
+    }
+}
+
+fn failed(code: u8, message: String) -> anyhow::Error {
+    Failed { code, message }.into()
+}
+
+fn print(args: &Args, reply: &VerdictReply) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, reply).context("write")?;
+        writeln!(out).context("write")?;
+    } else if args.explain {
+        match reply.health {
+            Health::Healthy => writeln!(out, "healthy"),
+            _ => writeln!(out, "{}: {}", reply.health, reply.reason),
+        }
+        .context("write")?;
+        writeln!(out, "watchdog: {}", reply.watchdog).context("write")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `oomcount config check [FILE]`: validates the daemon's configuration without starting it.
+//!
+//! The same parser and checks as the daemon's, so that a file that passes here cannot stop the
+//! daemon at start; the error names the file, the line and the key.
+use std::path::PathBuf;
+
+use crate::config::{Config, DEFAULT_PATH};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check a configuration file and print what it sets, defaults included.
+    Check {
+        /// The file [default: /etc/oomcount/oomcount.toml].
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Command::Check { file } = args.command;
+    let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let config = Config::load(Some(&path))?;
+    println!("{}: ok", path.display());
+    match &config.watchdog {
+        Some(w) if !w.device.as_os_str().is_empty() => println!(
+            "watchdog: {} timeout {} keepalive every {}{}",
+            w.device.display(),
+            w.timeout.map_or("(the driver's)".to_owned(), |t| {
+                humantime::format_duration(t).to_string()
+            }),
+            humantime::format_duration(w.interval),
+            if w.nowayout { ", nowayout" } else { "" }
+        ),
+        Some(_) => println!("watchdog: no device (device = \"\"); the verdict is served"),
+        None => println!("watchdog: none (no [watchdog] table); the verdict is served"),
+    }
+    let r = &config.rules;
+    println!(
+        "rules: unrecoverable above {} {}OOM kills within {}{}; degraded for {} after one, below {} MemAvailable, above {}% PSI full avg10{}",
+        r.max_kills,
+        r.constraint,
+        humantime::format_duration(r.window),
+        if r.critical.is_empty() {
+            String::new()
+        } else {
+            format!(", or one kill of {}", r.critical.join(", "))
+        },
+        humantime::format_duration(r.quiet),
+        bytesize::ByteSize(r.mem_available_min).display().iec(),
+        r.psi_full_avg10_max,
+        if r.critical_top > 0 && !r.critical.is_empty() {
+            format!(
+                ", or with a critical process among the {} likely next victims",
+                r.critical_top
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! The daemon's keepalive: weighs each kill as it arrives, and at each interval judges the
+//! machine and pings the watchdog (and systemd) only while the verdict is recoverable.
+//!
+//! Event-driven where it can be: a kill is judged the moment the kernel reports it, so that an
+//! unrecoverable verdict stops the very next keepalive. The interval timer exists only when
+//! something must be pinged (a device, `--dry-run`, or systemd's `WatchdogSec`); without one the
+//! daemon judges only when asked (`oomcount check`, `status`).
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Config,
+    event::monotonic,
+    rules::{Health, Kill, Monitor, Pressure, Verdict},
+    watchdog::{Device, WDIOF_MAGICCLOSE, WatchdogError},
+};
+
+/// What `oomcount status` and `check --explain` show of the keepalive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperState {
+    /// The watchdog device pinged, if any.
+    pub device: Option<String>,
+    /// Its driver's identity (GETSUPPORT), where it has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub identity: Option<String>,
+    /// The driver's timeout in seconds, where it says.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeout_secs: Option<u64>,
+    /// Milliseconds between keepalives, when something is pinged.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub interval_ms: Option<u64>,
+    /// Deciding and logging without a device.
+    pub dry_run: bool,
+    /// Pinging systemd's service watchdog (`WATCHDOG=1`).
+    pub systemd: bool,
+    /// Whether keepalives still go out (false once unrecoverable).
+    pub pinging: bool,
+    pub keepalives: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_keepalive: Option<String>,
+}
+
+impl std::fmt::Display for KeeperState {
+    /// One line: what is pinged, how often, and whether it still is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut what = Vec::new();
+        if let Some(device) = &self.device {
+            let mut text = device.clone();
+            if let Some(identity) = self.identity.as_ref().filter(|i| !i.is_empty()) {
+                text += &format!(" ({identity})");
+            }
+            if let Some(timeout) = self.timeout_secs {
+                text += &format!(" timeout {timeout}s");
+            }
+            what.push(text);
+        }
+        if self.dry_run {
+            what.push("dry run (no device)".to_owned());
+        }
+        if self.systemd {
+            what.push("systemd WatchdogSec".to_owned());
+        }
+        let Some(interval) = self.interval_ms else {
+            return f.write_str("nothing pinged (no [watchdog] in the config)");
+        };
+        write!(
+            f,
+            "{}, every {}, {} keepalives",
+            what.join(" and "),
+            humantime::format_duration(std::time::Duration::from_millis(interval)),
+            self.keepalives
+        )?;
+        if let Some(last) = &self.last_keepalive {
+            write!(f, ", last at {last}")?;
+        }
+        f.write_str(if self.pinging {
+            ""
+        } else {
+            "; stopped: unrecoverable"
+        })
+    }
+}
+
+pub struct Keeper {
+    monitor: Monitor,
+    device: Option<Device>,
+    dry_run: bool,
+    nowayout: bool,
+    /// systemd's service watchdog period (`$WATCHDOG_USEC`), when it asks for pings.
+    systemd: Option<Duration>,
+    interval: Option<Duration>,
+    verdict: Verdict,
+    keepalives: u64,
+    last_keepalive: Option<SystemTime>,
+    /// The last keepalive error, logged once until it changes.
+    ping_error: Option<String>,
+}
+
+impl Keeper {
+    /// Opens (and arms) the configured device, unless `dry_run`.
+    pub fn new(config: &Config, dry_run: bool) -> Result<Keeper, WatchdogError> {
+        let watchdog = config.watchdog.clone().unwrap_or_default();
+        let path: Option<PathBuf> = config
+            .watchdog
+            .as_ref()
+            .filter(|w| !w.device.as_os_str().is_empty())
+            .map(|w| w.device.clone());
+        let device = match (&path, dry_run) {
+            (Some(path), false) => Some(Device::open(path, watchdog.timeout)?),
+            _ => None,
+        };
+        let systemd = sd_notify::watchdog_enabled();
+        let interval = if device.is_some() || dry_run {
+            Some(watchdog.interval)
+        } else {
+            None
+        };
+        // systemd asks for a ping within WATCHDOG_USEC; send one every half of it.
+        let interval = match (interval, systemd) {
+            (Some(interval), Some(usec)) => Some(interval.min(usec / 2)),
+            (None, Some(usec)) => Some(usec / 2),
+            (interval, None) => interval,
+        };
+        if let Some(device) = &device {
+            let timeout = device
+                .timeout()
+                .map_or("the driver's timeout".to_owned(), |t| {
+                    format!("timeout {}s", t.as_secs())
+                });
+            log::info!(
+                "watchdog {} ({}) armed, {timeout}, keepalive every {}",
+                device.path().display(),
+                if device.has_ioctls() {
+                    device.identity()
+                } else {
+                    "no ioctls: pinged by writes".to_owned()
+                },
+                humantime::format_duration(watchdog.interval)
+            );
+            if let Some(timeout) = device.timeout()
+                && watchdog.interval >= timeout
+            {
+                log::warn!(
+                    "the keepalive interval {} is not below the driver's timeout {}s: the watchdog will fire between keepalives; lower interval under [watchdog]",
+                    humantime::format_duration(watchdog.interval),
+                    timeout.as_secs()
+                );
+            }
+        } else if dry_run {
+            log::info!(
+                "dry run: judging every {} without a watchdog device",
+                humantime::format_duration(watchdog.interval)
+            );
+        }
+        Ok(Keeper {
+            monitor: Monitor::new(config.rules.clone()),
+            device,
+            dry_run,
+            nowayout: watchdog.nowayout,
+            systemd,
+            interval,
+            verdict: Verdict {
+                health: Health::Healthy,
+                reason: String::new(),
+            },
+            keepalives: 0,
+            last_keepalive: None,
+            ping_error: None,
+        })
+    }
+
+    /// How often [`Keeper::tick`] must run; `None` when nothing is pinged.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    /// How many likely next victims the rules look at (0: no need to rank processes).
+    fn likely_needed(&self) -> usize {
+        let rules = self.monitor.rules();
+        if rules.critical.is_empty() {
+            0
+        } else {
+            rules.critical_top
+        }
+    }
+
+    /// Records a kill; the next [`Keeper::judge`] (the daemon's, right after each batch of
+    /// events) weighs it.
+    pub fn kill(&mut self, kill: Kill) {
+        self.monitor.kill(kill);
+    }
+
+    /// Judges now, from memory and processes as they are now, logging each change of health
+    /// once.
+    pub fn judge(&mut self) -> Verdict {
+        let pressure = pressure();
+        let likely = likely(self.likely_needed());
+        self.judge_with(monotonic(), pressure, &likely)
+    }
+
+    fn judge_with(&mut self, now: Duration, pressure: Pressure, likely: &[String]) -> Verdict {
+        let verdict = self.monitor.judge(now, pressure, likely);
+        if verdict.health != self.verdict.health {
+            match verdict.health {
+                Health::Unrecoverable => {
+                    let what = match (&self.device, self.dry_run) {
+                        (Some(device), _) => format!(
+                            "no more keepalives: {} resets the machine within {}",
+                            device.path().display(),
+                            device
+                                .timeout()
+                                .map_or("its timeout".to_owned(), |t| format!("{}s", t.as_secs()))
+                        ),
+                        (None, true) => "dry run: keepalives would stop here".to_owned(),
+                        (None, false) => "oomcount check now fails".to_owned(),
+                    };
+                    log::error!("unrecoverable: {}; {what}", verdict.reason);
+                }
+                Health::Degraded => log::warn!("degraded: {}", verdict.reason),
+                Health::Healthy => log::info!("healthy again"),
+            }
+        }
+        self.verdict = verdict.clone();
+        verdict
+    }
+
+    /// At each interval: judge, then ping while recoverable.
+    pub fn tick(&mut self) {
+        let verdict = self.judge();
+        if !verdict.health.recoverable() {
+            return;
+        }
+        if let Some(device) = &mut self.device {
+            match device.keepalive() {
+                Ok(()) => self.ping_error = None,
+                Err(err) => {
+                    let err = err.to_string();
+                    if self.ping_error.as_ref() != Some(&err) {
+                        log::error!("keepalive to {}: {err}", device.path().display());
+                        self.ping_error = Some(err);
+                    }
+                    return;
+                }
+            }
+        }
+        if self.systemd.is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        self.keepalives += 1;
+        self.last_keepalive = Some(SystemTime::now());
+        log::debug!("keepalive {} ({})", self.keepalives, verdict.health);
+    }
+
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    pub fn state(&self) -> KeeperState {
+        KeeperState {
+            device: self.device.as_ref().map(|d| d.path().display().to_string()),
+            identity: self
+                .device
+                .as_ref()
+                .filter(|d| d.has_ioctls())
+                .map(Device::identity),
+            timeout_secs: self
+                .device
+                .as_ref()
+                .and_then(Device::timeout)
+                .map(|t| t.as_secs()),
+            interval_ms: self.interval.map(|i| i.as_millis() as u64),
+            dry_run: self.dry_run,
+            systemd: self.systemd.is_some(),
+            pinging: self.interval.is_some() && self.verdict.health.recoverable(),
+            keepalives: self.keepalives,
+            last_keepalive: self
+                .last_keepalive
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        }
+    }
+
+    /// A clean stop: disarm with the magic 'V', unless `nowayout`, or unless the machine was
+    /// judged unrecoverable (stopping the daemon must not cancel that reset).
+    pub fn stop(&mut self) {
+        let Some(device) = self.device.take() else {
+            return;
+        };
+        let path = device.path().display().to_string();
+        if !self.verdict.health.recoverable() {
+            log::warn!(
+                "leaving {path} armed: the machine was judged unrecoverable ({})",
+                self.verdict.reason
+            );
+            device.leave_armed();
+        } else if self.nowayout {
+            log::warn!("leaving {path} armed (nowayout): it fires unless someone else pings it");
+            device.leave_armed();
+        } else {
+            let magic = device.options() & WDIOF_MAGICCLOSE != 0 || !device.has_ioctls();
+            match device.disarm() {
+                Ok(_) if magic => log::info!("{path} disarmed (magic close)"),
+                Ok(_) => log::warn!(
+                    "{path} closed, but its driver has no magic close: it may still fire"
+                ),
+                Err(err) => log::error!("cannot disarm {path} ({err}): it may still fire"),
+            }
+        }
+    }
+}
+
+/// Memory now; a figure the kernel does not give is left out of the judgement.
+fn pressure() -> Pressure {
+    match crate::vitals::read() {
+        Ok(vitals) => Pressure {
+            mem_available: vitals.mem_available_kb.map(|kb| kb * 1024),
+            psi_full_avg10: vitals
+                .psi
+                .and_then(|psi| psi.full)
+                .map(|full| f64::from(full.avg10)),
+        },
+        Err(err) => {
+            log::debug!("memory figures: {err}");
+            Pressure::default()
+        }
+    }
+}
+
+/// The names of the `n` likely next victims, most likely first (a scan of /proc: only when a
+/// rule needs it).
+fn likely(n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
+    }
+    match crate::victims::rank(n) {
+        Ok(ranking) => ranking.likely.into_iter().map(|c| c.comm).collect(),
+        Err(err) => {
+            log::debug!("ranking likely victims: {err}");
+            Vec::new()
+        }
+    }
+}
