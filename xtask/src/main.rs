@@ -3,6 +3,7 @@
 //! Each task first runs `setup`, which makes sure (idempotently, saying what it installs) that a
 //! fresh Debian 12 machine has what the build needs, so that the README's two commands work on a
 //! clean clone. The eBPF object itself is built by `oomcount/build.rs`, not here.
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -35,6 +36,9 @@ enum Command {
     Test(test::TestArgs),
     /// Boot Debian kernels under QEMU and run the privileged tests inside each.
     VmTest(vm::VmTestArgs),
+    /// Measure the release daemon beside bpftrace, node_exporter and watchdog(8) (installing
+    /// them), print the table of figures and goals, and write it to target/bench/bench.json.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         }
         Command::Test(args) => test::run(args),
         Command::VmTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::run(args)),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

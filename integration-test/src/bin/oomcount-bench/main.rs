@@ -1,0 +1,167 @@
+//! `oomcount-bench`: measures the release daemon beside what users would run instead, on this
+//! machine, in one run, and prints the figures as JSON on stdout (progress on stderr).
+//! `cargo xtask bench` builds and runs it, adds the goals and prints the table.
+//!
+//!     oomcount-bench [--idle-secs 60] [--storm-kills 2000] [--absent NAME=REASON]...
+//!
+//! Every OOM kill it makes happens in a small memory cgroup of its own (never a global OOM);
+//! the only processes it signals are the ones it started. `kernel.bpf_stats_enabled` is on only
+//! while the BPF cost is measured, and put back as it was, on error too.
+mod baselines;
+mod bpfstats;
+mod client;
+mod oomd;
+mod phases;
+mod procfs;
+mod report;
+
+use std::{process::ExitCode, time::Duration};
+
+use serde_json::json;
+
+use crate::{baselines::Baseline, oomd::Oomd, report::Row};
+
+pub struct Args {
+    pub idle: Duration,
+    pub storm_kills: u64,
+    /// Baselines the caller could not install, with the reason.
+    pub absent: Vec<(String, String)>,
+}
+
+/// What every phase measures against: the daemon and the baselines, running side by side.
+pub struct Bench {
+    pub args: Args,
+    pub dir: std::path::PathBuf,
+    pub daemon: Oomd,
+    pub bpftrace: Result<Baseline, String>,
+    pub node_exporter: Result<Baseline, String>,
+    pub watchdog: Result<Baseline, String>,
+    pub rows: Vec<Row>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+fn main() -> ExitCode {
+    oomcount_integration_test::require_root();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("oomcount-bench: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("oomcount-bench-{}", std::process::id()));
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        eprintln!("oomcount-bench: mkdir {}: {err}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let outcome = run(args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("oomcount-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let absent = |name: &str| {
+        args.absent
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, why)| why.clone())
+    };
+    progress("baselines: watchdog(8), node_exporter, bpftrace");
+    let watchdog = absent("watchdog").map_or_else(|| baselines::watchdog(dir), Err);
+    let node_exporter = absent("node_exporter").map_or_else(baselines::node_exporter, Err);
+    let bpftrace =
+        absent("bpftrace").map_or_else(|| baselines::bpftrace(baselines::BPFTRACE_PRINT), Err);
+    for (name, baseline) in [
+        ("watchdog", &watchdog),
+        ("node_exporter", &node_exporter),
+        ("bpftrace", &bpftrace),
+    ] {
+        if let Err(why) = baseline {
+            progress(&format!("{name} absent: {why}"));
+        }
+    }
+    let (daemon, startup_ms, startup_cpu_ms) = phases::startup()?;
+    let mut bench = Bench {
+        args,
+        dir: dir.to_path_buf(),
+        daemon,
+        bpftrace,
+        node_exporter,
+        watchdog,
+        rows: Vec::new(),
+        details: serde_json::Map::new(),
+    };
+    phases::startup_rows(&mut bench, &startup_ms, &startup_cpu_ms);
+    phases::steady_memory(&mut bench)?;
+    phases::idle_cpu(&mut bench)?;
+    phases::count_ratio(&mut bench)?;
+    phases::scrapes(&mut bench)?;
+    phases::latency(&mut bench)?;
+    phases::bpf_cost(&mut bench)?;
+    phases::storm(&mut bench)?;
+    phases::end_memory(&mut bench)?;
+    let Bench {
+        daemon,
+        rows,
+        mut details,
+        ..
+    } = bench;
+    daemon.stop()?;
+    details.insert("took_s".into(), json!(started.elapsed().as_secs_f64()));
+    let output = json!({
+        "kernel": oomcount_integration_test::kernel_release(),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "oomcount": oomcount_integration_test::locate::oomcount(),
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "details": details,
+    });
+    println!("{output:#}");
+    Ok(())
+}
+
+pub fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        idle: Duration::from_secs(60),
+        storm_kills: 2000,
+        absent: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--idle-secs" => {
+                let secs = value()?;
+                args.idle = Duration::from_secs(
+                    secs.parse()
+                        .map_err(|_| format!("--idle-secs {secs:?}: not a number"))?,
+                );
+            }
+            "--storm-kills" => {
+                let kills = value()?;
+                args.storm_kills = kills
+                    .parse()
+                    .map_err(|_| format!("--storm-kills {kills:?}: not a number"))?;
+            }
+            "--absent" => {
+                let pair = value()?;
+                let (name, why) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--absent {pair:?}: give NAME=REASON"))?;
+                args.absent.push((name.to_owned(), why.to_owned()));
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(args)
+}

@@ -1,0 +1,137 @@
+//! The daemon under measurement: the release `oomcount daemon` on a socket of its own, unpinned
+//! (a daemon of the machine's own, pinned, is left alone), its log read line by line so that
+//! the moment it is attached and serving is known to the millisecond.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use oomcount_integration_test::locate;
+
+/// A running daemon; stopped (SIGTERM) on drop.
+pub struct Oomd {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    /// From just before `spawn` to the log line that says it serves.
+    pub ready_after: Duration,
+    /// Its CPU time (ticks) at that moment: loading and verifying the programs.
+    pub startup_ticks: u64,
+    log: mpsc::Receiver<String>,
+}
+
+impl Oomd {
+    /// Starts it and waits (up to 30 s) until it says it is attached and serving.
+    pub fn start(label: &str) -> Result<Oomd, String> {
+        let bin = locate::oomcount();
+        let dir =
+            std::env::temp_dir().join(format!("oomcount-bench-{}-{label}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|err| format!("mkdir {}: {err}", dir.display()))?;
+        let socket = dir.join("oomcount.sock");
+        let started = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(["daemon", "--no-pin", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| format!("start {} daemon: {err}", bin.display()))?;
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut said = Vec::new();
+        let ready_after = loop {
+            let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains("serving on") => break started.elapsed(),
+                Ok(line) => said.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    return Err(format!(
+                        "the daemon did not say it serves within 30 s ({status:?}); it said: {}",
+                        said.join(" / ")
+                    ));
+                }
+            }
+        };
+        let startup_ticks = crate::procfs::cpu_ticks(child.id())?;
+        // The daemon installs its SIGTERM handler after that line: one answer proves it is in
+        // its loop, so that stopping it later is a clean exit and not a race.
+        crate::client::count(&socket)?;
+        Ok(Oomd {
+            child,
+            dir,
+            socket,
+            ready_after,
+            startup_ticks,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops it with SIGTERM; its exit status must be success.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<(), String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(format!("the daemon had exited already ({status})"));
+        }
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
+            .map_err(|err| format!("SIGTERM the daemon: {err}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    let said: Vec<String> = self.log.try_iter().collect();
+                    return Err(format!(
+                        "the daemon exited with {status}; it said: {}",
+                        said.join(" / ")
+                    ));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err("the daemon did not exit within 10 s of SIGTERM".to_owned());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Oomd {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None))
+            && let Err(err) = self.terminate()
+        {
+            eprintln!("bench: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,180 @@
+//! The goals of issue #7, held against what `oomcount-bench` measured: each row gets its goal
+//! and whether it was met, and the whole is printed as a Markdown table (for the README) with
+//! each row's note below it.
+use serde_json::{Value, json};
+
+/// A figure's goal: at most `limit` in the figure's unit.
+struct Goal {
+    id: &'static str,
+    limit: f64,
+    text: &'static str,
+}
+
+const GOALS: &[Goal] = &[
+    Goal {
+        id: "rss_steady",
+        limit: 3.0 * 1024.0,
+        text: "<= 3 MiB",
+    },
+    Goal {
+        id: "rss_peak",
+        limit: 8.0 * 1024.0,
+        text: "<= 8 MiB",
+    },
+    Goal {
+        id: "idle_cpu",
+        limit: 0.0,
+        text: "0 ticks",
+    },
+    Goal {
+        id: "startup_time",
+        limit: 50.0,
+        text: "<= 50 ms",
+    },
+    Goal {
+        id: "count_ratio",
+        limit: 1.5,
+        text: "<= 1.5x",
+    },
+    Goal {
+        id: "bpf_cost",
+        limit: 2.0,
+        text: "<= 2 us",
+    },
+    Goal {
+        id: "latency_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
+        id: "storm_missed",
+        limit: 0.0,
+        text: "0",
+    },
+    Goal {
+        id: "storm_extra",
+        limit: 0.0,
+        text: "0",
+    },
+];
+
+/// The measurement with `goal` and `met` added to each row that has a goal.
+pub fn with_goals(mut measured: Value) -> Value {
+    if let Some(rows) = measured["rows"].as_array_mut() {
+        for row in rows {
+            let Some(goal) = GOALS.iter().find(|g| row["id"] == g.id) else {
+                continue;
+            };
+            row["goal"] = json!(goal.text);
+            row["goal_limit"] = json!(goal.limit);
+            if let Some(value) = row["value"].as_f64() {
+                row["met"] = json!(value <= goal.limit);
+            }
+        }
+    }
+    measured
+}
+
+/// The table, then the notes.
+pub fn render(report: &Value) -> String {
+    let mut out =
+        String::from("| figure | oomcount | goal | met? | baselines (same run unless said) |\n");
+    out.push_str("| --- | --- | --- | --- | --- |\n");
+    let mut notes = String::new();
+    let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    for row in &rows {
+        let unit = row["unit"].as_str().unwrap_or("");
+        let value = match row["value"].as_f64() {
+            Some(v) => format_value(v, unit),
+            None => format!("error: {}", row["error"].as_str().unwrap_or("?")),
+        };
+        let met = match row["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let baselines: Vec<String> = row["baselines"]
+            .as_array()
+            .map(|b| b.iter().map(|b| format_baseline(b, unit)).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| {} | {value} | {} | {met} | {} |\n",
+            row["figure"].as_str().unwrap_or("?"),
+            row["goal"].as_str().unwrap_or("-"),
+            if baselines.is_empty() {
+                "-".to_owned()
+            } else {
+                baselines.join("; ")
+            }
+        ));
+        if let Some(note) = row["note"].as_str() {
+            notes.push_str(&format!(
+                "- {}: {note}\n",
+                row["figure"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    format!("{out}\n{notes}")
+}
+
+fn format_baseline(b: &Value, unit: &str) -> String {
+    let name = b["name"].as_str().unwrap_or("?");
+    match (b["value"].as_f64(), b["absent"].as_str()) {
+        (Some(v), _) if b["source"] == "this run" => format!("{name} {}", format_value(v, unit)),
+        (Some(v), _) => format!("{name} {} (earlier)", format_value(v, unit)),
+        (None, Some(why)) => format!("{name}: absent ({why})"),
+        (None, None) => format!("{name}: ?"),
+    }
+}
+
+/// A value in its unit, the way a reader compares it with the goal.
+pub fn format_value(v: f64, unit: &str) -> String {
+    match unit {
+        "kB" => format!("{:.2} MiB", v / 1024.0),
+        "ticks" if v == 1.0 => "1 tick (10 ms)".to_owned(),
+        "ticks" => format!("{v:.0} ticks ({:.0} ms)", v * 10.0),
+        "ms" if v >= 1000.0 => format!("{:.2} s", v / 1000.0),
+        "ms" if v >= 10.0 => format!("{v:.0} ms"),
+        "ms" => format!("{v:.2} ms"),
+        "us" => format!("{v:.2} us"),
+        "x" => format!("{v:.2}x"),
+        "kills" => format!("{v:.0}"),
+        other => format!("{v} {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_are_judged_and_rendered() {
+        let measured = json!({"rows": [
+            {"id": "rss_steady", "figure": "RSS", "unit": "kB", "value": 4096.0,
+             "baselines": [{"name": "watchdog", "value": 2512.0, "source": "this run"},
+                           {"name": "bpftrace", "absent": "not installed"}]},
+            {"id": "storm_missed", "figure": "missed", "unit": "kills", "value": 0.0,
+             "baselines": [], "note": "2000 kills"},
+            {"id": "rss_end", "figure": "end", "unit": "kB", "error": "gone", "baselines": []},
+        ]});
+        let report = with_goals(measured);
+        assert_eq!(report["rows"][0]["met"], json!(false));
+        assert_eq!(report["rows"][1]["met"], json!(true));
+        assert!(report["rows"][2].get("met").is_none());
+        let table = render(&report);
+        assert!(table.contains(
+            "| RSS | 4.00 MiB | <= 3 MiB | **no** | watchdog 2.45 MiB; bpftrace: absent (not installed) |"
+        ));
+        assert!(table.contains("| missed | 0 | 0 | yes | - |"));
+        assert!(table.contains("| end | error: gone | - | - | - |"));
+        assert!(table.contains("- missed: 2000 kills"));
+    }
+
+    #[test]
+    fn values_in_their_units() {
+        assert_eq!(format_value(2496.1, "ms"), "2.50 s");
+        assert_eq!(format_value(0.84, "ms"), "0.84 ms");
+        assert_eq!(format_value(1.0, "ticks"), "1 tick (10 ms)");
+        assert_eq!(format_value(0.93, "x"), "0.93x");
+    }
+}
