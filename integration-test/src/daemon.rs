@@ -56,6 +56,11 @@ impl Daemon {
 
     /// [`Daemon::start`] with more daemon flags (`--config FILE`, `--dry-run`).
     pub fn start_with(args: &[&std::ffi::OsStr]) -> Daemon {
+        Daemon::start_env(args, &[])
+    }
+
+    /// [`Daemon::start_with`] with more environment (systemd's `NOTIFY_SOCKET`).
+    pub fn start_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let bin = locate::oomcount();
         let dir = std::env::temp_dir().join(unique_name("oomcount-daemon"));
         fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
@@ -73,6 +78,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--no-pin")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

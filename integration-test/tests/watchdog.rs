@@ -87,8 +87,8 @@ fn keepalives_stop_when_kills_go_over_the_rule_and_check_fails() {
         "{run:?}"
     );
     let stopped_at = device.pings();
-    // Ten keepalive periods without a ping (a wait for an absence has to be a fixed span).
-    std::thread::sleep(Duration::from_millis(2000) * time_scale());
+    // Five keepalive periods without a ping (a wait for an absence has to be a fixed span).
+    std::thread::sleep(Duration::from_millis(1000) * time_scale());
     assert_eq!(
         device.pings(),
         stopped_at,
@@ -286,5 +286,69 @@ fn dry_run_judges_and_logs_without_a_device() {
         },
     );
     assert_eq!(check(daemon.socket(), &[]).code, Some(255));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// systemd's side of `Type=notify` and `WatchdogSec=`, played by the test: a datagram socket
+/// as `NOTIFY_SOCKET` (no systemd runs here). The daemon must say READY=1 once it serves,
+/// WATCHDOG=1 about every half of `WATCHDOG_USEC` while recoverable, none after, and
+/// STOPPING=1 at its end.
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
+    use std::os::unix::net::UnixDatagram;
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oomcount-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&notify);
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10) * time_scale()))
+        .unwrap();
+    let config = write_config(&dir, "[rules]\nmax_kills = 0\nconstraint = \"memcg\"\n");
+    let mut daemon = Daemon::start_env(
+        &[OsStr::new("--config"), config.as_os_str()],
+        &[
+            ("NOTIFY_SOCKET", notify.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new("400000")),
+        ],
+    );
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = systemd
+            .recv(&mut buf)
+            .expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut buf = [0u8; 256];
+    let first = next();
+    assert!(first.contains("READY=1"), "{first:?}");
+    for _ in 0..3 {
+        let ping = next();
+        assert!(ping.contains("WATCHDOG=1"), "{ping:?}");
+    }
+    let verdict = health(&daemon);
+    assert_eq!(verdict["watchdog"]["systemd"], true, "{verdict}");
+    assert_eq!(verdict["watchdog"]["interval_ms"], 200, "{verdict}");
+
+    let cg = MemCg::new("watchdog-systemd", 32 << 20);
+    single_kills(&cg, 1);
+    wait_kills(&daemon, 1);
+    assert_eq!(check(daemon.socket(), &[]).code, Some(255));
+    // Drain what was sent before the verdict; then nothing but silence until the stop.
+    systemd.set_nonblocking(true).unwrap();
+    while systemd.recv(&mut buf).is_ok() {}
+    std::thread::sleep(Duration::from_millis(1000) * time_scale());
+    let late = systemd
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(
+        late.is_err(),
+        "a notification after the unrecoverable verdict: {late:?}"
+    );
+    systemd.set_nonblocking(false).unwrap();
+    assert!(daemon.stop().unwrap().success());
+    let last = next();
+    assert!(last.contains("STOPPING=1"), "{last:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

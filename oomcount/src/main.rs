@@ -5,7 +5,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits 2; --help and --version exit 0.
-    let cli = oomcount::cli::Cli::parse();
+    let cli = oomcount::cli::Cli::parse_from(oomcount::cli::args(std::env::args_os()));
     match oomcount::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

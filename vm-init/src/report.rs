@@ -32,6 +32,20 @@ pub fn parse_reset_expected(line: &str) -> Option<u64> {
         .ok()
 }
 
+/// The console line a watchdog scenario prints when the guest outlived what it waited for
+/// without a reset: a scenario that expects none passes only with this line (and its test).
+pub fn survived(ms: u64) -> String {
+    format!("{PREFIX}no reset after {ms} ms")
+}
+
+/// Whether a console line holds a [`survived`] mark.
+pub fn is_survived(line: &str) -> bool {
+    line.find(PREFIX).is_some_and(|at| {
+        let rest = &line[at + PREFIX.len()..];
+        rest.starts_with("no reset after ") && rest.trim_end().ends_with(" ms")
+    })
+}
+
 /// One report line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {

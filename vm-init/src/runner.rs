@@ -24,6 +24,7 @@ const ENV: &[(&str, &str)] = &[
     ("RUST_BACKTRACE", "1"),
 ];
 
+#[derive(Clone)]
 struct Test {
     name: String,
     program: String,
@@ -60,7 +61,11 @@ pub fn run_all(config: &Config, reporter: &mut Reporter) {
             (Outcome::Ignored, 0.0)
         } else {
             println!("{}", report::run_marker(&test.name));
-            run(test, config.test_timeout)
+            let mut test = test.clone();
+            if test.ignored {
+                test.args.push("--include-ignored".into());
+            }
+            run(&test, config.test_timeout)
         };
         sweep::after_test(&test.name);
         reporter.send(&Line::Test(TestResult {

@@ -44,6 +44,9 @@ pub struct Args {
     /// The code the test returned, in repair mode.
     #[arg(value_name = "CODE", requires = "mode")]
     pub code: Option<i32>,
+    /// What watchdog(8) may name after the code (ignored).
+    #[arg(value_name = "OBJECT", requires = "code", hide = true)]
+    pub object: Option<std::ffi::OsString>,
     /// Print the verdict and its reason, and the keepalive's state, even when recoverable.
     #[arg(long)]
     pub explain: bool,

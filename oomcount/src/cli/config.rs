@@ -24,9 +24,14 @@ pub enum Command {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Command::Check { file } = args.command;
+    // As the daemon reads it: the default file may be absent, a named one may not.
+    let config = Config::load(file.as_deref())?;
     let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-    let config = Config::load(Some(&path))?;
-    println!("{}: ok", path.display());
+    if path.exists() {
+        println!("{}: ok", path.display());
+    } else {
+        println!("{}: absent, so the defaults apply", path.display());
+    }
     match &config.watchdog {
         Some(w) if !w.device.as_os_str().is_empty() => println!(
             "watchdog: {} timeout {} keepalive every {}{}",

@@ -63,6 +63,25 @@ pub struct SocketArg {
     pub socket: PathBuf,
 }
 
+/// The command line, with `oomcount check` when called by that name: a symlink named
+/// `oomcount-check` in watchdog(8)'s test-directory is run as `oomcount-check test` and
+/// `oomcount-check repair CODE`.
+pub fn args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> impl Iterator<Item = std::ffi::OsString> {
+    let mut args = args.into_iter().peekable();
+    let check = args.peek().is_some_and(|argv0| {
+        std::path::Path::new(argv0)
+            .file_name()
+            .is_some_and(|name| name == "oomcount-check")
+    });
+    let first = args.next().map(|_| "oomcount".into());
+    first
+        .into_iter()
+        .chain(check.then(|| "check".into()))
+        .chain(args)
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -109,6 +128,22 @@ mod tests {
         if std::env::var_os("OOMCOUNT_SOCKET").is_none() {
             assert_eq!(args.socket.socket, PathBuf::from(DEFAULT_SOCKET));
         }
+    }
+
+    #[test]
+    fn called_as_oomcount_check_it_checks() {
+        let argv = ["/etc/watchdog.d/oomcount-check", "repair", "255"].map(Into::into);
+        let cli = Cli::try_parse_from(args(argv)).unwrap();
+        let Command::Check(check) = cli.command else {
+            panic!("not check: {cli:?}")
+        };
+        assert_eq!(check.mode, Some(check::Mode::Repair));
+        assert_eq!(check.code, Some(255));
+        let argv = ["/usr/sbin/oomcount", "count"].map(Into::into);
+        assert!(matches!(
+            Cli::try_parse_from(args(argv)).unwrap().command,
+            Command::Count(_)
+        ));
     }
 
     #[test]

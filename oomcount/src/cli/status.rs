@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    protocol::CountReply,
+    protocol::{self, CountReply, Request, Response, VerdictReply},
     vitals::{self, MemoryPsi, Psi, Vitals},
 };
 
@@ -18,7 +18,8 @@ pub struct Args {
     /// Print one JSON object: `vitals` (mem_total_kb, mem_available_kb, swap_total_kb,
     /// swap_free_kb, psi: {some, full} each {avg10, avg60, avg300, total_us}, or null without
     /// PSI), `count` (the object `count --json` prints, or null) and `count_error` (why it is
-    /// null).
+    /// null), `verdict` (what `check --json` prints: health, reason, watchdog; null without a
+    /// daemon).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -38,8 +39,9 @@ struct Status {
     /// Why `count` is null.
     #[serde(skip_serializing_if = "Option::is_none")]
     count_error: Option<String>,
-    // WATCHDOG (issue #6): the daemon's watchdog state goes here, as a `watchdog` field, once
-    // protocol.rs has the request that asks for it (`Request::Status`); absent until then.
+    /// The rules' verdict and the keepalive's state (what `check --json` prints), from the
+    /// daemon; null without one.
+    verdict: Option<VerdictReply>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -48,10 +50,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(reply) => (Some(reply), None),
         Err(err) => (None, Some(format!("{err:#}"))),
     };
+    // Only a daemon judges; without one, the count's error already says so.
+    let verdict = match protocol::call(&args.socket.socket, &Request::Verdict) {
+        Ok(Response::Verdict(reply)) => Some(reply),
+        _ => None,
+    };
     let status = Status {
         vitals,
         count,
         count_error,
+        verdict,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -125,7 +133,13 @@ fn human(status: &Status) -> String {
             );
         }
     }
-    // WATCHDOG (issue #6): the watchdog section is printed here once the daemon reports it.
+    if let Some(verdict) = &status.verdict {
+        let _ = match verdict.health {
+            crate::rules::Health::Healthy => writeln!(text, "verdict    healthy"),
+            _ => writeln!(text, "verdict    {}: {}", verdict.health, verdict.reason),
+        };
+        let _ = writeln!(text, "watchdog   {}", verdict.watchdog);
+    }
     text
 }
 
@@ -175,6 +189,7 @@ mod tests {
             vitals: vitals(),
             count: None,
             count_error: Some("no oomcount daemon is running on /x".into()),
+            verdict: None,
         });
         assert_eq!(
             text,
@@ -209,7 +224,30 @@ mod tests {
                 source: "pins".into(),
             }),
             count_error: None,
+            verdict: Some(VerdictReply {
+                health: crate::rules::Health::Degraded,
+                reason: "memcg OOM kill of hog (pid 7) 3s ago; healthy after 10m without one"
+                    .into(),
+                watchdog: crate::keeper::KeeperState {
+                    device: Some("/dev/watchdog".into()),
+                    identity: Some("Software Watchdog".into()),
+                    timeout_secs: Some(60),
+                    interval_ms: Some(10_000),
+                    dry_run: false,
+                    systemd: false,
+                    pinging: true,
+                    keepalives: 42,
+                    last_keepalive: Some("2026-11-26T06:13:00.000Z".into()),
+                },
+            }),
         });
+        assert!(
+            text.ends_with(
+                "verdict    degraded: memcg OOM kill of hog (pid 7) 3s ago; healthy after 10m without one\n\
+                 watchdog   /dev/watchdog (Software Watchdog) timeout 60s, every 10s, 42 keepalives, last at 2026-11-26T06:13:00.000Z\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("swap       1 MiB free of 2 MiB (50%)\n"),
             "{text}"
@@ -233,10 +271,11 @@ mod tests {
             },
             count: None,
             count_error: Some("no daemon".into()),
+            verdict: None,
         };
         assert_eq!(
             serde_json::to_string(&status).unwrap(),
-            r#"{"vitals":{"mem_total_kb":24683520,"mem_available_kb":24183456,"swap_total_kb":0,"swap_free_kb":0,"psi":null},"count":null,"count_error":"no daemon"}"#
+            r#"{"vitals":{"mem_total_kb":24683520,"mem_available_kb":24183456,"swap_total_kb":0,"swap_free_kb":0,"psi":null},"count":null,"count_error":"no daemon","verdict":null}"#
         );
     }
 }

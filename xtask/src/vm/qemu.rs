@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use oomcount_vm_init::report::{Line, PREFIX, parse_reset_expected};
+use oomcount_vm_init::report::{Line, PREFIX, is_survived, parse_reset_expected};
 
 use super::kernel::Kernel;
 
@@ -42,6 +42,8 @@ pub struct Run {
     /// Each "expect reset within MS" console mark: when the host read it (since QEMU started),
     /// and its milliseconds.
     pub reset_marks: Vec<(Duration, u64)>,
+    /// A "no reset after MS" console mark was seen.
+    pub survived: bool,
 }
 
 pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
@@ -85,7 +87,7 @@ pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let wall = start.elapsed();
-    let reset_marks = echo.join().unwrap_or_default();
+    let (reset_marks, survived) = echo.join().unwrap_or_default();
     let report = std::fs::read(boot.report).unwrap_or_default();
     let lines = String::from_utf8_lossy(&report)
         .lines()
@@ -96,20 +98,23 @@ pub fn boot(boot: &Boot) -> anyhow::Result<Run> {
         exit,
         lines,
         reset_marks,
+        survived,
     })
 }
 
 /// Saves the console to the log, echoing the report lines (and `/init`'s other notes) on stderr
-/// so that a long run shows its progress; returns the reset marks, timed as they are read.
+/// so that a long run shows its progress; returns the reset marks, timed as they are read, and
+/// whether a survival mark was seen.
 fn copy_console(
     console: impl std::io::Read,
     mut log: File,
     label: &str,
     start: Instant,
-) -> Vec<(Duration, u64)> {
+) -> (Vec<(Duration, u64)>, bool) {
     let mut reader = BufReader::new(console);
     let mut line = Vec::new();
     let mut marks = Vec::new();
+    let mut survived = false;
     while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
         let at = start.elapsed();
         let _ = log.write_all(&line);
@@ -117,10 +122,11 @@ fn copy_console(
         if let Some(ms) = parse_reset_expected(text.trim_end()) {
             marks.push((at, ms));
         }
+        survived |= is_survived(&text);
         if let Some(start) = text.find(PREFIX) {
             eprintln!("  {label:>9} | {}", text[start..].trim_end());
         }
         line.clear();
     }
-    marks
+    (marks, survived)
 }

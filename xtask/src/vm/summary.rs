@@ -233,6 +233,7 @@ mod tests {
                 exit,
                 lines,
                 reset_marks: Vec::new(),
+                survived: false,
             }),
             timeout: Duration::from_secs(600),
             console_log: PathBuf::from("console.log"),

@@ -140,6 +140,9 @@ fn judge(name: &str, run: &qemu::Run) -> Result<String, String> {
             }
         }
         None => match (run.exit, outcome) {
+            (Some(INIT_FINISHED), Some(Outcome::Ok)) if !run.survived => Err(
+                "the test passed without saying it outlived its margins: did it run?".to_owned(),
+            ),
             (Some(INIT_FINISHED), Some(Outcome::Ok)) => Ok(format!(
                 "no reset; the guest finished after {:.0} s",
                 run.wall.as_secs_f64()
@@ -174,6 +177,7 @@ mod tests {
     use super::*;
 
     fn run(exit: Option<i32>, wall: u64, marks: Vec<(Duration, u64)>, ok: bool) -> qemu::Run {
+        let survived = ok && marks.is_empty();
         qemu::Run {
             wall: Duration::from_secs(wall),
             exit,
@@ -187,6 +191,7 @@ mod tests {
                 Vec::new()
             },
             reset_marks: marks,
+            survived,
         }
     }
 
@@ -204,5 +209,8 @@ mod tests {
         assert!(judge("vm_watchdog::x", &run(Some(1), 40, Vec::new(), true)).is_ok());
         assert!(judge("vm_watchdog::x", &run(Some(0), 40, Vec::new(), true)).is_err());
         assert!(judge("vm_watchdog::x", &run(Some(1), 40, Vec::new(), false)).is_err());
+        let mut skipped = run(Some(1), 40, Vec::new(), true);
+        skipped.survived = false;
+        assert!(judge("vm_watchdog::x", &skipped).is_err());
     }
 }
