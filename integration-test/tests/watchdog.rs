@@ -352,3 +352,43 @@ fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
     assert!(last.contains("STOPPING=1"), "{last:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `critical_top`: a critical process among the likely next victims (by `oom_score`, as `oomcount
+/// next` ranks them) makes the machine degraded, not unrecoverable: nothing was killed yet.
+#[test]
+fn a_critical_process_among_the_likely_victims_is_degraded() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oomcount-crittop-{}", std::process::id()));
+    let config = write_config(
+        &dir,
+        "[rules]\ncritical = [\"oc-crit-top\"]\ncritical_top = 3\nmem_available_min = 0\npsi_full_avg10_max = 100.0\n",
+    );
+    let daemon = Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()]);
+    let calm = health(&daemon);
+    assert_eq!(calm["health"], "healthy", "{calm}");
+    let cg = MemCg::new("watchdog-crittop", 64 << 20);
+    let held = oomcount_integration_test::producer::Held::spawn_with(
+        &cg,
+        16,
+        1000,
+        &["--comm", "oc-crit-top"],
+    );
+    let verdict = health(&daemon);
+    assert_eq!(verdict["health"], "degraded", "{verdict}");
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("critical process oc-crit-top is likely OOM victim #"),
+        "{verdict}"
+    );
+    assert_eq!(
+        check(daemon.socket(), &[]).code,
+        Some(0),
+        "degraded is recoverable"
+    );
+    drop(held);
+    let after = health(&daemon);
+    assert_eq!(after["health"], "healthy", "{after}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
