@@ -16,7 +16,10 @@ use std::{
     time::Instant,
 };
 
-use crate::{locate, unique_name};
+use crate::{
+    Daemon, locate, unique_name,
+    wait::{deadline, wait_until},
+};
 
 #[derive(Default)]
 struct Seen {
@@ -104,6 +107,30 @@ impl StandIn {
         self.seen.lock().unwrap().closed
     }
 
+    /// Waits until `n` keepalives have come.
+    pub fn wait_pings(&self, n: usize, what: &str) {
+        wait_until(deadline(std::time::Duration::from_secs(10)), what, || {
+            let pings = self.pings();
+            if pings >= n { Ok(()) } else { Err(pings) }
+        });
+    }
+
+    /// Waits until the daemon has closed the device; returns every byte it wrote.
+    pub fn wait_closed(&self) -> Vec<u8> {
+        wait_until(
+            deadline(std::time::Duration::from_secs(5)),
+            "the daemon to close the device",
+            || {
+                if self.closed() {
+                    Ok(())
+                } else {
+                    Err(self.bytes().len())
+                }
+            },
+        );
+        self.bytes()
+    }
+
     /// A config file beside the FIFO: `[watchdog]` on this stand-in with `watchdog` (more
     /// keys), then `rules` as the `[rules]` table's body.
     pub fn config(&self, watchdog: &str, rules: &str) -> PathBuf {
@@ -185,4 +212,22 @@ pub fn check(socket: &Path, more: &[&str]) -> Run {
     args.extend(more.iter().map(OsStr::new));
     args.extend(["--socket".as_ref(), socket.as_os_str()]);
     oomcount(&args)
+}
+
+/// The verdict and the keepalive's state, from `oomcount check --json`.
+pub fn verdict(daemon: &Daemon) -> serde_json::Value {
+    let run = check(daemon.socket(), &["--json"]);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|err| panic!("check --json: {err}: {run:?}"))
+}
+
+/// Waits until the daemon has counted `n` kills.
+pub fn wait_kills(daemon: &Daemon, n: u64) {
+    wait_until(
+        deadline(std::time::Duration::from_secs(10)),
+        "the daemon to count the kills",
+        || {
+            let kills = daemon.count().kills;
+            if kills >= n { Ok(()) } else { Err(kills) }
+        },
+    );
 }

@@ -13,7 +13,7 @@ use oomcount_integration_test::{
     producer::{kill_one, single_kills},
     require_root,
     wait::{deadline, wait_until},
-    watchdog::{check, oomcount, write_config},
+    watchdog::{check, oomcount, verdict, wait_kills, write_config},
 };
 use oomcount_vm_init::report::{reset_expected, survived};
 
@@ -43,29 +43,12 @@ fn start(rules: &str) -> Daemon {
     Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()])
 }
 
-/// The keepalive's state and the verdict, from `oomcount check --json`.
-fn verdict(daemon: &Daemon) -> serde_json::Value {
-    let run = check(daemon.socket(), &["--json"]);
-    serde_json::from_str(&run.stdout).unwrap_or_else(|err| panic!("check --json: {err}: {run:?}"))
-}
-
 fn wait_keepalives(daemon: &Daemon, n: u64) {
     wait_until(deadline(Duration::from_secs(10)), "keepalives", || {
         let v = verdict(daemon);
         let sent = v["watchdog"]["keepalives"].as_u64().unwrap_or(0);
         if sent >= n { Ok(()) } else { Err(v) }
     });
-}
-
-fn wait_kills(daemon: &Daemon, n: u64) {
-    wait_until(
-        deadline(Duration::from_secs(10)),
-        "the kills counted",
-        || {
-            let kills = daemon.count().kills;
-            if kills >= n { Ok(()) } else { Err(kills) }
-        },
-    );
 }
 
 /// From here the watchdog must reset the guest: tell the host, then outlive the deadline only

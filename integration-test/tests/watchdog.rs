@@ -9,7 +9,7 @@ use oomcount_integration_test::{
     producer::{kill_one, single_kills},
     require_root,
     wait::{deadline, time_scale, wait_until},
-    watchdog::{StandIn, check, oomcount, write_config},
+    watchdog::{StandIn, check, oomcount, verdict, wait_kills, write_config},
 };
 
 /// Keepalive period in these tests: short, so that pings and their stop show quickly.
@@ -17,31 +17,6 @@ const INTERVAL: &str = "interval = \"200ms\"";
 
 fn start(config: &std::path::Path) -> Daemon {
     Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()])
-}
-
-fn wait_pings(device: &StandIn, n: usize, what: &str) {
-    wait_until(deadline(Duration::from_secs(10)), what, || {
-        let pings = device.pings();
-        if pings >= n { Ok(()) } else { Err(pings) }
-    });
-}
-
-/// Waits until the daemon has counted `n` kills.
-fn wait_kills(daemon: &Daemon, n: u64) {
-    wait_until(
-        deadline(Duration::from_secs(10)),
-        "the daemon to count the kills",
-        || {
-            let kills = daemon.count().kills;
-            if kills >= n { Ok(()) } else { Err(kills) }
-        },
-    );
-}
-
-/// `oomcount check --json` while recoverable: exit 0, and the verdict's health.
-fn health(daemon: &Daemon) -> serde_json::Value {
-    let run = check(daemon.socket(), &["--json"]);
-    serde_json::from_str(&run.stdout).unwrap_or_else(|err| panic!("check --json: {err}: {run:?}"))
 }
 
 #[test]
@@ -53,27 +28,23 @@ fn keepalives_stop_when_kills_go_over_the_rule_and_check_fails() {
         "max_kills = 2\nwindow = \"1h\"\nconstraint = \"memcg\"",
     );
     let mut daemon = start(&config);
-    wait_pings(&device, 3, "keepalives before any kill");
+    device.wait_pings(3, "keepalives before any kill");
     let cg = MemCg::new("watchdog-rule", 32 << 20);
 
     // Two kills: at the limit, degraded but recoverable; the pings go on.
     single_kills(&cg, 2);
     wait_kills(&daemon, 2);
-    let verdict = health(&daemon);
-    assert_eq!(verdict["health"], "degraded", "{verdict}");
+    let state = verdict(&daemon);
+    assert_eq!(state["health"], "degraded", "{state}");
     assert!(
-        verdict["reason"]
+        state["reason"]
             .as_str()
             .unwrap()
             .contains("memcg OOM kill of"),
-        "{verdict}"
+        "{state}"
     );
     let pings = device.pings();
-    wait_pings(
-        &device,
-        pings + 2,
-        "keepalives after two kills (under the rule)",
-    );
+    device.wait_pings(pings + 2, "keepalives after two kills (under the rule)");
     assert_eq!(check(daemon.socket(), &[]).code, Some(0));
 
     // The third kill is over the rule: no keepalive after the daemon has counted it.
@@ -105,18 +76,8 @@ fn keepalives_stop_when_kills_go_over_the_rule_and_check_fails() {
 
     // A clean stop leaves the device armed: no magic 'V', the reset still comes.
     assert!(daemon.stop().unwrap().success());
-    wait_until(
-        deadline(Duration::from_secs(5)),
-        "the device closed",
-        || {
-            if device.closed() {
-                Ok(())
-            } else {
-                Err(device.bytes().len())
-            }
-        },
-    );
-    assert!(!device.bytes().contains(&b'V'), "{:?}", device.bytes());
+    let bytes = device.wait_closed();
+    assert!(!bytes.contains(&b'V'), "{bytes:?}");
 }
 
 #[test]
@@ -128,7 +89,7 @@ fn one_kill_of_a_critical_process_is_unrecoverable() {
         "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]",
     );
     let daemon = start(&config);
-    wait_pings(&device, 2, "keepalives before the kill");
+    device.wait_pings(2, "keepalives before the kill");
     let cg = MemCg::new("watchdog-critical", 32 << 20);
     let pid = kill_one(&cg, &["--comm", "oc-critical"]);
     wait_kills(&daemon, 1);
@@ -150,27 +111,16 @@ fn a_clean_stop_disarms_with_the_magic_v_and_nowayout_does_not() {
         let device = StandIn::new();
         let config = device.config(&format!("{INTERVAL}\nnowayout = {nowayout}"), "");
         let mut daemon = start(&config);
-        wait_pings(&device, 3, "keepalives");
-        let verdict = health(&daemon);
-        assert_eq!(verdict["health"], "healthy", "{verdict}");
-        assert_eq!(verdict["watchdog"]["pinging"], true, "{verdict}");
+        device.wait_pings(3, "keepalives");
+        let state = verdict(&daemon);
+        assert_eq!(state["health"], "healthy", "{state}");
+        assert_eq!(state["watchdog"]["pinging"], true, "{state}");
         assert_eq!(
-            verdict["watchdog"]["device"],
+            state["watchdog"]["device"],
             device.path().display().to_string()
         );
         assert!(daemon.stop().unwrap().success());
-        wait_until(
-            deadline(Duration::from_secs(5)),
-            "the device closed",
-            || {
-                if device.closed() {
-                    Ok(())
-                } else {
-                    Err(device.bytes().len())
-                }
-            },
-        );
-        let bytes = device.bytes();
+        let bytes = device.wait_closed();
         assert_eq!(
             bytes.last() == Some(&b'V'),
             magic,
@@ -263,13 +213,11 @@ fn dry_run_judges_and_logs_without_a_device() {
         config.as_os_str(),
         OsStr::new("--dry-run"),
     ]);
-    let verdict = health(&daemon);
-    assert_eq!(verdict["watchdog"]["dry_run"], true, "{verdict}");
+    let state = verdict(&daemon);
+    assert_eq!(state["watchdog"]["dry_run"], true, "{state}");
     assert!(
-        verdict["watchdog"]
-            .get("device")
-            .is_none_or(|d| d.is_null()),
-        "{verdict}"
+        state["watchdog"].get("device").is_none_or(|d| d.is_null()),
+        "{state}"
     );
     let cg = MemCg::new("watchdog-dry", 32 << 20);
     single_kills(&cg, 1);
@@ -327,9 +275,9 @@ fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
         let ping = next();
         assert!(ping.contains("WATCHDOG=1"), "{ping:?}");
     }
-    let verdict = health(&daemon);
-    assert_eq!(verdict["watchdog"]["systemd"], true, "{verdict}");
-    assert_eq!(verdict["watchdog"]["interval_ms"], 200, "{verdict}");
+    let state = verdict(&daemon);
+    assert_eq!(state["watchdog"]["systemd"], true, "{state}");
+    assert_eq!(state["watchdog"]["interval_ms"], 200, "{state}");
 
     let cg = MemCg::new("watchdog-systemd", 32 << 20);
     single_kills(&cg, 1);
@@ -364,7 +312,7 @@ fn a_critical_process_among_the_likely_victims_is_degraded() {
         "[rules]\ncritical = [\"oc-crit-top\"]\ncritical_top = 3\nmem_available_min = 0\npsi_full_avg10_max = 100.0\n",
     );
     let daemon = Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()]);
-    let calm = health(&daemon);
+    let calm = verdict(&daemon);
     assert_eq!(calm["health"], "healthy", "{calm}");
     let cg = MemCg::new("watchdog-crittop", 64 << 20);
     let held = oomcount_integration_test::producer::Held::spawn_with(
@@ -373,14 +321,14 @@ fn a_critical_process_among_the_likely_victims_is_degraded() {
         1000,
         &["--comm", "oc-crit-top"],
     );
-    let verdict = health(&daemon);
-    assert_eq!(verdict["health"], "degraded", "{verdict}");
+    let state = verdict(&daemon);
+    assert_eq!(state["health"], "degraded", "{state}");
     assert!(
-        verdict["reason"]
+        state["reason"]
             .as_str()
             .unwrap()
             .starts_with("critical process oc-crit-top is likely OOM victim #"),
-        "{verdict}"
+        "{state}"
     );
     assert_eq!(
         check(daemon.socket(), &[]).code,
@@ -388,7 +336,7 @@ fn a_critical_process_among_the_likely_victims_is_degraded() {
         "degraded is recoverable"
     );
     drop(held);
-    let after = health(&daemon);
+    let after = verdict(&daemon);
     assert_eq!(after["health"], "healthy", "{after}");
     let _ = std::fs::remove_dir_all(&dir);
 }
