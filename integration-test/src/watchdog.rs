@@ -183,6 +183,42 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// A folder of the test's own for config files and sockets, removed on drop.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        Scratch {
+            dir: std::env::temp_dir().join(unique_name(label)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `text` as the folder's `oomcount.toml`; returns its path.
+    pub fn config(&self, text: &str) -> PathBuf {
+        write_config(&self.dir, text)
+    }
+
+    /// Writes `text` as the config and starts a daemon on it with `more` flags.
+    pub fn daemon(&self, text: &str, more: &[&OsStr]) -> Daemon {
+        let config = self.config(text);
+        let mut args = vec![OsStr::new("--config"), config.as_os_str()];
+        args.extend(more);
+        Daemon::start_with(&args)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// How `oomcount` ended.
 #[derive(Debug)]
 pub struct Run {

@@ -9,7 +9,7 @@ use oomcount_integration_test::{
     producer::{kill_one, single_kills},
     require_root,
     wait::{deadline, time_scale, wait_until},
-    watchdog::{StandIn, check, oomcount, verdict, wait_kills, write_config},
+    watchdog::{Scratch, StandIn, check, oomcount, verdict, wait_kills},
 };
 
 /// Keepalive period in these tests: short, so that pings and their stop show quickly.
@@ -136,9 +136,9 @@ fn a_clean_stop_disarms_with_the_magic_v_and_nowayout_does_not() {
 #[test]
 fn a_bad_config_stops_the_daemon_before_it_attaches_naming_file_line_and_key() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("oomcount-badconf-{}", std::process::id()));
-    let config = write_config(
-        &dir,
+    let scratch = Scratch::new("oomcount-badconf");
+    let dir = scratch.dir();
+    let config = scratch.config(
         "[watchdog]\ndevice = \"/dev/null\"\n\n[rules]\nmax_kills = 3\nwindow = \"5 minutes and a bit\"\n",
     );
     let expected = format!("oomcount: {}:6: rules.window: ", config.display());
@@ -160,7 +160,7 @@ fn a_bad_config_stops_the_daemon_before_it_attaches_naming_file_line_and_key() {
     assert_eq!(checked.code, Some(1));
     assert!(checked.stderr.starts_with(&expected), "{checked:?}");
 
-    let good = write_config(&dir, "[rules]\nmax_kills = 5\ncritical = [\"xenstored\"]\n");
+    let good = scratch.config("[rules]\nmax_kills = 5\ncritical = [\"xenstored\"]\n");
     let checked = oomcount(&["config".as_ref(), "check".as_ref(), good.as_os_str()]);
     assert_eq!(checked.code, Some(0), "{checked:?}");
     assert!(
@@ -179,7 +179,6 @@ fn a_bad_config_stops_the_daemon_before_it_attaches_naming_file_line_and_key() {
         missing.stderr.contains("nope.toml") && missing.stderr.contains("--config"),
         "{missing:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -202,17 +201,12 @@ fn check_without_a_daemon_fails_with_econnrefused_and_repair_keeps_it() {
 #[test]
 fn dry_run_judges_and_logs_without_a_device() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("oomcount-dry-{}", std::process::id()));
     // The device does not exist: a dry run must not need it.
-    let config = write_config(
-        &dir,
+    let scratch = Scratch::new("oomcount-dry");
+    let daemon = scratch.daemon(
         "[watchdog]\ndevice = \"/nonexistent/watchdog\"\ninterval = \"200ms\"\n[rules]\nmax_kills = 0\nconstraint = \"memcg\"\n",
+        &[OsStr::new("--dry-run")],
     );
-    let daemon = Daemon::start_with(&[
-        OsStr::new("--config"),
-        config.as_os_str(),
-        OsStr::new("--dry-run"),
-    ]);
     let state = verdict(&daemon);
     assert_eq!(state["watchdog"]["dry_run"], true, "{state}");
     assert!(
@@ -234,7 +228,6 @@ fn dry_run_judges_and_logs_without_a_device() {
         },
     );
     assert_eq!(check(daemon.socket(), &[]).code, Some(255));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// systemd's side of `Type=notify` and `WatchdogSec=`, played by the test: a datagram socket
@@ -245,15 +238,14 @@ fn dry_run_judges_and_logs_without_a_device() {
 fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
     use std::os::unix::net::UnixDatagram;
     require_root();
-    let dir = std::env::temp_dir().join(format!("oomcount-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let notify = dir.join("notify.sock");
+    let scratch = Scratch::new("oomcount-notify");
+    let config = scratch.config("[rules]\nmax_kills = 0\nconstraint = \"memcg\"\n");
+    let notify = scratch.dir().join("notify.sock");
     let _ = std::fs::remove_file(&notify);
     let systemd = UnixDatagram::bind(&notify).unwrap();
     systemd
         .set_read_timeout(Some(Duration::from_secs(10) * time_scale()))
         .unwrap();
-    let config = write_config(&dir, "[rules]\nmax_kills = 0\nconstraint = \"memcg\"\n");
     let mut daemon = Daemon::start_env(
         &[OsStr::new("--config"), config.as_os_str()],
         &[
@@ -298,7 +290,6 @@ fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
     assert!(daemon.stop().unwrap().success());
     let last = next();
     assert!(last.contains("STOPPING=1"), "{last:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `critical_top`: a critical process among the likely next victims (by `oom_score`, as `oomcount
@@ -306,12 +297,11 @@ fn systemd_hears_ready_then_watchdog_pings_until_unrecoverable() {
 #[test]
 fn a_critical_process_among_the_likely_victims_is_degraded() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("oomcount-crittop-{}", std::process::id()));
-    let config = write_config(
-        &dir,
+    let scratch = Scratch::new("oomcount-crittop");
+    let daemon = scratch.daemon(
         "[rules]\ncritical = [\"oc-crit-top\"]\ncritical_top = 3\nmem_available_min = 0\npsi_full_avg10_max = 100.0\n",
+        &[],
     );
-    let daemon = Daemon::start_with(&[OsStr::new("--config"), config.as_os_str()]);
     let calm = verdict(&daemon);
     assert_eq!(calm["health"], "healthy", "{calm}");
     let cg = MemCg::new("watchdog-crittop", 64 << 20);
@@ -338,5 +328,4 @@ fn a_critical_process_among_the_likely_victims_is_degraded() {
     drop(held);
     let after = verdict(&daemon);
     assert_eq!(after["health"], "healthy", "{after}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
