@@ -211,6 +211,16 @@ impl Config {
             }
         }
         let rules = &self.rules;
+        if rules.max_kills as usize >= crate::rules::MAX_REMEMBERED {
+            return fail(
+                "rules",
+                "max_kills",
+                format!(
+                    "must be below {} (the kills the rules remember)",
+                    crate::rules::MAX_REMEMBERED
+                ),
+            );
+        }
         if rules.window.is_zero() {
             return fail("rules", "window", "must be above 0".to_owned());
         }
@@ -427,6 +437,10 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
                 ":2: rules.critical: \"a-name-longer-than-15\" is not a process name",
             ),
             ("[rules\n", ":1: rules: "),
+            (
+                "[rules]\nmax_kills = 5000\n",
+                ":2: rules.max_kills: must be below 4096",
+            ),
             (
                 "nowayout = true\n",
                 ":1: nowayout: unknown field `nowayout`",

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Rules;
 
-/// Kills remembered at most: the window's worth, bounded for a storm.
-const MAX_REMEMBERED: usize = 4096;
+/// Kills remembered at most: the window's worth, bounded for a storm (`max_kills` stays below).
+pub const MAX_REMEMBERED: usize = 4096;
 
 /// One OOM kill as the rules see it.
 #[derive(Clone, Debug, PartialEq)]
