@@ -51,8 +51,10 @@ pub fn lift_memlock_limit() {
     }
 }
 
-/// Makes the OOM killer leave this process alone and keeps its pages in memory.
+/// Makes the OOM killer leave this process alone and keeps its pages in memory: the pages it
+/// uses from now on, not those that only loading needed (see [`release_loading_pages`]).
 pub fn protect_self() {
+    release_loading_pages();
     match fs::write("/proc/self/oom_score_adj", "-1000") {
         Ok(()) => log::debug!("oom_score_adj set to -1000"),
         Err(err) => log::warn!(
@@ -69,6 +71,106 @@ pub fn protect_self() {
     } else {
         log::debug!("memory locked (mlockall, on fault)");
     }
+}
+
+/// Gives back what loading the probe left mapped, before memory is locked.
+///
+/// Loading reads the whole embedded eBPF object (about 0.5 MB with its BTF and debug info) and
+/// runs code the daemon never runs again (ELF and BTF parsing, relocation, clap); `mlockall`
+/// would then pin all of it for good. Here every clean page of a read-only private file mapping
+/// (code and read-only data of the binary and its libraries) is unmapped with `MADV_DONTNEED`:
+/// the page cache keeps the pages, and the next access maps one again (a minor fault), so only
+/// what the daemon touches from now on comes back and gets locked. Mappings holding private
+/// copies (RELRO after relocation: `Anonymous` above 0) are left alone, since dropping those
+/// would lose the relocations. Freed heap goes back to the kernel too.
+///
+/// Measured on 6.18 (`cargo xtask bench`): VmRSS after start-up 4.8 -> 3.3 MB; the read-only
+/// data (the eBPF object) 0.66 -> 0.26 MB, libc 1.4 -> 0.9 MB, ld.so 0.2 -> 0 MB. The code
+/// comes back nearly whole: each fault maps the 64 KiB around it (the kernel's fault-around),
+/// and the daemon's code is spread across the binary, so the binary's code size is what is left.
+pub fn release_loading_pages() {
+    // SAFETY: malloc_trim only returns free memory of glibc's heap to the kernel.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut released = 0;
+    for mapping in clean_file_mappings(&smaps) {
+        // SAFETY: the range is a whole mapping of this process, private, read-only and backed
+        // by a file with no private copy of any page: dropping its pages loses nothing, and
+        // any later access maps the file's page again.
+        let rc =
+            unsafe { libc::madvise(mapping.start as *mut _, mapping.len, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            released += mapping.rss_kb;
+        }
+    }
+    log::debug!("released {released} kB that loading had mapped");
+}
+
+/// A mapping of `/proc/self/smaps` that [`release_loading_pages`] may drop.
+#[derive(Debug, PartialEq, Eq)]
+struct CleanMapping {
+    start: usize,
+    len: usize,
+    rss_kb: u64,
+}
+
+/// The private, read-only, file-backed mappings with resident pages and no private copies.
+fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
+    let mut found = Vec::new();
+    // The mapping being read: its range if it qualifies so far, its Rss, its Anonymous.
+    let mut current: Option<(usize, usize)> = None;
+    let (mut rss, mut anonymous) = (0u64, 0u64);
+    let mut finish = |current: Option<(usize, usize)>, rss: u64, anonymous: u64| {
+        if let Some((start, end)) = current
+            && rss > 0
+            && anonymous == 0
+        {
+            found.push(CleanMapping {
+                start,
+                len: end - start,
+                rss_kb: rss,
+            });
+        }
+    };
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            finish(current.take(), rss, anonymous);
+            (rss, anonymous) = (0, 0);
+            let perms = words.next().unwrap_or("");
+            let path = words.nth(3).unwrap_or("");
+            let read_only_private =
+                perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p');
+            if read_only_private && path.starts_with('/') && end > start {
+                current = Some((start, end));
+            }
+            continue;
+        }
+        let mut kb = || {
+            words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match first {
+            "Rss:" => rss = kb(),
+            "Anonymous:" => anonymous = kb(),
+            _ => {}
+        }
+    }
+    finish(current, rss, anonymous);
+    found
 }
 
 /// `/proc/vmstat` `oom_kill`: the kernel's own count of OOM kills since boot (Linux 4.13+).
@@ -132,4 +234,57 @@ pub fn without_kernel_btf<T>(f: impl FnOnce() -> T) -> T {
         log::warn!("cannot return to the original mount namespace ({err})");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+5648f7d6f000-5648f7e81000 r--p 00000000 fe:00 123 /usr/bin/oomcount
+Rss:                 644 kB
+Anonymous:             0 kB
+5648f7e81000-5648f802c000 r-xp 00112000 fe:00 123 /usr/bin/oomcount
+Rss:                1708 kB
+Anonymous:             0 kB
+5648f802c000-5648f803f000 r--p 002bd000 fe:00 123 /usr/bin/oomcount
+Rss:                  76 kB
+Anonymous:            76 kB
+5648f803f000-5648f8040000 rw-p 002d0000 fe:00 123 /usr/bin/oomcount
+Rss:                   4 kB
+Anonymous:             4 kB
+56490f6ef000-56490f742000 rw-p 00000000 00:00 0 [heap]
+Rss:                 324 kB
+Anonymous:           324 kB
+7f8392d1e000-7f8392d5f000 r--s 00000000 00:0f 1038 anon_inode:bpf-map
+Rss:                 260 kB
+Anonymous:             0 kB
+7f8392d88000-7f8392ede000 r-xp 00026000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                 984 kB
+Anonymous:             0 kB
+7f8392f75000-7f8392f77000 r-xp 00000000 00:00 0 [vdso]
+Rss:                   8 kB
+Anonymous:             0 kB
+7f8392f77000-7f8392f78000 r--p 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                   0 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_released() {
+        let found = clean_file_mappings(SMAPS);
+        let starts: Vec<usize> = found.iter().map(|m| m.start).collect();
+        assert_eq!(starts, [0x5648f7d6f000, 0x5648f7e81000, 0x7f8392d88000]);
+        assert_eq!(found[1].len, 0x5648f802c000 - 0x5648f7e81000);
+        assert_eq!(found[1].rss_kb, 1708);
+    }
+
+    #[test]
+    fn releasing_keeps_this_process_working() {
+        release_loading_pages();
+        // Code, read-only data and relocated pointers (a trait object's vtable) still work.
+        let items: Vec<Box<dyn std::fmt::Display>> = vec![Box::new(1), Box::new("two")];
+        let text: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+        assert_eq!(text, ["1", "two"]);
+    }
 }
