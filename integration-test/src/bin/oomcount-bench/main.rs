@@ -87,7 +87,7 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
             progress(&format!("{name} absent: {why}"));
         }
     }
-    let (daemon, startup_ms, startup_cpu_ms) = phases::startup()?;
+    let (daemon, starts) = phases::memory::startup()?;
     let mut bench = Bench {
         args,
         dir: dir.to_path_buf(),
@@ -98,15 +98,15 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
         rows: Vec::new(),
         details: serde_json::Map::new(),
     };
-    phases::startup_rows(&mut bench, &startup_ms, &startup_cpu_ms);
-    phases::steady_memory(&mut bench)?;
-    phases::idle_cpu(&mut bench)?;
-    phases::count_ratio(&mut bench)?;
-    phases::scrapes(&mut bench)?;
-    phases::latency(&mut bench)?;
-    phases::bpf_cost(&mut bench)?;
-    phases::storm(&mut bench)?;
-    phases::end_memory(&mut bench)?;
+    phases::memory::startup_rows(&mut bench, &starts);
+    phases::memory::steady_memory(&mut bench)?;
+    phases::cpu::idle_cpu(&mut bench)?;
+    phases::cpu::count_ratio(&mut bench)?;
+    phases::cpu::scrapes(&mut bench)?;
+    phases::events::latency(&mut bench)?;
+    phases::bpf::bpf_cost(&mut bench)?;
+    phases::events::storm(&mut bench)?;
+    phases::memory::end_memory(&mut bench)?;
     let Bench {
         daemon,
         rows,

@@ -22,8 +22,8 @@ pub struct Oomd {
     socket: PathBuf,
     /// From just before `spawn` to the log line that says it serves.
     pub ready_after: Duration,
-    /// Its CPU time (ticks) at that moment: loading and verifying the programs.
-    pub startup_ticks: u64,
+    /// Its CPU time (user, system ticks) at that moment: loading and verifying the programs.
+    pub startup_ticks: (u64, u64),
     log: mpsc::Receiver<String>,
 }
 
@@ -68,7 +68,7 @@ impl Oomd {
                 }
             }
         };
-        let startup_ticks = crate::procfs::cpu_ticks(child.id())?;
+        let startup_ticks = crate::procfs::cpu_split(child.id())?;
         // The daemon installs its SIGTERM handler after that line: one answer proves it is in
         // its loop, so that stopping it later is a clean exit and not a race.
         crate::client::count(&socket)?;

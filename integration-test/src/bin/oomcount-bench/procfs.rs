@@ -27,6 +27,11 @@ pub fn memory(pid: u32) -> Result<Memory, String> {
 
 /// User plus system CPU time of the process (all its threads), in clock ticks (`USER_HZ`).
 pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time of the process, in clock ticks.
+pub fn cpu_split(pid: u32) -> Result<(u64, u64), String> {
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).map_err(|err| format!("read {path}: {err}"))?;
     // The fields after the command name, which may hold spaces and parentheses.
@@ -38,7 +43,7 @@ pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
     // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the state.
     let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
     match (tick(11), tick(12)) {
-        (Some(user), Some(system)) => Ok(user + system),
+        (Some(user), Some(system)) => Ok((user, system)),
         _ => Err(format!("{path}: no utime/stime in {text:?}")),
     }
 }

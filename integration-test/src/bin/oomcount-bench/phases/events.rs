@@ -1,0 +1,212 @@
+//! Events: latency from the kernel's mark to a `watch` client, and exactness in a storm.
+use std::time::{Duration, Instant};
+
+use oomcount_integration_test::{MemCg, producer, vmstat};
+use serde_json::json;
+
+use super::{line_count, ms, wait_for};
+use crate::{
+    Bench,
+    baselines::{self, Baseline},
+    client, progress,
+    report::{Row, percentile},
+};
+
+/// Kills, one at a time, whose latency is measured.
+const LATENCY_KILLS: usize = 100;
+/// Producers of the storm, each in a group of its own.
+const STORM_PRODUCERS: u64 = 4;
+
+/// bpftrace's `mark PID NSECS` lines after the first `from`: how long after `nsecs` each was
+/// read, in ms.
+fn bpftrace_latencies(bpftrace: &Baseline, from: usize) -> Vec<f64> {
+    bpftrace
+        .lines()
+        .iter()
+        .skip(from)
+        .filter_map(|(read, line)| {
+            let ns: u64 = line
+                .strip_prefix("mark ")?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some(read.saturating_sub(ns) as f64 / 1e6)
+        })
+        .collect()
+}
+
+pub fn latency(b: &mut Bench) -> Result<(), String> {
+    progress(&format!("latency: {LATENCY_KILLS} kills, one at a time"));
+    let cg = MemCg::new("bench-latency", 4 << 20);
+    let watch = client::Watch::start(b.daemon.socket(), &cg.path())?;
+    let from = line_count(&b.bpftrace);
+    for _ in 0..LATENCY_KILLS {
+        producer::storm(std::slice::from_ref(&cg), 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = wait_for(Duration::from_secs(10), || {
+        let r = watch.received();
+        (r.kill_latencies.len() as u64 + r.dropped >= LATENCY_KILLS as u64).then_some(r)
+    })
+    .unwrap_or_else(|| watch.received());
+    let ours: Vec<f64> = got.kill_latencies.iter().map(|d| ms(*d)).collect();
+    let theirs = |p: f64| {
+        let t = b.bpftrace.as_ref().map_err(Clone::clone)?;
+        percentile(&bpftrace_latencies(t, from), p).ok_or_else(|| "no mark lines".to_owned())
+    };
+    let note = format!(
+        "the kill event's `time` (the kernel's mark_victim timestamp, CLOCK_MONOTONIC as wall \
+         time) to the wall clock when a `watch` client read the line; {} of {LATENCY_KILLS} \
+         kills, 20 ms apart; bpftrace: its `nsecs` to CLOCK_MONOTONIC when its line was read{}",
+        ours.len(),
+        console_note()
+    );
+    for (id, figure, p) in [
+        ("latency_p50", "latency kill -> `watch` client, p50", 50.0),
+        ("latency_p99", "latency kill -> `watch` client, p99", 99.0),
+    ] {
+        b.rows.push(
+            Row::new(id, figure, "ms")
+                .value(percentile(&ours, p).ok_or_else(|| "no kill events".to_owned()))
+                .baseline("bpftrace one-liner (printf)", theirs(p))
+                .note(note.clone()),
+        );
+    }
+    b.details.insert("latency_ms".into(), json!(ours));
+    Ok(())
+}
+
+/// Whether the kernel prints each kill on a console (its "Killed process" line is KERN_ERR),
+/// which delays every watcher: the OOM killer prints it, on the CPU the watcher is woken on,
+/// before the victim can exit.
+fn console_note() -> String {
+    let consoles = std::fs::read_to_string("/proc/consoles").unwrap_or_default();
+    let names: Vec<&str> = consoles
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let level: u32 = std::fs::read_to_string("/proc/sys/kernel/printk")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    if names.is_empty() || level <= 3 {
+        return String::new();
+    }
+    format!(
+        "; the kernel prints each Killed process line on console {} (console_loglevel {level}) \
+         before a watcher runs",
+        names.join(", ")
+    )
+}
+
+pub fn storm(b: &mut Bench) -> Result<(), String> {
+    let each = b.args.storm_kills.div_ceil(STORM_PRODUCERS);
+    let total = each * STORM_PRODUCERS;
+    progress(&format!(
+        "storm: {total} kills by {STORM_PRODUCERS} producers, as fast as they go"
+    ));
+    let parent = MemCg::new("bench-storm", 64 << 20);
+    let groups: Vec<MemCg> = (0..STORM_PRODUCERS)
+        .map(|i| parent.child(&format!("p{i}"), Some(4 << 20)))
+        .collect();
+    let socket = b.daemon.socket().to_path_buf();
+    let watch = client::Watch::start(&socket, &parent.path())?;
+    let scrape = |node: &Result<Baseline, String>| -> Result<u64, String> {
+        let address = node.as_ref().map_err(Clone::clone)?.address.clone();
+        baselines::scrape(&address.expect("an address"))
+            .and_then(|body| baselines::scraped_oom_kill(&body).ok_or("no oom_kill".into()))
+    };
+    let counted = |reply: &serde_json::Value| client::counter(reply, "kills");
+    let (daemon0, vm0, node0) = (
+        counted(&client::count(&socket)?),
+        vmstat::oom_kill(),
+        scrape(&b.node_exporter),
+    );
+    let bt_from = line_count(&b.bpftrace);
+    let started = Instant::now();
+    let kills = producer::storm(&groups, each);
+    let took = started.elapsed();
+    let vm = vmstat::oom_kill() - vm0;
+    // The kills are in the kernel's counters the moment they happen; the events follow.
+    let daemon = counted(&client::count(&socket)?) - daemon0;
+    let got = wait_for(Duration::from_secs(10), || {
+        let r = watch.received();
+        (r.kill_latencies.len() as u64 + r.dropped >= kills).then_some(r)
+    })
+    .unwrap_or_else(|| watch.received());
+    let memcg: u64 = groups.iter().map(MemCg::oom_kills).sum();
+    let node = scrape(&b.node_exporter).and_then(|n| Ok(n - node0?));
+    let (bt_marks, bt_lost) = b.bpftrace.as_ref().map_or((0, 0), |t| {
+        let lines = t.lines();
+        let marks = lines[bt_from..]
+            .iter()
+            .filter(|(_, l)| l.starts_with("mark "))
+            .count() as u64;
+        let lost = lines[bt_from..]
+            .iter()
+            .filter_map(|(_, l)| {
+                l.strip_prefix("Lost ")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+        (marks, lost)
+    });
+    let bt = |v: u64| b.bpftrace.as_ref().map(|_| v as f64).map_err(Clone::clone);
+    let storm_ms: Vec<f64> = got.kill_latencies.iter().map(|d| ms(*d)).collect();
+    let note = format!(
+        "{kills} kills in {:.1} s ({:.0}/s); /proc/vmstat +{vm}, the groups' memory.oom_control \
+         {memcg}, the daemon's kills +{daemon}; a watch client read {} kill events, {} \
+         dropped, latency p50 {:.2} ms p99 {:.2} ms; bpftrace printed {bt_marks} marks, lost \
+         {bt_lost}",
+        took.as_secs_f64(),
+        kills as f64 / took.as_secs_f64(),
+        got.kill_latencies.len(),
+        got.dropped,
+        percentile(&storm_ms, 50.0).unwrap_or(f64::NAN),
+        percentile(&storm_ms, 99.0).unwrap_or(f64::NAN),
+    );
+    b.rows.push(
+        Row::new("storm_missed", "kills missed in a storm", "kills")
+            .value(Ok(vm.saturating_sub(daemon) as f64))
+            .baseline(
+                "bpftrace one-liner (printf)",
+                bt(vm.saturating_sub(bt_marks)),
+            )
+            .baseline(
+                "node_exporter",
+                node.as_ref()
+                    .map(|n| vm.saturating_sub(*n) as f64)
+                    .map_err(Clone::clone),
+            )
+            .note(note.clone()),
+    );
+    b.rows.push(
+        Row::new("storm_extra", "kills counted extra in a storm", "kills")
+            .value(Ok(daemon.saturating_sub(vm) as f64))
+            .baseline(
+                "bpftrace one-liner (printf)",
+                bt(bt_marks.saturating_sub(vm)),
+            )
+            .baseline("node_exporter", node.map(|n| n.saturating_sub(vm) as f64))
+            .note(note),
+    );
+    b.rows.push(
+        Row::new(
+            "storm_latency_p99",
+            "latency kill -> `watch` client in the storm, p99",
+            "ms",
+        )
+        .value(percentile(&storm_ms, 99.0).ok_or_else(|| "no kill events".to_owned())),
+    );
+    b.details.insert(
+        "storm".into(),
+        json!({"kills": kills, "seconds": took.as_secs_f64(), "vmstat": vm, "memcg": memcg,
+               "daemon": daemon, "events": got.kill_latencies.len(), "dropped": got.dropped,
+               "garbage": got.garbage}),
+    );
+    Ok(())
+}

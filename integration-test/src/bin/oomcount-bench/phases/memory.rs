@@ -1,0 +1,143 @@
+//! Memory: start-up (time and CPU), the resident set after start-up and at the end.
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{memory_of as memory, ms, ticks};
+use crate::{
+    Bench,
+    baselines::Baseline,
+    oomd::Oomd,
+    procfs, progress,
+    report::{Row, percentile},
+};
+
+/// Start-ups timed; the last daemon is kept for the other phases.
+const STARTS: usize = 3;
+
+/// Exec to serving (ms), and the CPU time by then (user, system ms), of each start.
+pub struct Startups {
+    pub times: Vec<f64>,
+    pub cpu: Vec<(f64, f64)>,
+}
+
+/// The daemon started [`STARTS`] times: exec to serving, and its CPU time by then.
+pub fn startup() -> Result<(Oomd, Startups), String> {
+    progress(&format!("start-up: the daemon, {STARTS} times"));
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
+    let tick = procfs::ms_per_tick();
+    for i in 0..STARTS {
+        let daemon = Oomd::start(&format!("start{i}"))?;
+        times.push(ms(daemon.ready_after));
+        let (user, system) = daemon.startup_ticks;
+        cpu.push((user as f64 * tick, system as f64 * tick));
+        if i + 1 == STARTS {
+            return Ok((daemon, Startups { times, cpu }));
+        }
+        daemon.stop()?;
+    }
+    unreachable!("STARTS > 0")
+}
+
+pub fn startup_rows(b: &mut Bench, starts: &Startups) {
+    let (times, split) = (&starts.times, &starts.cpu);
+    let cpu: Vec<f64> = split.iter().map(|(u, s)| u + s).collect();
+    let ready = |t: &Result<Baseline, String>| {
+        t.as_ref()
+            .map_err(Clone::clone)
+            .map(|t| t.ready_after.map_or(f64::NAN, ms))
+    };
+    b.rows.push(
+        Row::new("startup_time", "time from exec to attached", "ms")
+            .value(percentile(times, 50.0).ok_or_else(|| "no start".to_owned()))
+            .baseline("bpftrace one-liner (to BEGIN)", ready(&b.bpftrace))
+            .baseline("node_exporter (to first /metrics)", ready(&b.node_exporter))
+            .note(format!("median of {STARTS} starts: {times:.0?} ms")),
+    );
+    let tick = procfs::ms_per_tick();
+    b.rows.push(
+        Row::new("startup_cpu", "CPU time at start-up", "ms")
+            .value(percentile(&cpu, 50.0).ok_or_else(|| "no start".to_owned()))
+            .baseline(
+                "bpftrace one-liner (CPU so far)",
+                ticks(&b.bpftrace).map(|t| t as f64 * tick),
+            )
+            .note(format!(
+                "median of {STARTS} starts, (user, system) ms: {split:.0?}; system time is the \
+                 kernel's, mostly the verifier's"
+            )),
+    );
+    b.details.insert("startup_ms".into(), json!(times));
+}
+
+pub fn steady_memory(b: &mut Bench) -> Result<(), String> {
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = b.daemon.pid();
+    let m = procfs::memory(pid)?;
+    progress(&format!("steady memory: VmRSS {} kB", m.rss_kb));
+    b.details.insert(
+        "daemon_rss_by_mapping_after_start_kb".into(),
+        json!(procfs::rss_by_mapping(pid)?),
+    );
+    b.rows.push(
+        Row::new(
+            "rss_steady",
+            "daemon steady RSS (VmRSS after start-up)",
+            "kB",
+        )
+        .value(Ok(m.rss_kb as f64))
+        .baseline(
+            "watchdog(8), memory locked",
+            memory(&b.watchdog).map(|m| m.rss_kb as f64),
+        )
+        .baseline(
+            "node_exporter (vmstat only)",
+            memory(&b.node_exporter).map(|m| m.rss_kb as f64),
+        )
+        .baseline(
+            "bpftrace one-liner",
+            memory(&b.bpftrace).map(|m| m.rss_kb as f64),
+        )
+        .earlier("bare aya loader", 18_800.0)
+        .earlier("bare aya loader, kernel BTF skipped", 4_900.0)
+        .note(format!("VmLck {} kB; by mapping in details", m.locked_kb)),
+    );
+    Ok(())
+}
+
+pub fn end_memory(b: &mut Bench) -> Result<(), String> {
+    let pid = b.daemon.pid();
+    let m = procfs::memory(pid)?;
+    progress(&format!(
+        "end: VmRSS {} kB, VmHWM {} kB",
+        m.rss_kb, m.hwm_kb
+    ));
+    b.details.insert(
+        "daemon_rss_by_mapping_at_end_kb".into(),
+        json!(procfs::rss_by_mapping(pid)?),
+    );
+    b.rows.push(
+        Row::new("rss_peak", "daemon peak RSS (VmHWM, at the end)", "kB")
+            .value(Ok(m.hwm_kb as f64))
+            .baseline(
+                "watchdog(8), memory locked",
+                memory(&b.watchdog).map(|m| m.hwm_kb as f64),
+            )
+            .baseline(
+                "node_exporter, after 100 scrapes",
+                memory(&b.node_exporter).map(|m| m.hwm_kb as f64),
+            )
+            .baseline(
+                "bpftrace one-liner",
+                memory(&b.bpftrace).map(|m| m.hwm_kb as f64),
+            )
+            .earlier("bare aya loader", 38_700.0)
+            .earlier("bare aya loader, kernel BTF skipped", 21_000.0),
+    );
+    b.rows.push(
+        Row::new("rss_end", "daemon RSS at the end (history full)", "kB")
+            .value(Ok(m.rss_kb as f64))
+            .note("after every phase: thousands of events, history at its 1024"),
+    );
+    Ok(())
+}
