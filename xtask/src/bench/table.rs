@@ -81,6 +81,7 @@ pub fn render(report: &Value) -> String {
         String::from("| figure | oomcount | goal | met? | baselines (same run unless said) |\n");
     out.push_str("| --- | --- | --- | --- | --- |\n");
     let mut notes = String::new();
+    let mut last_note = String::new();
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
     for row in &rows {
         let unit = row["unit"].as_str().unwrap_or("");
@@ -107,11 +108,13 @@ pub fn render(report: &Value) -> String {
                 baselines.join("; ")
             }
         ));
-        if let Some(note) = row["note"].as_str() {
-            notes.push_str(&format!(
-                "- {}: {note}\n",
-                row["figure"].as_str().unwrap_or("?")
-            ));
+        // Rows measured together share their note: it is said once, for the first.
+        if let Some(note) = row["note"].as_str()
+            && note != last_note
+        {
+            let figure = row["figure"].as_str().unwrap_or("?");
+            notes.push_str(&format!("- {figure}: {note}\n"));
+            last_note = note.to_owned();
         }
     }
     format!("{out}\n{notes}")
@@ -155,19 +158,21 @@ mod tests {
                            {"name": "bpftrace", "absent": "not installed"}]},
             {"id": "storm_missed", "figure": "missed", "unit": "kills", "value": 0.0,
              "baselines": [], "note": "2000 kills"},
+            {"id": "storm_extra", "figure": "extra", "unit": "kills", "value": 0.0,
+             "baselines": [], "note": "2000 kills"},
             {"id": "rss_end", "figure": "end", "unit": "kB", "error": "gone", "baselines": []},
         ]});
         let report = with_goals(measured);
         assert_eq!(report["rows"][0]["met"], json!(false));
         assert_eq!(report["rows"][1]["met"], json!(true));
-        assert!(report["rows"][2].get("met").is_none());
+        assert!(report["rows"][3].get("met").is_none());
         let table = render(&report);
         assert!(table.contains(
             "| RSS | 4.00 MiB | <= 3 MiB | **no** | watchdog 2.45 MiB; bpftrace: absent (not installed) |"
         ));
         assert!(table.contains("| missed | 0 | 0 | yes | - |"));
         assert!(table.contains("| end | error: gone | - | - | - |"));
-        assert!(table.contains("- missed: 2000 kills"));
+        assert_eq!(table.matches("2000 kills").count(), 1, "a shared note once");
     }
 
     #[test]
