@@ -113,6 +113,11 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
 }
 
 async fn serve(options: Options) -> Result<(), DaemonError> {
+    // First of all: a SIGTERM that came while loading, or between the `serving on` line and the
+    // loop, would otherwise kill the daemon outright (the default action), with the watchdog
+    // armed and the socket left behind. Caught from here, it ends the daemon cleanly at the loop.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let socket = options.socket;
     let lock = lock_socket(&socket)?;
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
@@ -169,8 +174,6 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         }
     };
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
     let mut keepalive = lock_keeper(&shared).interval().map(|period| {
         let mut timer = tokio::time::interval(period);
