@@ -85,7 +85,6 @@ impl Drop for Baseline {
 }
 
 fn spawn(cmd: &mut Command, stop_signal: Signal) -> Result<Baseline, String> {
-    let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -97,15 +96,13 @@ fn spawn(cmd: &mut Command, stop_signal: Signal) -> Result<Baseline, String> {
     let err = child.stderr.take().expect("piped");
     read_lines(out, lines.clone());
     read_lines(err, lines.clone());
-    let mut baseline = Baseline {
+    Ok(Baseline {
         child,
         lines,
         stop_signal,
         ready_after: None,
         address: None,
-    };
-    baseline.ready_after = Some(started.elapsed()); // replaced by the caller's own readiness
-    Ok(baseline)
+    })
 }
 
 fn read_lines(pipe: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<Line>>>) {
@@ -263,8 +260,7 @@ pub fn watchdog(dir: &Path) -> Result<Baseline, String> {
             "refused: watchdog's dry run did not report alive=[none] and no_act=yes: {lines}"
         ));
     }
-    let mut baseline = spawn(Command::new(WATCHDOG).args(args(false)), Signal::SIGTERM)?;
-    baseline.ready_after = None;
+    let baseline = spawn(Command::new(WATCHDOG).args(args(false)), Signal::SIGTERM)?;
     std::thread::sleep(Duration::from_millis(300));
     let holds_device = std::fs::read_dir(format!("/proc/{}/fd", baseline.pid()))
         .map(|fds| {
