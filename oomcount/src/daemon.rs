@@ -204,8 +204,14 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             },
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
-                    drain(guard.get_inner_mut(), &shared);
+                    let seen = drain(guard.get_inner_mut(), &shared);
                     guard.clear_ready();
+                    if seen {
+                        // The watchers' lines are queued: let them go out before the
+                        // bookkeeping (counters, verdict, pins' slots, stat file).
+                        tokio::task::yield_now().await;
+                        settle(&shared);
+                    }
                 }
                 Err(err) => {
                     log::error!("event ring buffer: {err}; counting goes on, kills are no longer logged");
@@ -243,8 +249,9 @@ async fn readable(
     }
 }
 
-/// Takes every event waiting in the ring buffer: logs kills, keeps them, tells watchers.
-fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
+/// Takes every event waiting in the ring buffer: tells watchers, logs kills, keeps them, hands
+/// them to the rules. Returns whether there was any.
+fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) -> bool {
     let clock = Clock::now();
     let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
     let mut seen = false;
@@ -257,6 +264,11 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
         history.seq += 1;
         history.received += 1;
         let event = Arc::new(VictimEvent::decode(&raw, history.seq, &clock));
+        if shared.watchers.receiver_count() > 0 {
+            let _ = shared
+                .watchers
+                .send(line(&Response::Event((*event).clone())));
+        }
         if event.kind == "kill" {
             history.kills_received += 1;
             log::info!("{}", event.line());
@@ -269,11 +281,6 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
         } else {
             log::debug!("{}", event.line());
         }
-        if shared.watchers.receiver_count() > 0 {
-            let _ = shared
-                .watchers
-                .send(line(&Response::Event((*event).clone())));
-        }
         if history.capacity > 0 {
             if history.events.len() == history.capacity {
                 history.events.pop_front();
@@ -281,9 +288,13 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) {
             history.events.push_back(event);
         }
     }
-    if !seen {
-        return;
-    }
+    seen
+}
+
+/// After a batch of events: lost events accounted, the verdict judged, the sequence kept with
+/// the pins, the stat file rewritten.
+fn settle(shared: &Shared) {
+    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
     // Drops happen in the kernel while the buffer is full; they are noticed here, after it
     // has been emptied, and numbered into the sequence so that gaps show.
     let mut probe = lock_probe(shared);
