@@ -329,3 +329,20 @@ fn a_critical_process_among_the_likely_victims_is_degraded() {
     let after = verdict(&daemon);
     assert_eq!(after["health"], "healthy", "{after}");
 }
+
+/// `realtime = true`: the daemon runs at SCHED_FIFO 1, as watchdog(8) does; by default it does
+/// not.
+#[test]
+fn realtime_puts_the_daemon_at_sched_fifo() {
+    require_root();
+    for (realtime, policy) in [(true, libc::SCHED_FIFO), (false, libc::SCHED_OTHER)] {
+        let scratch = Scratch::new("oomcount-rt");
+        let daemon = scratch.daemon(
+            &format!("[watchdog]\ndevice = \"\"\nrealtime = {realtime}\n"),
+            &[],
+        );
+        // SAFETY: sched_getscheduler only reads the policy of a pid.
+        let got = unsafe { libc::sched_getscheduler(daemon.pid() as i32) };
+        assert_eq!(got, policy, "realtime = {realtime}; log:\n{}", daemon.log());
+    }
+}

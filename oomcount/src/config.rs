@@ -41,6 +41,11 @@ pub struct Watchdog {
     /// `nowayout`, default false: when true, never write the magic 'V', so that stopping the
     /// daemon cannot disarm the watchdog.
     pub nowayout: bool,
+    /// `realtime`, default false: run the daemon at SCHED_FIFO priority 1, as watchdog(8) does,
+    /// so that keepalives and events are not delayed by busy processes. Its socket serves any
+    /// local user, so requests then run at that priority too (bounded by the kernel's RT
+    /// throttling, `sched_rt_runtime_us`).
+    pub realtime: bool,
 }
 
 impl Default for Watchdog {
@@ -50,6 +55,7 @@ impl Default for Watchdog {
             timeout: None,
             interval: Duration::from_secs(10),
             nowayout: false,
+            realtime: false,
         }
     }
 }

@@ -113,6 +113,9 @@ impl Keeper {
             (Some(path), false) => Some(Device::open(path, watchdog.timeout)?),
             _ => None,
         };
+        if watchdog.realtime {
+            crate::system::realtime();
+        }
         let systemd = sd_notify::watchdog_enabled();
         let interval = if device.is_some() || dry_run {
             Some(watchdog.interval)

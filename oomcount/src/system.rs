@@ -73,6 +73,19 @@ pub fn protect_self() {
     }
 }
 
+/// Runs this process at SCHED_FIFO priority 1 (the lowest real-time one, as watchdog(8) does);
+/// where it may not, says so in one line and goes on.
+pub fn realtime() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler on this process with a parameter we own.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        log::info!("running at real-time priority (SCHED_FIFO 1)");
+    } else {
+        let err = std::io::Error::last_os_error();
+        log::warn!("cannot run at real-time priority ({err}; needs CAP_SYS_NICE): realtime is off");
+    }
+}
+
 /// Gives back what loading the probe left mapped, before memory is locked.
 ///
 /// Loading reads the whole embedded eBPF object (about 0.5 MB with its BTF and debug info) and
