@@ -39,18 +39,8 @@ fn bpftrace_latencies(bpftrace: &Baseline, from: usize) -> Vec<f64> {
 pub fn latency(b: &mut Bench) -> Result<(), String> {
     progress(&format!("latency: {LATENCY_KILLS} kills, one at a time"));
     let cg = MemCg::new("bench-latency", 4 << 20);
-    let watch = client::Watch::start(b.daemon.socket(), &cg.path())?;
     let from = line_count(&b.bpftrace);
-    for _ in 0..LATENCY_KILLS {
-        producer::storm(std::slice::from_ref(&cg), 1);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let got = wait_for(Duration::from_secs(10), || {
-        let r = watch.received();
-        (r.kill_latencies.len() as u64 + r.dropped >= LATENCY_KILLS as u64).then_some(r)
-    })
-    .unwrap_or_else(|| watch.received());
-    let ours: Vec<f64> = got.kill_latencies.iter().map(|d| ms(*d)).collect();
+    let ours = kill_latencies(b, &cg)?;
     let theirs = |p: f64| {
         let t = b.bpftrace.as_ref().map_err(Clone::clone)?;
         percentile(&bpftrace_latencies(t, from), p).ok_or_else(|| "no mark lines".to_owned())
@@ -74,7 +64,76 @@ pub fn latency(b: &mut Bench) -> Result<(), String> {
         );
     }
     b.details.insert("latency_ms".into(), json!(ours));
+
+    // The same with the daemon at SCHED_FIFO 1, as `realtime = true` runs it.
+    progress("latency again, the daemon at SCHED_FIFO 1 (realtime = true)");
+    let realtime = with_policy(b.daemon.pid(), libc::SCHED_FIFO, 1, || {
+        kill_latencies(b, &cg)
+    })?;
+    for (id, figure, p) in [
+        (
+            "latency_rt_p50",
+            "latency kill -> `watch`, realtime = true, p50",
+            50.0,
+        ),
+        (
+            "latency_rt_p99",
+            "latency kill -> `watch`, realtime = true, p99",
+            99.0,
+        ),
+    ] {
+        b.rows.push(
+            Row::new(id, figure, "ms")
+                .value(percentile(&realtime, p).ok_or_else(|| "no kill events".to_owned()))
+                .note(format!(
+                    "as above, {} of {LATENCY_KILLS} kills, with the daemon at SCHED_FIFO 1",
+                    realtime.len()
+                )),
+        );
+    }
+    b.details.insert("latency_rt_ms".into(), json!(realtime));
     Ok(())
+}
+
+/// `LATENCY_KILLS` kills in `cg`, one at a time: each one's latency to a `watch` client, in ms.
+fn kill_latencies(b: &Bench, cg: &MemCg) -> Result<Vec<f64>, String> {
+    let watch = client::Watch::start(b.daemon.socket(), &cg.path())?;
+    for _ in 0..LATENCY_KILLS {
+        producer::storm(std::slice::from_ref(cg), 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = wait_for(Duration::from_secs(10), || {
+        let r = watch.received();
+        (r.kill_latencies.len() as u64 + r.dropped >= LATENCY_KILLS as u64).then_some(r)
+    })
+    .unwrap_or_else(|| watch.received());
+    Ok(got.kill_latencies.iter().map(|d| ms(*d)).collect())
+}
+
+/// Runs `f` with `pid` at scheduling `policy`/`priority`, then puts it back to SCHED_OTHER.
+fn with_policy<T>(
+    pid: u32,
+    policy: i32,
+    priority: i32,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let set = |policy, priority| {
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: sched_setscheduler on a pid of ours with a parameter we own.
+        match unsafe { libc::sched_setscheduler(pid as i32, policy, &param) } {
+            0 => Ok(()),
+            _ => Err(format!(
+                "sched_setscheduler({pid}): {}",
+                std::io::Error::last_os_error()
+            )),
+        }
+    };
+    set(policy, priority)?;
+    let result = f();
+    set(libc::SCHED_OTHER, 0)?;
+    result
 }
 
 /// Whether the kernel prints each kill on a console (its "Killed process" line is KERN_ERR),
