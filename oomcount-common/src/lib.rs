@@ -54,6 +54,10 @@ pub const EVENTS_BYTES: u32 = 128 * 1024;
 /// task.
 pub const PAIR_WINDOW_NS: u64 = 5_000_000_000;
 
+/// Bytes of a candidate `struct oom_control` the kernel program copies to check it (72 bytes on
+/// every kernel seen); the user side hands over its members' offsets only when they fit.
+pub const OC_BYTES: u32 = 128;
+
 /// Indexes into [`MAP_COUNTERS`].
 pub mod counter {
     /// Victims killed by the OOM killer: what `/proc/vmstat` `oom_kill` counts.
@@ -178,6 +182,12 @@ pub struct Config {
     pub oc_constraint: u32,
     pub oc_order: u32,
     pub thread_size: u32,
+    /// More `oom_control` members, only to tell a real one from stack words that resemble it
+    /// (feature::OOM_CONTROL).
+    pub oc_zonelist: u32,
+    pub oc_nodemask: u32,
+    pub oc_gfp_mask: u32,
+    pub oc_totalpages: u32,
     /// `kernel_siginfo.si_code`, `signal_struct.oom_mm` (feature::TASK).
     pub siginfo_code: u32,
     pub signal_oom_mm: u32,
@@ -195,9 +205,9 @@ pub struct Config {
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 200);
-// No implicit padding: 48 offsets of 4 bytes, then the window.
-const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 48 * 4);
+const _: () = assert!(size_of::<Config>() == 216);
+// No implicit padding: 52 offsets of 4 bytes, then the window.
+const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 52 * 4);
 
 /// What the signal programs remember for the task that sent an OOM-style SIGKILL.
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! Each group of offsets ([`oomcount_common::feature`]) is handed to the programs only when all
 //! of its members were found; a kernel without BTF, or with a layout this code does not know,
 //! gets fewer event details (their flags clear) and the same exact counts.
-use oomcount_common::{Config, feature};
+use oomcount_common::{Config, OC_BYTES, feature};
 
 use crate::btf::Btf;
 
@@ -43,6 +43,10 @@ const MEMBERS: &[&str] = &[
     "chosen",
     "constraint",
     "order",
+    "zonelist",
+    "nodemask",
+    "gfp_mask",
+    "totalpages",
     "si_code",
     "oom_mm",
     "mm",
@@ -139,20 +143,53 @@ pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
         config.kn_id = kn_id;
         config.features |= feature::CGROUP;
     }
-    if let (Some(stack), Some(memcg), Some(chosen), Some(constraint), Some(order)) = (
+    let oc = |m: &str| off("oom_control", m);
+    if let (
+        Some(stack),
+        Some(memcg),
+        Some(chosen),
+        Some(constraint),
+        Some(order),
+        Some(zonelist),
+        Some(nodemask),
+        Some(gfp_mask),
+        Some(totalpages),
+    ) = (
         off("task_struct", "stack"),
-        off("oom_control", "memcg"),
-        off("oom_control", "chosen"),
-        off("oom_control", "constraint"),
-        off("oom_control", "order"),
+        oc("memcg"),
+        oc("chosen"),
+        oc("constraint"),
+        oc("order"),
+        oc("zonelist"),
+        oc("nodemask"),
+        oc("gfp_mask"),
+        oc("totalpages"),
     ) {
-        config.task_stack = stack;
-        config.oc_memcg = memcg;
-        config.oc_chosen = chosen;
-        config.oc_constraint = constraint;
-        config.oc_order = order;
-        config.thread_size = thread_size;
-        config.features |= feature::OOM_CONTROL;
+        // The programs copy at most OC_BYTES of a candidate `oom_control` and read its members
+        // at these offsets: 8-byte members 8-aligned, 4-byte ones 4-aligned, all inside the copy.
+        let fits =
+            |offset: u32, size: u32| offset.is_multiple_of(size) && offset + size <= OC_BYTES;
+        if fits(memcg, 8)
+            && fits(chosen, 8)
+            && fits(zonelist, 8)
+            && fits(nodemask, 8)
+            && fits(totalpages, 8)
+            && fits(constraint, 4)
+            && fits(order, 4)
+            && fits(gfp_mask, 4)
+        {
+            config.task_stack = stack;
+            config.oc_memcg = memcg;
+            config.oc_chosen = chosen;
+            config.oc_constraint = constraint;
+            config.oc_order = order;
+            config.oc_zonelist = zonelist;
+            config.oc_nodemask = nodemask;
+            config.oc_gfp_mask = gfp_mask;
+            config.oc_totalpages = totalpages;
+            config.thread_size = thread_size;
+            config.features |= feature::OOM_CONTROL;
+        }
     }
     fill_mm(config, btf);
     config.page_kb = (nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
