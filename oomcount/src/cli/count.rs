@@ -16,10 +16,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub socket: super::SocketArg,
-    /// Where the daemon pins the probe: read from there (as root) when no daemon answers.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
-    pub pin_dir: std::path::PathBuf,
+    pub source: super::CountSource,
 }
 
 /// The counts from the pinned counter map, when there are pins and this process may read them.
@@ -58,7 +55,7 @@ pub(crate) fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reply = counts(&args.socket.socket, &args.pin_dir)?;
+    let reply = counts(&args.source.socket.socket, &args.source.pin_dir)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &reply).context("write")?;

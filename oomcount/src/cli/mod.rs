@@ -63,6 +63,17 @@ pub struct SocketArg {
     pub socket: PathBuf,
 }
 
+/// Where the count is read: the daemon's socket, else (as root) the pins it left.
+#[derive(Debug, clap::Args)]
+pub struct CountSource {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
+    /// answers.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+}
+
 /// The command line, with `oomcount check` when called by that name: a symlink named
 /// `oomcount-check` in watchdog(8)'s test-directory is run as `oomcount-check test` and
 /// `oomcount-check repair CODE`.
@@ -116,7 +127,7 @@ mod tests {
             panic!("not count: {cli:?}")
         };
         assert!(args.json);
-        assert_eq!(args.socket.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(args.source.socket.socket, PathBuf::from("/tmp/s"));
     }
 
     #[test]

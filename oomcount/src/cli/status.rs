@@ -3,7 +3,7 @@
 //! The vitals come from /proc, so `status` answers without a daemon; the count comes from the
 //! daemon (or its pins, as `count` reads them). A missing daemon is then said in the count's
 //! place rather than failing the whole status: the vitals are worth having on their own.
-use std::{fmt::Write as _, io::Write as _, path::PathBuf};
+use std::{fmt::Write as _, io::Write as _};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -23,11 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub socket: super::SocketArg,
-    /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
-    /// answers.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
-    pub pin_dir: PathBuf,
+    pub source: super::CountSource,
 }
 
 /// What `oomcount status --json` prints.
@@ -46,12 +42,13 @@ struct Status {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let vitals = vitals::read().context("read the memory vitals")?;
-    let (count, count_error) = match super::count::counts(&args.socket.socket, &args.pin_dir) {
-        Ok(reply) => (Some(reply), None),
-        Err(err) => (None, Some(format!("{err:#}"))),
-    };
+    let (count, count_error) =
+        match super::count::counts(&args.source.socket.socket, &args.source.pin_dir) {
+            Ok(reply) => (Some(reply), None),
+            Err(err) => (None, Some(format!("{err:#}"))),
+        };
     // Only a daemon judges; without one, the count's error already says so.
-    let verdict = match protocol::call(&args.socket.socket, &Request::Verdict) {
+    let verdict = match protocol::call(&args.source.socket.socket, &Request::Verdict) {
         Ok(Response::Verdict(reply)) => Some(reply),
         _ => None,
     };
