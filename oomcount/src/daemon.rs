@@ -298,8 +298,9 @@ fn settle(shared: &Shared) {
     // Drops happen in the kernel while the buffer is full; they are noticed here, after it
     // has been emptied, and numbered into the sequence so that gaps show.
     let mut probe = lock_probe(shared);
+    let counters = probe.counters().ok();
     let mut keeper = lock_keeper(shared);
-    if let Ok(counters) = probe.counters()
+    if let Some(counters) = &counters
         && counters.kill_events_dropped > history.kill_events_dropped
     {
         // Kills whose events were lost still count: their name and constraint are unknown.
@@ -317,7 +318,7 @@ fn settle(shared: &Shared) {
     // Judged at once: an unrecoverable kill stops the very next keepalive.
     keeper.judge();
     drop(keeper);
-    if let Ok(counters) = probe.counters()
+    if let Some(counters) = &counters
         && counters.events_dropped > history.drops_seen
     {
         let count = counters.events_dropped - history.drops_seen;
