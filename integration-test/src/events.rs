@@ -112,6 +112,24 @@ impl EventCounts {
             && self.kill_events_received + self.kill_events_dropped == self.kills
     }
 
+    /// Panics unless every kill event was received or dropped (`kill_events_received = kills -
+    /// kill_events_dropped`); with `all_marks`, every mark's event too (`events_received =
+    /// marked - events_dropped`: only where no `again` event came, which no mark counts).
+    pub fn assert_accounted(&self, all_marks: bool) {
+        assert_eq!(
+            self.kill_events_received,
+            self.kills - self.kill_events_dropped,
+            "kill_events_received against kills - kill_events_dropped"
+        );
+        if all_marks {
+            assert_eq!(
+                self.events_received,
+                self.marked - self.events_dropped,
+                "events_received against marked - events_dropped"
+            );
+        }
+    }
+
     /// What changed since `base`.
     pub fn since(&self, base: &EventCounts) -> EventCounts {
         let d = |now: u64, then: u64| {

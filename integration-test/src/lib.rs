@@ -14,6 +14,7 @@ pub mod locate;
 pub mod mounts;
 pub mod producer;
 pub mod rfc3339;
+pub mod storm;
 pub mod trace;
 pub mod victim;
 pub mod vmstat;
