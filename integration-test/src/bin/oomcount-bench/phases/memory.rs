@@ -79,29 +79,17 @@ pub fn steady_memory(b: &mut Bench) -> Result<(), String> {
         "daemon_rss_by_mapping_after_start_kb".into(),
         json!(procfs::rss_by_mapping(pid)?),
     );
-    b.rows.push(
-        Row::new(
-            "rss_steady",
-            "daemon steady RSS (VmRSS after start-up)",
-            "kB",
-        )
-        .value(Ok(m.rss_kb as f64))
-        .baseline(
-            "watchdog(8), memory locked",
-            memory(&b.watchdog).map(|m| m.rss_kb as f64),
-        )
-        .baseline(
-            "node_exporter (vmstat only)",
-            memory(&b.node_exporter).map(|m| m.rss_kb as f64),
-        )
-        .baseline(
-            "bpftrace one-liner",
-            memory(&b.bpftrace).map(|m| m.rss_kb as f64),
-        )
+    let row = Row::new(
+        "rss_steady",
+        "daemon steady RSS (VmRSS after start-up)",
+        "kB",
+    )
+    .value(Ok(m.rss_kb as f64));
+    let row = with_baselines(row, b, "node_exporter (vmstat only)", |m| m.rss_kb)
         .earlier("bare aya loader", 18_800.0)
         .earlier("bare aya loader, kernel BTF skipped", 4_900.0)
-        .note(format!("VmLck {} kB; by mapping in details", m.locked_kb)),
-    );
+        .note(format!("VmLck {} kB; by mapping in details", m.locked_kb));
+    b.rows.push(row);
     Ok(())
 }
 
@@ -116,28 +104,25 @@ pub fn end_memory(b: &mut Bench) -> Result<(), String> {
         "daemon_rss_by_mapping_at_end_kb".into(),
         json!(procfs::rss_by_mapping(pid)?),
     );
-    b.rows.push(
-        Row::new("rss_peak", "daemon peak RSS (VmHWM, at the end)", "kB")
-            .value(Ok(m.hwm_kb as f64))
-            .baseline(
-                "watchdog(8), memory locked",
-                memory(&b.watchdog).map(|m| m.hwm_kb as f64),
-            )
-            .baseline(
-                "node_exporter, after 100 scrapes",
-                memory(&b.node_exporter).map(|m| m.hwm_kb as f64),
-            )
-            .baseline(
-                "bpftrace one-liner",
-                memory(&b.bpftrace).map(|m| m.hwm_kb as f64),
-            )
-            .earlier("bare aya loader", 38_700.0)
-            .earlier("bare aya loader, kernel BTF skipped", 21_000.0),
-    );
+    let row = Row::new("rss_peak", "daemon peak RSS (VmHWM, at the end)", "kB")
+        .value(Ok(m.hwm_kb as f64));
+    let row = with_baselines(row, b, "node_exporter, after 100 scrapes", |m| m.hwm_kb)
+        .earlier("bare aya loader", 38_700.0)
+        .earlier("bare aya loader, kernel BTF skipped", 21_000.0);
+    b.rows.push(row);
     b.rows.push(
         Row::new("rss_end", "daemon RSS at the end (history full)", "kB")
             .value(Ok(m.rss_kb as f64))
             .note("after every phase: thousands of events, history at its 1024"),
     );
     Ok(())
+}
+
+/// `row` with the memory of each baseline running beside the daemon: `kb` of its figures
+/// (VmRSS or VmHWM); node_exporter's under `node_exporter` (how it was used differs by figure).
+fn with_baselines(row: Row, b: &Bench, node_exporter: &str, kb: fn(&procfs::Memory) -> u64) -> Row {
+    let figure = |baseline| memory(baseline).map(|m| kb(&m) as f64);
+    row.baseline("watchdog(8), memory locked", figure(&b.watchdog))
+        .baseline(node_exporter, figure(&b.node_exporter))
+        .baseline("bpftrace one-liner", figure(&b.bpftrace))
 }
