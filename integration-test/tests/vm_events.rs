@@ -89,15 +89,7 @@ fn a_global_oom_kill_event_says_global() {
         "global OOM: vmstat {vmstat}, counts {delta:?}, kill events {}",
         kills.len()
     );
-    assert_eq!(
-        delta.kills, vmstat,
-        "the daemon's kills against /proc/vmstat"
-    );
-    assert_eq!(
-        kills.len() as u64,
-        vmstat,
-        "kill events against /proc/vmstat"
-    );
+    assert_kills(&delta, &kills, vmstat);
     if layout.btf {
         assert_eq!(
             (delta.kills_global, delta.kills_memcg),
@@ -166,15 +158,7 @@ fn an_oom_group_kill_makes_one_again_event() {
     for kill in &kills {
         println!("  {kill:?}");
     }
-    assert_eq!(
-        delta.kills, vmstat,
-        "the daemon's kills against /proc/vmstat"
-    );
-    assert_eq!(
-        kills.len() as u64,
-        vmstat,
-        "kill events against /proc/vmstat"
-    );
+    assert_kills(&delta, &kills, vmstat);
     assert_eq!(
         lines.len() as u64,
         vmstat,
@@ -259,4 +243,17 @@ fn an_oom_group_kill_makes_one_again_event() {
         );
         assert!(found >= 1, "the chosen victim's kill is found: {kills:?}");
     }
+}
+
+/// The daemon's kills and its kill events, each against `/proc/vmstat`'s.
+fn assert_kills(delta: &EventCounts, kills: &[Event], vmstat: u64) {
+    assert_eq!(
+        delta.kills, vmstat,
+        "the daemon's kills against /proc/vmstat"
+    );
+    assert_eq!(
+        kills.len() as u64,
+        vmstat,
+        "kill events against /proc/vmstat"
+    );
 }
