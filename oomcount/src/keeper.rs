@@ -117,17 +117,10 @@ impl Keeper {
             crate::system::realtime();
         }
         let systemd = sd_notify::watchdog_enabled();
-        let interval = if device.is_some() || dry_run {
-            Some(watchdog.interval)
-        } else {
-            None
-        };
-        // systemd asks for a ping within WATCHDOG_USEC; send one every half of it.
-        let interval = match (interval, systemd) {
-            (Some(interval), Some(usec)) => Some(interval.min(usec / 2)),
-            (None, Some(usec)) => Some(usec / 2),
-            (interval, None) => interval,
-        };
+        // The device's interval, and half of systemd's WATCHDOG_USEC (it asks for a ping
+        // within it): the shorter of those that apply.
+        let own = (device.is_some() || dry_run).then_some(watchdog.interval);
+        let interval = own.into_iter().chain(systemd.map(|usec| usec / 2)).min();
         if let Some(device) = &device {
             let timeout = device
                 .timeout()
