@@ -26,7 +26,7 @@ use crate::{
 
 /// One event object of `watch --json` and `list --json`. Optional fields are `None` when the
 /// daemon left them out.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Event {
     /// `kill` or `mark`.
     pub kind: String,
@@ -579,61 +579,116 @@ pub fn rss_error_bound_kb() -> u64 {
 }
 
 /// Compares a kill event with the kernel's "Killed process" line and, where tracing gave it,
-/// the `mark_victim` record of the same mark (the very record the daemon reads, on the new
-/// layout). The daemon must agree exactly with the record; with the kernel's line it must agree
-/// exactly too, except where the kernel disagrees with itself: kernels with the 2026 "mm: Fix
-/// OOM killer inaccuracy" change print exact RSS sums while `mark_victim` still records the
-/// approximate counters. Those differences (bounded by [`rss_error_bound_kb`]) are notes.
+/// the `mark_victim` record of the same mark. The daemon reads the same counters as the record,
+/// in the same tracepoint call, so it must agree with the record exactly, with two exceptions
+/// that are the kernel's, each bounded and reported as a note:
+/// - A victim other than the task running the OOM killer (an oom.group member, another thread's
+///   process) may be running on another CPU: its RSS and page-table counters can move between
+///   the daemon's read and the trace's (on 5.10, an exiting thread folds its cached RSS counts,
+///   up to 64 pages, into its mm). Seen once in 25 runs of the oom.group test on 5.10.262.
+/// - Kernels with the 2026 "mm: Fix OOM killer inaccuracy" change print exact RSS sums while
+///   `mark_victim` still records the approximate counters ([`rss_error_bound_kb`]).
+///
+/// With the kernel's line the daemon must agree exactly too, except where those explain it.
 pub fn compare_kill(
     event: &Event,
     kernel: &KernelKill,
     record: Option<&MarkRecord>,
     layout: &Layout,
 ) -> Comparison {
-    let mut mismatches = kill_mismatches(event, kernel, layout);
-    let mut notes = Vec::new();
-    if let Some(r) = record.filter(|_| layout.memory && !event.is_again()) {
-        let against_record = [
-            ("total_vm_kb", event.total_vm_kb, r.total_vm_kb),
-            ("anon_rss_kb", event.anon_rss_kb, r.anon_rss_kb),
-            ("file_rss_kb", event.file_rss_kb, r.file_rss_kb),
-            ("shmem_rss_kb", event.shmem_rss_kb, r.shmem_rss_kb),
-            ("pgtables_kb", event.pgtables_kb, r.pgtables_kb),
-            ("uid", event.uid.map(u64::from), r.uid.map(u64::from)),
-        ];
-        for (name, got, want) in against_record {
-            if got != want {
-                mismatches.push(format!(
-                    "{name}: event {got:?}, mark_victim record {want:?}"
-                ));
-            }
-        }
-        if event.oom_score_adj != r.oom_score_adj {
+    let mut against_line = kill_mismatches(event, kernel, layout);
+    let Some(r) = record.filter(|_| layout.memory && !event.is_again()) else {
+        return Comparison {
+            mismatches: against_line,
+            notes: Vec::new(),
+        };
+    };
+    let (mut mismatches, mut notes) = (Vec::new(), Vec::new());
+    let exact = [
+        (
+            "total_vm_kb",
+            event.total_vm_kb.map(|v| v as i64),
+            r.total_vm_kb.map(|v| v as i64),
+        ),
+        ("uid", event.uid.map(i64::from), r.uid.map(i64::from)),
+        (
+            "oom_score_adj",
+            event.oom_score_adj.map(i64::from),
+            r.oom_score_adj.map(i64::from),
+        ),
+    ];
+    for (name, got, want) in exact {
+        if got != want {
             mismatches.push(format!(
-                "oom_score_adj: event {:?}, mark_victim record {:?}",
-                event.oom_score_adj, r.oom_score_adj
+                "{name}: event {got:?}, mark_victim record {want:?}"
             ));
         }
-        let bound = rss_error_bound_kb();
-        let rss = [
-            ("anon_rss_kb", r.anon_rss_kb, kernel.anon_rss_kb),
-            ("file_rss_kb", r.file_rss_kb, kernel.file_rss_kb),
-            ("shmem_rss_kb", r.shmem_rss_kb, kernel.shmem_rss_kb),
-        ];
-        mismatches.retain(|m| {
-            let explained = rss.iter().find(|(name, record, kernel)| {
-                m.starts_with(&format!("{name}: event"))
-                    && m.ends_with(&format!("kernel {:?}", Some(*kernel)))
-                    && record.is_some_and(|r| r.abs_diff(*kernel) <= bound)
-            });
-            if let Some((name, record, kernel)) = explained {
-                notes.push(format!(
-                    "{name}: the kernel's mark_victim record says {record:?}, its Killed process line {kernel} (the daemon reports the record's)"
-                ));
-            }
-            explained.is_none()
-        });
     }
+    let rss = rss_error_bound_kb();
+    let elsewhere = event.pid != event.trigger_pid;
+    // (name, event, record, line, how far the kernel's own two accounts may differ)
+    let counters = [
+        (
+            "anon_rss_kb",
+            event.anon_rss_kb,
+            r.anon_rss_kb,
+            kernel.anon_rss_kb,
+            rss,
+        ),
+        (
+            "file_rss_kb",
+            event.file_rss_kb,
+            r.file_rss_kb,
+            kernel.file_rss_kb,
+            rss,
+        ),
+        (
+            "shmem_rss_kb",
+            event.shmem_rss_kb,
+            r.shmem_rss_kb,
+            kernel.shmem_rss_kb,
+            rss,
+        ),
+        // A few faults can take a page-table page or two.
+        (
+            "pgtables_kb",
+            event.pgtables_kb,
+            r.pgtables_kb,
+            kernel.pgtables_kb,
+            8,
+        ),
+    ];
+    for (name, got, record, line, bound) in counters {
+        let near = |a: u64, b: u64| a.abs_diff(b) <= bound;
+        let agrees = match (got, record) {
+            _ if got == record => true,
+            (Some(g), Some(w)) if elsewhere && near(g, w) => {
+                notes.push(format!(
+                    "{name}: event {g}, mark_victim record {w}: the victim (pid {}) is not the task that ran the OOM killer (pid {}) and its counters moved between the two reads",
+                    event.pid, event.trigger_pid
+                ));
+                true
+            }
+            _ => {
+                mismatches.push(format!(
+                    "{name}: event {got:?}, mark_victim record {record:?}"
+                ));
+                false
+            }
+        };
+        let Some(w) = record.filter(|&w| agrees && got != Some(line) && near(w, line)) else {
+            continue;
+        };
+        // The event agrees with the record and the record with the line: the line's mismatch
+        // is the kernel's own.
+        against_line.retain(|m| !m.starts_with(&format!("{name}: event")));
+        if w != line {
+            notes.push(format!(
+                "{name}: the kernel's mark_victim record says {w}, its Killed process line {line} (the daemon reports the record's)"
+            ));
+        }
+    }
+    mismatches.append(&mut against_line);
     Comparison { mismatches, notes }
 }
 
@@ -735,4 +790,86 @@ fn fmt_time(t: SystemTime) -> String {
 /// How long `deadline` (scaled) is from now: for waits on the kernel's log lines.
 pub fn soon() -> Instant {
     deadline(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The oom.group member of a CI failure on 5.10.262: its anon RSS moved by 60 kB between the
+    /// daemon's read and the trace's, while it (pid 156) ran and the grower (158) was killing.
+    fn member(trigger_pid: u32, anon_rss_kb: u64) -> (Event, KernelKill, MarkRecord) {
+        let event = Event {
+            kind: "kill".into(),
+            pid: 156,
+            tgid: Some(156),
+            comm: Some("oomcount-hog".into()),
+            uid: Some(0),
+            total_vm_kb: Some(5940),
+            anon_rss_kb: Some(anon_rss_kb),
+            file_rss_kb: Some(4),
+            shmem_rss_kb: Some(1336),
+            pgtables_kb: Some(40),
+            oom_score_adj: Some(0),
+            trigger_pid,
+            trigger_tgid: trigger_pid,
+            ..Event::default()
+        };
+        let kernel = KernelKill {
+            reason: "Memory cgroup out of memory".into(),
+            pid: 156,
+            comm: "oomcount-hog".into(),
+            total_vm_kb: 5940,
+            anon_rss_kb: 4180,
+            file_rss_kb: 4,
+            shmem_rss_kb: 1336,
+            uid: 0,
+            pgtables_kb: 40,
+            oom_score_adj: 0,
+            summary: None,
+            invoker: None,
+        };
+        let record = MarkRecord {
+            pid: 156,
+            comm: Some("oomcount-hog".into()),
+            total_vm_kb: Some(5940),
+            anon_rss_kb: Some(4180),
+            file_rss_kb: Some(4),
+            shmem_rss_kb: Some(1336),
+            uid: Some(0),
+            pgtables_kb: Some(40),
+            oom_score_adj: Some(0),
+        };
+        (event, kernel, record)
+    }
+
+    const NEW: Layout = Layout {
+        memory: true,
+        btf: true,
+    };
+
+    #[test]
+    fn a_victim_running_elsewhere_may_move_its_counters() {
+        let (event, kernel, record) = member(158, 4120);
+        let c = compare_kill(&event, &kernel, Some(&record), &NEW);
+        assert!(c.mismatches.is_empty(), "{c:?}");
+        assert_eq!(c.notes.len(), 1, "{c:?}");
+    }
+
+    #[test]
+    fn the_task_running_the_oom_killer_must_agree_exactly() {
+        let (event, kernel, record) = member(156, 4120);
+        let c = compare_kill(&event, &kernel, Some(&record), &NEW);
+        assert_eq!(c.mismatches.len(), 2, "the record and the line: {c:?}");
+    }
+
+    #[test]
+    fn a_wrong_counter_is_wrong_wherever_the_victim_runs() {
+        let (event, kernel, record) = member(158, 4180 + rss_error_bound_kb() + 4);
+        let c = compare_kill(&event, &kernel, Some(&record), &NEW);
+        assert_eq!(c.mismatches.len(), 2, "{c:?}");
+        let (event, kernel, record) = member(158, 4180);
+        let c = compare_kill(&event, &kernel, Some(&record), &NEW);
+        assert!(c.mismatches.is_empty() && c.notes.is_empty(), "{c:?}");
+    }
 }
