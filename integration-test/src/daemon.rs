@@ -70,13 +70,14 @@ impl Daemon {
             fs::File::create(&log).unwrap_or_else(|err| panic!("create {}: {err}", log.display()));
         let err = out.try_clone().expect("dup the log file");
         let started_at = SystemTime::now();
-        // No pins: each test's daemon starts from its own attach (the continuity tests pin on
-        // purpose, in folders of their own).
+        // No pins unless asked for (`--pin-dir`, in a folder of the test's own): each test's
+        // daemon starts from its own attach.
+        let pinned = args.iter().any(|a| *a == "--pin-dir");
         let child = Command::new(&bin)
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
-            .arg("--no-pin")
+            .args((!pinned).then_some("--no-pin"))
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

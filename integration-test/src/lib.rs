@@ -45,6 +45,26 @@ pub fn require_root() {
 }
 
 /// A name that no other group, instance or folder of this or another test process has.
+/// BPF perf links, which keep a tracepoint attached without a process, came in Linux 5.15;
+/// before, oomcount pins raw tracepoints, which need the kernel's BTF.
+pub fn pins_possible() -> bool {
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return true;
+    }
+    let release = kernel_release();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < (5, 15) {
+        eprintln!(
+            "SKIPPED on Linux {release}: no BPF perf links before 5.15 and no BTF for raw tracepoints: oomcount cannot pin its probe here"
+        );
+        return false;
+    }
+    true
+}
+
 pub(crate) fn unique_name(label: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

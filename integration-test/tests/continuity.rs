@@ -13,7 +13,7 @@ use std::{
 };
 
 use oomcount_integration_test::{
-    MemCg, deadline, locate, producer, require_root, vmstat, wait_until,
+    MemCg, deadline, locate, pins_possible, producer, require_root, vmstat, wait_until,
 };
 
 /// A daemon pinned in its own folder, SIGKILLed or stopped by the test.
@@ -142,26 +142,6 @@ impl Drop for Pinned {
             .output();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// BPF perf links, which keep a tracepoint attached without a process, came in Linux 5.15;
-/// before, oomcount pins raw tracepoints, which need the kernel's BTF.
-fn pins_possible() -> bool {
-    if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return true;
-    }
-    let release = oomcount_integration_test::kernel_release();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if version < (5, 15) {
-        eprintln!(
-            "SKIPPED on Linux {release}: no BPF perf links before 5.15 and no BTF for raw tracepoints: oomcount cannot pin its probe here"
-        );
-        return false;
-    }
-    true
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::{ffi::OsStr, time::Duration};
 
 use oomcount_integration_test::{
-    Daemon, MemCg,
+    Daemon, MemCg, pins_possible,
     producer::{kill_one, single_kills},
     require_root,
     wait::{deadline, time_scale, wait_until},
@@ -102,6 +102,81 @@ fn one_kill_of_a_critical_process_is_unrecoverable() {
         "{run:?}"
     );
     assert!(run.stdout.contains("stopped: unrecoverable"), "{run:?}");
+}
+
+/// systemd's `Restart=` (in the shipped unit) restarts a daemon whose `WATCHDOG=1` stopped: a
+/// restarted daemon that started healthy would open the device again, which pings it, and ping
+/// on, and the machine judged unrecoverable would never be reset.
+#[test]
+fn an_unrecoverable_verdict_outlives_the_daemon_and_the_next_one_leaves_the_device_alone() {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    let pins = Scratch::new("oomcount-latch-pins");
+    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(pins.dir().file_name().unwrap());
+    let _unpin = Unpin(pin_dir.clone());
+    let rules = "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]";
+    let pinned = |device: &StandIn| {
+        let config = device.config(INTERVAL, rules);
+        Daemon::start_with(&[
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("--pin-dir"),
+            pin_dir.as_os_str(),
+        ])
+    };
+    let first = StandIn::new();
+    let mut daemon = pinned(&first);
+    first.wait_pings(2, "keepalives before the kill");
+    let cg = MemCg::new("watchdog-latch", 32 << 20);
+    kill_one(&cg, &["--comm", "oc-critical"]);
+    wait_kills(&daemon, 1);
+    assert_eq!(check(daemon.socket(), &[]).code, Some(255));
+    // As systemd does when WATCHDOG=1 stops coming: the daemon is killed, then started again.
+    daemon.crash();
+
+    let second = StandIn::new();
+    let daemon = pinned(&second);
+    let run = check(daemon.socket(), &["--explain"]);
+    assert_eq!(
+        run.code,
+        Some(255),
+        "the verdict outlives the daemon: {run:?}"
+    );
+    assert!(
+        run.stdout.contains("by an earlier oomcount daemon"),
+        "{run:?}"
+    );
+    // Five keepalive periods (a wait for an absence has to be a fixed span): the device is not
+    // even opened.
+    std::thread::sleep(Duration::from_millis(1000) * time_scale());
+    assert_eq!(
+        (second.pings(), second.bytes().len()),
+        (0, 0),
+        "the restarted daemon touched the device; its log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("is not opened, so that its reset comes"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// Removes a test's pins, whatever happened.
+struct Unpin(std::path::PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = oomcount(&[
+            OsStr::new("detach"),
+            OsStr::new("--pin-dir"),
+            self.0.as_os_str(),
+        ]);
+    }
 }
 
 #[test]

@@ -82,6 +82,10 @@ pub mod counter {
     pub const ATTACHED_AT_NS: u32 = 9;
     pub const SEQ: u32 = 10;
     pub const DROPS_SEEN: u32 = 11;
+    /// When a daemon judged the machine unrecoverable (Unix ns; 0: never). The verdict is
+    /// latched across daemons: one restarted after it (by systemd's `Restart=`, say) must not
+    /// ping the watchdog again and cancel the reset. Older daemons ignore the slot.
+    pub const UNRECOVERABLE_AT: u32 = 12;
     /// Number of slots; the size of the map.
     pub const COUNT: u32 = 16;
 }

@@ -12,7 +12,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -125,7 +125,13 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let listener = bind(&socket)?;
     // Armed from here, the last step that can fail: an error after it would leave the
     // watchdog armed. The first keepalive goes out as the loop starts.
-    let keeper = Keeper::new(&options.config, options.dry_run)?;
+    // An unrecoverable verdict an earlier daemon kept with the pins still holds.
+    let latched = probe
+        .slot(counter::UNRECOVERABLE_AT)
+        .ok()
+        .filter(|&ns| ns != 0)
+        .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
+    let keeper = Keeper::new(&options.config, options.dry_run, latched)?;
     let kill_events_dropped = probe.counters().map_or(0, |c| c.kill_events_dropped);
     let events = probe.take_events().expect("a fresh probe has its events");
     let origin = probe.origin();
@@ -186,7 +192,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = tick(&mut keepalive) => lock_keeper(&shared).tick(),
+            _ = tick(&mut keepalive) => {
+                let mut keeper = lock_keeper(&shared);
+                keeper.tick();
+                keep_latch(&shared, &mut keeper);
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -317,6 +327,9 @@ fn settle(shared: &Shared) {
     }
     // Judged at once: an unrecoverable kill stops the very next keepalive.
     keeper.judge();
+    if let Some(at) = keeper.take_newly_latched() {
+        latch_in(&mut probe, at);
+    }
     drop(keeper);
     if let Some(counters) = &counters
         && counters.events_dropped > history.drops_seen
@@ -337,6 +350,22 @@ fn settle(shared: &Shared) {
     drop(probe);
     drop(history);
     publish_stat(shared);
+}
+
+/// Keeps an unrecoverable verdict the keeper just reached with the pins, for any later daemon.
+fn keep_latch(shared: &Shared, keeper: &mut Keeper) {
+    if let Some(at) = keeper.take_newly_latched() {
+        latch_in(&mut lock_probe(shared), at);
+    }
+}
+
+fn latch_in(probe: &mut Probe, at: std::time::SystemTime) {
+    let ns = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    if let Err(err) = probe.set_slot(counter::UNRECOVERABLE_AT, ns.max(1)) {
+        log::warn!(
+            "cannot keep the verdict with the pins ({err}): a restarted daemon would start healthy"
+        );
+    }
 }
 
 fn lock_probe(shared: &Shared) -> std::sync::MutexGuard<'_, Probe> {
@@ -440,6 +469,7 @@ fn answer(request: &Request, shared: &Shared) -> Response {
         Request::Verdict => {
             let mut keeper = lock_keeper(shared);
             let verdict = keeper.judge();
+            keep_latch(shared, &mut keeper);
             Response::Verdict(VerdictReply {
                 health: verdict.health,
                 reason: verdict.reason,

@@ -98,19 +98,51 @@ pub struct Keeper {
     last_keepalive: Option<SystemTime>,
     /// The last keepalive error, logged once until it changes.
     ping_error: Option<String>,
+    /// When this daemon latched the unrecoverable verdict, until the daemon has kept it with
+    /// the pins ([`Keeper::take_newly_latched`]).
+    newly_latched: Option<SystemTime>,
 }
 
 impl Keeper {
-    /// Opens (and arms) the configured device, unless `dry_run`.
-    pub fn new(config: &Config, dry_run: bool) -> Result<Keeper, WatchdogError> {
+    /// Opens (and arms) the configured device, unless `dry_run`, or unless an earlier daemon
+    /// judged the machine unrecoverable at `latched` (kept with the pins): then the verdict
+    /// starts there, and the device is left alone, since opening it (and setting its timeout)
+    /// would ping it and put off the reset that verdict called for.
+    pub fn new(
+        config: &Config,
+        dry_run: bool,
+        latched: Option<SystemTime>,
+    ) -> Result<Keeper, WatchdogError> {
         let watchdog = config.watchdog.clone().unwrap_or_default();
         let path: Option<PathBuf> = config
             .watchdog
             .as_ref()
             .filter(|w| !w.device.as_os_str().is_empty())
             .map(|w| w.device.clone());
-        let device = match (&path, dry_run) {
-            (Some(path), false) => Some(Device::open(path, watchdog.timeout)?),
+        let mut monitor = Monitor::new(config.rules.clone());
+        let mut verdict = Verdict {
+            health: Health::Healthy,
+            reason: String::new(),
+        };
+        if let Some(at) = latched {
+            verdict = monitor.latch(format!(
+                "judged unrecoverable at {} by an earlier oomcount daemon (its log says why); latched until reboot or `oomcount detach`",
+                humantime::format_rfc3339_seconds(at)
+            ));
+            log::error!(
+                "{}{}",
+                verdict.reason,
+                match (&path, dry_run) {
+                    (Some(path), false) => format!(
+                        "; {} is not opened, so that its reset comes",
+                        path.display()
+                    ),
+                    _ => String::new(),
+                }
+            );
+        }
+        let device = match (&path, dry_run, latched) {
+            (Some(path), false, None) => Some(Device::open(path, watchdog.timeout)?),
             _ => None,
         };
         if watchdog.realtime {
@@ -153,19 +185,17 @@ impl Keeper {
             );
         }
         Ok(Keeper {
-            monitor: Monitor::new(config.rules.clone()),
+            monitor,
             device,
             dry_run,
             nowayout: watchdog.nowayout,
             systemd,
             interval,
-            verdict: Verdict {
-                health: Health::Healthy,
-                reason: String::new(),
-            },
+            verdict,
             keepalives: 0,
             last_keepalive: None,
             ping_error: None,
+            newly_latched: None,
         })
     }
 
@@ -215,6 +245,7 @@ impl Keeper {
                         (None, false) => "oomcount check now fails".to_owned(),
                     };
                     log::error!("unrecoverable: {}; {what}", verdict.reason);
+                    self.newly_latched = Some(SystemTime::now());
                 }
                 Health::Degraded => log::warn!("degraded: {}", verdict.reason),
                 Health::Healthy => log::info!("healthy again"),
@@ -249,6 +280,12 @@ impl Keeper {
         self.keepalives += 1;
         self.last_keepalive = Some(SystemTime::now());
         log::debug!("keepalive {} ({})", self.keepalives, verdict.health);
+    }
+
+    /// When this daemon judged the machine unrecoverable, once (then `None`): for the daemon
+    /// to keep with the pins, so that a daemon started after this one keeps the verdict.
+    pub fn take_newly_latched(&mut self) -> Option<SystemTime> {
+        self.newly_latched.take()
     }
 
     pub fn verdict(&self) -> &Verdict {

@@ -248,7 +248,8 @@ impl Monitor {
         None
     }
 
-    fn latch(&mut self, reason: String) -> Verdict {
+    /// Latches the unrecoverable verdict with `reason`: every later judgement is this one.
+    pub fn latch(&mut self, reason: String) -> Verdict {
         let verdict = Verdict {
             health: Health::Unrecoverable,
             reason,
