@@ -52,6 +52,11 @@ const GOALS: &[Goal] = &[
         text: "<= 1 ms",
     },
     Goal {
+        id: "latency_quiet_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
         id: "storm_missed",
         limit: 0.0,
         text: "0",

@@ -4,30 +4,11 @@
 //! come from `/proc/kallsyms`, where a JITed program is `bpf_prog_TAG_NAME`.
 use std::{collections::HashMap, fs};
 
-const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+use crate::procfs::Sysctl;
 
-/// Statistics on until dropped; then the value found before.
-pub struct StatsOn {
-    previous: String,
-}
-
-impl StatsOn {
-    pub fn enable() -> Result<StatsOn, String> {
-        let previous = fs::read_to_string(SYSCTL)
-            .map_err(|err| format!("read {SYSCTL}: {err}"))?
-            .trim()
-            .to_owned();
-        fs::write(SYSCTL, "1").map_err(|err| format!("write 1 to {SYSCTL}: {err}"))?;
-        Ok(StatsOn { previous })
-    }
-}
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        if let Err(err) = fs::write(SYSCTL, &self.previous) {
-            eprintln!("bench: cannot restore {SYSCTL} to {}: {err}", self.previous);
-        }
-    }
+/// Statistics on until the guard is dropped; then the value found before.
+pub fn stats_on() -> Result<Sysctl, String> {
+    Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")
 }
 
 /// One BPF program held by a process, at one moment.

@@ -109,6 +109,35 @@ fn classify(name: &str, perms: &str, exe: &str) -> String {
     }
 }
 
+/// A sysctl set for a measurement: the value found before is put back when dropped (on error
+/// and panic too).
+pub struct Sysctl {
+    path: &'static str,
+    previous: String,
+}
+
+impl Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Result<Sysctl, String> {
+        let previous = fs::read_to_string(path)
+            .map_err(|err| format!("read {path}: {err}"))?
+            .trim()
+            .to_owned();
+        fs::write(path, value).map_err(|err| format!("write {value} to {path}: {err}"))?;
+        Ok(Sysctl { path, previous })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(err) = fs::write(self.path, &self.previous) {
+            eprintln!(
+                "bench: cannot restore {} to {}: {err}",
+                self.path, self.previous
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ pub fn bpf_cost(b: &mut Bench) -> Result<(), String> {
             .map(|(_, pid)| bpfstats::programs(*pid.as_ref().map_err(Clone::clone)?))
             .collect()
     };
-    let stats = bpfstats::StatsOn::enable()?;
+    let stats = bpfstats::stats_on()?;
     let before = snapshot();
     producer::storm(std::slice::from_ref(&cg), BPF_KILLS);
     let after = snapshot();

@@ -8,10 +8,14 @@ use super::{line_count, ms, wait_for};
 use crate::{
     Bench,
     baselines::{self, Baseline},
-    client, progress,
+    client,
+    procfs::Sysctl,
+    progress,
     report::{Row, percentile},
 };
 
+/// The kernel's log levels: the first is the console's.
+const PRINTK: &str = "/proc/sys/kernel/printk";
 /// Kills, one at a time, whose latency is measured.
 const LATENCY_KILLS: usize = 100;
 /// Producers of the storm, each in a group of its own.
@@ -19,8 +23,13 @@ const STORM_PRODUCERS: u64 = 4;
 
 /// bpftrace's `mark PID NSECS` lines after the first `from`: how long after `nsecs` each was
 /// read, in ms.
-fn bpftrace_latencies(bpftrace: &Baseline, from: usize) -> Vec<f64> {
-    bpftrace
+fn bpftrace_latencies_since(
+    bpftrace: &Result<Baseline, String>,
+    from: usize,
+) -> Result<Vec<f64>, String> {
+    Ok(bpftrace
+        .as_ref()
+        .map_err(Clone::clone)?
         .lines()
         .iter()
         .skip(from)
@@ -33,66 +42,97 @@ fn bpftrace_latencies(bpftrace: &Baseline, from: usize) -> Vec<f64> {
                 .ok()?;
             Some(read.saturating_sub(ns) as f64 / 1e6)
         })
-        .collect()
+        .collect())
 }
 
 pub fn latency(b: &mut Bench) -> Result<(), String> {
     progress(&format!("latency: {LATENCY_KILLS} kills, one at a time"));
     let cg = MemCg::new("bench-latency", 4 << 20);
-    let from = line_count(&b.bpftrace);
-    let ours = kill_latencies(b, &cg)?;
-    let theirs = |p: f64| {
-        let t = b.bpftrace.as_ref().map_err(Clone::clone)?;
-        percentile(&bpftrace_latencies(t, from), p).ok_or_else(|| "no mark lines".to_owned())
-    };
+    let console = console_note();
     let note = format!(
         "the kill event's `time` (the kernel's mark_victim timestamp, CLOCK_MONOTONIC as wall \
-         time) to the wall clock when a `watch` client read the line; {} of {LATENCY_KILLS} \
-         kills, 20 ms apart; bpftrace: its `nsecs` to CLOCK_MONOTONIC when its line was read{}",
-        ours.len(),
-        console_note()
+         time) to the wall clock when a `watch` client read the line; {LATENCY_KILLS} kills, 20 \
+         ms apart; bpftrace: its `nsecs` to CLOCK_MONOTONIC when its line was read{console}"
     );
-    for (id, figure, p) in [
-        ("latency_p50", "latency kill -> `watch` client, p50", 50.0),
-        ("latency_p99", "latency kill -> `watch` client, p99", 99.0),
-    ] {
-        b.rows.push(
-            Row::new(id, figure, "ms")
-                .value(percentile(&ours, p).ok_or_else(|| "no kill events".to_owned()))
-                .baseline("bpftrace one-liner (printf)", theirs(p))
-                .note(note.clone()),
-        );
-    }
-    b.details.insert("latency_ms".into(), json!(ours));
+    let rows = [
+        ("latency_p50", "latency kill -> `watch` client, p50"),
+        ("latency_p99", "latency kill -> `watch` client, p99"),
+    ];
+    let default = measure(b, &cg, rows, &note)?;
+    b.details.insert("latency_ms".into(), json!(default));
 
     // The same with the daemon at SCHED_FIFO 1, as `realtime = true` runs it.
     progress("latency again, the daemon at SCHED_FIFO 1 (realtime = true)");
-    let realtime = with_policy(b.daemon.pid(), libc::SCHED_FIFO, 1, || {
-        kill_latencies(b, &cg)
+    let pid = b.daemon.pid();
+    let realtime = with_policy(pid, libc::SCHED_FIFO, 1, || {
+        let rows = [
+            (
+                "latency_rt_p50",
+                "latency kill -> `watch`, realtime = true, p50",
+            ),
+            (
+                "latency_rt_p99",
+                "latency kill -> `watch`, realtime = true, p99",
+            ),
+        ];
+        measure(b, &cg, rows, "as above, with the daemon at SCHED_FIFO 1")
     })?;
-    for (id, figure, p) in [
-        (
-            "latency_rt_p50",
-            "latency kill -> `watch`, realtime = true, p50",
-            50.0,
-        ),
-        (
-            "latency_rt_p99",
-            "latency kill -> `watch`, realtime = true, p99",
-            99.0,
-        ),
-    ] {
+    b.details.insert("latency_rt_ms".into(), json!(realtime));
+
+    // The console's share: the same with the kernel's console quiet for the kill lines (a
+    // setting of the machine, not of oomcount: `kernel.printk = 3` or `loglevel=3`).
+    if !console.is_empty() {
+        progress("latency again, with console_loglevel 3 (the kill lines off the console)");
+        let quiet = Sysctl::set(PRINTK, "3")?;
+        let note = "as the first, with console_loglevel 3 for the measurement (`kernel.printk`, \
+                    put back after): the Killed process lines (KERN_ERR) no longer go to the \
+                    console";
+        let rows = [
+            (
+                "latency_quiet_p50",
+                "latency kill -> `watch`, console quiet, p50",
+            ),
+            (
+                "latency_quiet_p99",
+                "latency kill -> `watch`, console quiet, p99",
+            ),
+        ];
+        let ms = measure(b, &cg, rows, note);
+        drop(quiet);
+        b.details.insert("latency_quiet_ms".into(), json!(ms?));
+    }
+    Ok(())
+}
+
+/// [`kill_latencies`] as two rows (id and figure), p50 and p99, with bpftrace's latencies over
+/// the same kills as their baseline; returns the daemon's latencies.
+fn measure(
+    b: &mut Bench,
+    cg: &MemCg,
+    rows: [(&'static str, &'static str); 2],
+    note: &str,
+) -> Result<Vec<f64>, String> {
+    let from = line_count(&b.bpftrace);
+    let ours = kill_latencies(b, cg)?;
+    let theirs = bpftrace_latencies_since(&b.bpftrace, from);
+    for ((id, figure), p) in rows.into_iter().zip([50.0, 99.0]) {
         b.rows.push(
             Row::new(id, figure, "ms")
-                .value(percentile(&realtime, p).ok_or_else(|| "no kill events".to_owned()))
+                .value(percentile(&ours, p).ok_or_else(|| "no kill events".to_owned()))
+                .baseline(
+                    "bpftrace one-liner (printf)",
+                    theirs
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|t| percentile(t, p).ok_or_else(|| "no mark lines".to_owned())),
+                )
                 .note(format!(
-                    "as above, {} of {LATENCY_KILLS} kills, with the daemon at SCHED_FIFO 1",
-                    realtime.len()
+                    "{note}; {} of {LATENCY_KILLS} kills seen",
+                    ours.len()
                 )),
         );
     }
-    b.details.insert("latency_rt_ms".into(), json!(realtime));
-    Ok(())
+    Ok(ours)
 }
 
 /// `LATENCY_KILLS` kills in `cg`, one at a time: each one's latency to a `watch` client, in ms.
@@ -145,7 +185,7 @@ fn console_note() -> String {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let level: u32 = std::fs::read_to_string("/proc/sys/kernel/printk")
+    let level: u32 = std::fs::read_to_string(PRINTK)
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
