@@ -24,12 +24,16 @@ const INTERVAL: &str = "1s";
 const SLACK: Duration = Duration::from_secs(2);
 
 fn config(rules: &str) -> std::path::PathBuf {
+    config_with(TIMEOUT, rules)
+}
+
+fn config_with(timeout: Duration, rules: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("oomcount-vmwd-{}", std::process::id()));
     write_config(
         &dir,
         &format!(
             "[watchdog]\ndevice = \"/dev/watchdog\"\ntimeout = \"{}s\"\ninterval = \"{INTERVAL}\"\n[rules]\n{rules}\n",
-            TIMEOUT.as_secs()
+            timeout.as_secs()
         ),
     )
 }
@@ -54,7 +58,10 @@ fn wait_keepalives(daemon: &Daemon, n: u64) {
 /// From here the watchdog must reset the guest: tell the host, then outlive the deadline only
 /// to fail.
 fn expect_reset() -> ! {
-    let within = TIMEOUT + SLACK;
+    expect_reset_within(TIMEOUT + SLACK)
+}
+
+fn expect_reset_within(within: Duration) -> ! {
     println!("{}", reset_expected(within.as_millis() as u64));
     let _ = std::io::stdout().flush();
     std::thread::sleep(within * 4);
@@ -169,4 +176,41 @@ fn e_a_killed_daemon_resets_the_guest() {
     wait_keepalives(&daemon, 2);
     daemon.crash();
     expect_reset();
+}
+
+/// What systemd's `Restart=` does after `WATCHDOG=1` stops: kill the daemon and start another
+/// on the same pins. That one must keep the verdict and leave the device alone (opening it and
+/// setting its timeout would ping it). A longer timeout here, so that the restart has room
+/// before the reset; the reset is expected from the second daemon's start.
+#[test]
+#[ignore = "resets its VM guest: cargo xtask vm-test runs it in a guest of its own"]
+fn f_a_daemon_restarted_after_the_verdict_does_not_cancel_the_reset() {
+    require_root();
+    let timeout = TIMEOUT * 2;
+    let config = config_with(
+        timeout,
+        "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]",
+    );
+    let pinned = || {
+        Daemon::start_with(&[
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("--pin-dir"),
+            OsStr::new("/sys/fs/bpf/oomcount-vmwd"),
+        ])
+    };
+    let mut daemon = pinned();
+    wait_keepalives(&daemon, 2);
+    let cg = MemCg::new("vmwd-restart", 32 << 20);
+    kill_one(&cg, &["--comm", "oc-critical"]);
+    wait_kills(&daemon, 1);
+    daemon.crash();
+    let again = pinned();
+    assert_eq!(
+        check(again.socket(), &[]).code,
+        Some(255),
+        "{}",
+        again.log()
+    );
+    expect_reset_within(timeout + SLACK);
 }
