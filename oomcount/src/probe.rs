@@ -432,6 +432,7 @@ fn load_both(ebpf: &mut Ebpf, programs: [&'static str; 2], kernel: &str) -> Resu
             source: Box::new(source),
         })
     };
+    system::one_malloc_arena();
     // The second program waits here for the thread, or for this thread if none can be had.
     let second = std::sync::Mutex::new(Some(second));
     let take = || second.lock().unwrap_or_else(|e| e.into_inner()).take();
