@@ -31,6 +31,10 @@ pub const MAP_COUNTERS: &str = "OOMCOUNT_COUNTERS";
 pub const MAP_PENDING: &str = "OOMCOUNT_PENDING";
 /// `RingBuf` of [`Event`] records, one per mark (kill or not).
 pub const MAP_EVENTS: &str = "OOMCOUNT_EVENTS";
+/// `ProgramArray` of one entry, the raw `mark_victim` program: the raw `signal_generate` program
+/// tail-calls it for a kill that gets no mark of its own (see `AGAIN` in [`flags`]), so that the
+/// kill's code is in one program and verified once.
+pub const MAP_KILL_PROG: &str = "OOMCOUNT_KILL_PROG";
 /// The load-time global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "OOMCOUNT_CONFIG";
 

@@ -14,6 +14,10 @@
 //! program), a kill's event also carries the victim's tgid, memory cgroup path, and, from the
 //! `oom_control` on the OOM invoker's stack, the constraint and the cgroup whose limit was hit.
 //!
+//! A kill the kernel counts without a mark (a `memory.oom.group` kill reaching its first victim
+//! a second time) is seen only by the signal program, which tail-calls the raw mark program to
+//! count it and send its event: the kill's code lives in one program, verified once.
+//!
 //! Cost: an OOM kill runs these programs once or twice, and their verification is most of the
 //! daemon's start-up, so the `oom_control` is looked for in a small window just above the raw
 //! tracepoint's arguments (which sit on the invoker's kernel stack, a few frames below it), not
@@ -28,7 +32,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use oomcount_common::{
@@ -103,6 +107,11 @@ static OOMCOUNT_PENDING: LruHashMap<u32, Pending> =
 #[map]
 static OOMCOUNT_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// The raw `mark_victim` program, which the raw `signal_generate` one tail-calls for an `again`
+/// kill (filled in by the loader before either is attached).
+#[map]
+static OOMCOUNT_KILL_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Words of kernel stack searched for `oom_control`, upwards from the raw tracepoint's arguments.
 /// Between them and the `oom_control` (in the frame of `out_of_memory`'s caller) lie only the
 /// frames of the OOM killer and of the tracepoint: 296 bytes on 6.18 for a kill's mark; more for
@@ -123,6 +132,12 @@ struct Scratch {
     /// The `oom_control` found, handed out of the search loop through memory: see
     /// [`find_oom_control`].
     found: u64,
+    /// The victim of an `again` kill, handed by the signal program to the mark program it
+    /// tail-calls; 0 otherwise. Taken (and cleared) as the mark program starts: see
+    /// [`take_again`].
+    again: u64,
+    /// What the running mark program took from `again`: set at its start, so never stale.
+    again_victim: u64,
 }
 
 #[map]
@@ -251,20 +266,59 @@ fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
     let comm: Comm = read(task, cfg.task_comm)?;
     // A task that is already an OOM victim gets no new mark (its thread is flagged already),
     // yet the kernel counts the kill: a `memory.oom.group` kill reaches its first victim twice.
-    // Count it, and send its event, here.
+    // That kill is counted, and its event sent, by the mark program, tail-called here with the
+    // victim in the scratch: the kill's code (the search for `oom_control`, the event) is then
+    // verified once, in one program (40,000 instructions a copy, on 6.18).
     let signal: u64 = read(task, cfg.task_signal)?;
     let oom_mm: u64 = read(signal, cfg.signal_oom_mm)?;
+    let _ = remember(pid as u32, task, comm, u32::from(oom_mm != 0));
     if oom_mm != 0 {
-        let oom = count_kill(&cfg, task, stack_anchor(ctx));
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        emit(&cfg, now, pid as u32, true, |cfg, event| {
-            event.kind = kind::KILL;
-            event.flags |= flags::AGAIN;
-            fill_kill(cfg, event, comm, task, &oom);
-        });
+        let scratch = OOMCOUNT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+        // SAFETY: per-CPU scratch; the tail-called program runs next, on this CPU.
+        unsafe {
+            let again = core::ptr::addr_of_mut!((*scratch).again);
+            core::ptr::write_volatile(again, task);
+            OOMCOUNT_KILL_PROG.tail_call(ctx, 0);
+            // No program to call (it is set before this one is attached): the kill still counts,
+            // its event is lost.
+            core::ptr::write_volatile(again, 0);
+        }
+        bump(counter::KILLS);
+        bump(counter::EVENTS_DROPPED);
+        bump(counter::KILL_EVENTS_DROPPED);
     }
-    remember(pid as u32, task, comm, u32::from(oom_mm != 0))
+    Ok(())
+}
+
+/// Takes the victim of an `again` kill when the signal program tail-called this run, else 0, and
+/// keeps it for [`again_victim`] for the rest of the run. Every mark program calls it first.
+#[inline(always)]
+fn take_again() -> u64 {
+    let Some(scratch) = OOMCOUNT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, and tracing programs do not nest on one CPU (the tail call
+    // replaces the caller); volatile so that the stores are kept.
+    unsafe {
+        let task = core::ptr::read_volatile(core::ptr::addr_of!((*scratch).again));
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).again), 0);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).again_victim), task);
+        task
+    }
+}
+
+/// The victim of this run's `again` kill, 0 for a mark. Read from memory where it is needed
+/// rather than kept in a register: a register holding it would make the verifier go through the
+/// kill's code once for each value, which the tail call is there to avoid.
+#[inline(always)]
+fn again_victim() -> u64 {
+    match OOMCOUNT_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch.
+        Some(scratch) => unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*scratch).again_victim))
+        },
+        None => 0,
+    }
 }
 
 #[tracepoint]
@@ -275,7 +329,8 @@ pub fn oomcount_mark_victim(ctx: TracePointContext) -> u32 {
 
 fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     let cfg = config();
-    bump(counter::MARKED);
+    // Never an `again` kill here (those are tail calls into the raw program): this clears it.
+    take_again();
     // SAFETY: as in try_signal_generate.
     let pid: i32 = unsafe { ctx.read_at(cfg.mark_pid as usize)? };
     // A classic tracepoint's context is its record, not on the stack: no `oom_control` is
@@ -301,20 +356,26 @@ pub fn oomcount_mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 
 fn try_mark_victim_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
     let cfg = config();
-    bump(counter::MARKED);
-    let arg: u64 = ctx.arg(0);
     let anchor = stack_anchor(ctx);
-    // One call of `mark` for both layouts: the verifier sees `mark_raw_task` as the constant it
-    // is (a read-only global), so it never follows the other layout's branches, such as the
-    // read of a second argument the old tracepoint does not have.
-    let (pid, task, uid) = if cfg.mark_raw_task == 0 {
+    let again = take_again();
+    // One call of `mark` for both layouts and for `again` kills: the verifier sees
+    // `mark_raw_task` as the constant it is (a read-only global), so it never follows the other
+    // layout's branches, such as the read of a second argument the old tracepoint does not have.
+    // A tail call from the signal program brings that program's arguments: none are read then.
+    let (pid, task, uid) = if again != 0 {
+        (read::<i32>(again, cfg.task_pid)? as u32, again, 0)
+    } else if cfg.mark_raw_task == 0 {
+        let arg: u64 = ctx.arg(0);
         (arg as u32, 0, 0)
     } else {
+        let arg: u64 = ctx.arg(0);
         let uid: u64 = ctx.arg(1);
         (read::<i32>(arg, cfg.task_pid)? as u32, arg, uid as u32)
     };
     mark(&cfg, pid, anchor, |cfg, event| {
-        if task != 0 {
+        // An `again` kill's event has no memory fields (as the signal has none); its uid comes
+        // from the task.
+        if task != 0 && again_victim() == 0 {
             event.uid = uid;
             event.flags |= flags::UID;
             if cfg.features & feature::MM != 0 {
@@ -346,8 +407,9 @@ fn read_task_memory(cfg: &Config, task: u64, event: &mut Event) -> Result<(), i3
 }
 
 /// What both `mark_victim` programs do once they know the pid: pair the mark with the task's
-/// pending SIGKILL, count, and send the event (`fill` adds the program's own fields). `anchor`
-/// is where to start looking for the `oom_control` (see [`stack_anchor`]), 0 for nowhere.
+/// pending SIGKILL (or take the `again` kill the signal program handed over), count, and send
+/// the event (`fill` adds the program's own fields). `anchor` is where to start looking for the
+/// `oom_control` (see [`stack_anchor`]), 0 for nowhere.
 #[inline(always)]
 fn mark(cfg: &Config, pid: u32, anchor: u64, fill: impl FnOnce(&Config, &mut Event)) {
     // SAFETY: helper without preconditions.
@@ -355,33 +417,46 @@ fn mark(cfg: &Config, pid: u32, anchor: u64, fill: impl FnOnce(&Config, &mut Eve
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
 
-    // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is the
-    // very next mark after its signal, so an older entry can only be stale.
-    // SAFETY: the value is copied out before the entry is removed.
     // Everything is initialised on every path (no `Option` with an undefined payload): older
     // verifiers (5.10) reject a register that LLVM leaves undefined on one path.
     let mut is_kill = false;
     let mut victim = Pending::default();
     let mut comm: Comm = [0; 2];
     let mut oom = OomControl::default();
-    // SAFETY: the value is copied out before the entry is removed.
-    if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(tid) } {
-        victim = *pending;
-        // SAFETY: `comm` is 8-aligned in the map value (asserted above).
-        comm = unsafe { core::ptr::read(core::ptr::addr_of!(pending.comm).cast::<Comm>()) };
-        let _ = OOMCOUNT_PENDING.remove(tid);
-        if victim.victim_pid == pid
-            && victim.counted == 0
-            && now.wrapping_sub(victim.at_ns) <= cfg.pair_window_ns
-        {
-            is_kill = true;
-            oom = count_kill(cfg, victim.task, anchor);
+    let again = again_victim();
+    if again != 0 {
+        // The signal program's kill of a task already marked: no mark, no pending signal.
+        is_kill = true;
+        victim.task = again;
+        comm = read(again, cfg.task_comm).unwrap_or_default();
+    } else {
+        bump(counter::MARKED);
+        // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is
+        // the very next mark after its signal, so an older entry can only be stale.
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(pending) = unsafe { OOMCOUNT_PENDING.get(tid) } {
+            victim = *pending;
+            // SAFETY: `comm` is 8-aligned in the map value (asserted above).
+            comm = unsafe { core::ptr::read(core::ptr::addr_of!(pending.comm).cast::<Comm>()) };
+            let _ = OOMCOUNT_PENDING.remove(tid);
+            if victim.victim_pid == pid
+                && victim.counted == 0
+                && now.wrapping_sub(victim.at_ns) <= cfg.pair_window_ns
+            {
+                is_kill = true;
+            }
         }
+    }
+    if is_kill {
+        oom = count_kill(cfg, victim.task, anchor);
     }
     emit(cfg, now, pid, is_kill, |cfg, event| {
         fill(cfg, event);
         if is_kill {
             event.kind = kind::KILL;
+            if again_victim() != 0 {
+                event.flags |= flags::AGAIN;
+            }
             fill_kill(cfg, event, comm, victim.task, &oom);
         }
     });

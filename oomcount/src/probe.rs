@@ -12,11 +12,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
-    ABSENT, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, PIN_VERSION, PROG_MARK_VICTIM,
+    ABSENT, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_KILL_PROG, PIN_VERSION, PROG_MARK_VICTIM,
     PROG_MARK_VICTIM_RAW, PROG_SIGNAL_GENERATE, PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM,
     TP_SIGNAL_GENERATE, counter, feature,
 };
@@ -223,7 +223,14 @@ impl Probe {
         } else {
             PROG_MARK_VICTIM
         };
-        load_both(&mut ebpf, [signal, mark], &kernel)?;
+        // The raw mark program is also what the raw signal program tail-calls (loaded for that
+        // alone when the test asks for the classic mark).
+        let extra = (raw_signal && !raw_mark).then_some(PROG_MARK_VICTIM_RAW);
+        let programs: Vec<&'static str> = [signal, mark].into_iter().chain(extra).collect();
+        load_programs(&mut ebpf, &programs, &kernel)?;
+        if raw_signal {
+            set_kill_program(&mut ebpf, &kernel)?;
+        }
         let signal_link = if raw_signal {
             attach_raw(&mut ebpf, signal, TP_SIGNAL_GENERATE.1, &kernel)?
         } else {
@@ -393,66 +400,61 @@ fn attach_raw(
     Ok(Some(link.into()))
 }
 
-/// Loads both `programs` at once, one on a thread of its own: loading is the kernel's verifier,
-/// which runs in the loading thread, and is most of the daemon's start-up (about 40 ms for each
-/// program on a 2-core 6.18 machine). With two CPUs the start-up is the slower of the two, not
-/// their sum; with one it is what it was. The thread ends before anything is attached.
-fn load_both(ebpf: &mut Ebpf, programs: [&'static str; 2], kernel: &str) -> Result<(), ProbeError> {
-    let mut found: Vec<(&'static str, &mut Program)> = Vec::with_capacity(2);
-    for (name, program) in ebpf.programs_mut() {
-        if let Some(&wanted) = programs.iter().find(|&&wanted| wanted == name) {
-            found.push((wanted, program));
-        }
-    }
-    let (Some(second), Some(first)) = (found.pop(), found.pop()) else {
-        let missing = programs
-            .into_iter()
-            .find(|p| !found.iter().any(|(f, _)| f == p));
-        return Err(ProbeError::Missing(missing.unwrap_or(programs[0])));
-    };
-    let load = |(name, program): (&'static str, &mut Program)| {
+/// Loads (the kernel verifies) each of `programs`, logging how long each took and how many
+/// instructions its verifier went through: start-up is mostly that.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    programs: &[&'static str],
+    kernel: &str,
+) -> Result<(), ProbeError> {
+    for &name in programs {
+        let program = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
         let started = Instant::now();
         let loaded = match program {
             Program::RawTracePoint(p) => p.load().map(|()| p.info()),
             Program::TracePoint(p) => p.load().map(|()| p.info()),
-            _ => unreachable!("{name} is a tracepoint program"),
+            _ => return Err(ProbeError::Missing(name)),
         };
-        let verified = loaded
-            .as_ref()
-            .ok()
-            .and_then(|info| info.as_ref().ok()?.verified_instruction_count());
-        log::debug!(
-            "{name}: loaded in {:.1} ms, {} instructions verified",
-            started.elapsed().as_secs_f64() * 1e3,
-            verified.map_or("?".to_owned(), |n| n.to_string())
-        );
-        loaded.map(drop).map_err(|source| ProbeError::Program {
+        let info = loaded.map_err(|source| ProbeError::Program {
             kernel: kernel.to_owned(),
             program: name,
             source: Box::new(source),
-        })
+        })?;
+        log::debug!(
+            "{name}: loaded in {:.1} ms, {} instructions verified",
+            started.elapsed().as_secs_f64() * 1e3,
+            info.ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map_or("?".to_owned(), |n| n.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Puts the raw `mark_victim` program in the array the raw `signal_generate` program tail-calls
+/// for an `again` kill (before that program is attached: without it, such a kill counts but
+/// loses its event).
+fn set_kill_program(ebpf: &mut Ebpf, kernel: &str) -> Result<(), ProbeError> {
+    let prog_err = |source| ProbeError::Program {
+        kernel: kernel.to_owned(),
+        program: PROG_MARK_VICTIM_RAW,
+        source: Box::new(source),
     };
-    system::one_malloc_arena();
-    // The second program waits here for the thread, or for this thread if none can be had.
-    let second = std::sync::Mutex::new(Some(second));
-    let take = || second.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let (first, second) = std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("oomcount-load".into())
-            .stack_size(256 << 10)
-            .spawn_scoped(scope, || take().map(load));
-        let first = load(first);
-        let second = match other {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had on a starved machine: one after the other, then.
-            Err(_) => take().map(load),
-        };
-        (first, second)
-    });
-    let second = second.unwrap_or(Ok(()));
-    first.and(second)
+    let mark: &RawTracePoint = ebpf
+        .program(PROG_MARK_VICTIM_RAW)
+        .ok_or(ProbeError::Missing(PROG_MARK_VICTIM_RAW))?
+        .try_into()
+        .map_err(prog_err)?;
+    let fd = mark
+        .fd()
+        .map_err(prog_err)?
+        .try_clone()
+        .map_err(aya::maps::MapError::IoError)?;
+    let mut array: ProgramArray<&mut MapData> = ebpf
+        .map_mut(MAP_KILL_PROG)
+        .ok_or(ProbeError::Missing(MAP_KILL_PROG))?
+        .try_into()?;
+    Ok(array.set(0, &fd, 0)?)
 }
 
 /// The pin folder used unless told otherwise.

@@ -86,18 +86,6 @@ pub fn realtime() {
     }
 }
 
-/// One malloc arena for the whole process. glibc gives a second thread an arena of its own: 64
-/// MiB of reserved address space that stays after the thread ends (the loading thread of
-/// `probe`), and counts whole in VmLck once the daemon locks its memory (5 MB -> 71 MB measured),
-/// though little of it is ever resident. The daemon allocates little, on one thread after start.
-pub fn one_malloc_arena() {
-    // SAFETY: mallopt only changes glibc's allocation policy.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
 /// Gives back what loading the probe left mapped, before memory is locked.
 ///
 /// Loading reads the whole embedded eBPF object (about 0.5 MB with its BTF and debug info) and
