@@ -17,8 +17,8 @@ use aya::{
 };
 use oomcount_common::{
     ABSENT, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_KILL_PROG, PIN_VERSION, PROG_MARK_VICTIM,
-    PROG_MARK_VICTIM_RAW, PROG_SIGNAL_GENERATE, PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM,
-    TP_SIGNAL_GENERATE, counter, feature,
+    PROG_MARK_VICTIM_RAW, PROG_MARK_VICTIM_RAW_LOOP, PROG_SIGNAL_GENERATE,
+    PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature,
 };
 
 use crate::{pins, system, tracefs};
@@ -218,18 +218,19 @@ impl Probe {
         } else {
             PROG_SIGNAL_GENERATE
         };
+        let raw_mark_program = raw_mark_program();
         let mark = if raw_mark {
-            PROG_MARK_VICTIM_RAW
+            raw_mark_program
         } else {
             PROG_MARK_VICTIM
         };
         // The raw mark program is also what the raw signal program tail-calls (loaded for that
         // alone when the test asks for the classic mark).
-        let extra = (raw_signal && !raw_mark).then_some(PROG_MARK_VICTIM_RAW);
+        let extra = (raw_signal && !raw_mark).then_some(raw_mark_program);
         let programs: Vec<&'static str> = [signal, mark].into_iter().chain(extra).collect();
         load_programs(&mut ebpf, &programs, &kernel)?;
         if raw_signal {
-            set_kill_program(&mut ebpf, &kernel)?;
+            set_kill_program(&mut ebpf, raw_mark_program, &kernel)?;
         }
         let signal_link = if raw_signal {
             attach_raw(&mut ebpf, signal, TP_SIGNAL_GENERATE.1, &kernel)?
@@ -431,18 +432,33 @@ fn load_programs(
     Ok(())
 }
 
-/// Puts the raw `mark_victim` program in the array the raw `signal_generate` program tail-calls
-/// for an `again` kill (before that program is attached: without it, such a kill counts but
-/// loses its event).
-fn set_kill_program(ebpf: &mut Ebpf, kernel: &str) -> Result<(), ProbeError> {
+/// The build of the raw `mark_victim` program for this kernel: the one whose search for
+/// `oom_control` is a `bpf_loop` where the helper exists (5.17+), a tenth as long to verify
+/// (most of the daemon's start-up); the unrolled one before.
+fn raw_mark_program() -> &'static str {
+    use aya::{programs::ProgramType, sys::BpfHelper};
+    match aya::sys::is_helper_supported(ProgramType::RawTracePoint, BpfHelper::BPF_FUNC_loop) {
+        Ok(true) => PROG_MARK_VICTIM_RAW_LOOP,
+        _ => PROG_MARK_VICTIM_RAW,
+    }
+}
+
+/// Puts the raw `mark_victim` program (`program`) in the array the raw `signal_generate`
+/// program tail-calls for an `again` kill (before that program is attached: without it, such a
+/// kill counts but loses its event).
+fn set_kill_program(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    kernel: &str,
+) -> Result<(), ProbeError> {
     let prog_err = |source| ProbeError::Program {
         kernel: kernel.to_owned(),
-        program: PROG_MARK_VICTIM_RAW,
+        program,
         source: Box::new(source),
     };
     let mark: &RawTracePoint = ebpf
-        .program(PROG_MARK_VICTIM_RAW)
-        .ok_or(ProbeError::Missing(PROG_MARK_VICTIM_RAW))?
+        .program(program)
+        .ok_or(ProbeError::Missing(program))?
         .try_into()
         .map_err(prog_err)?;
     let fd = mark
