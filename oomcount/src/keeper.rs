@@ -376,3 +376,61 @@ fn likely(n: usize) -> Vec<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(device: &str) -> Config {
+        let text = format!("[watchdog]\ndevice = \"{device}\"\ninterval = \"1s\"\n");
+        Config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_verdict_kept_by_an_earlier_daemon_holds_and_the_device_is_not_opened() {
+        // A device that cannot be opened: the latched keeper must not try.
+        let config = config("/nonexistent/oomcount-test-watchdog");
+        assert!(
+            Keeper::new(&config, false, None).is_err(),
+            "without a latch the device is opened"
+        );
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut keeper = Keeper::new(&config, false, Some(at)).expect("nothing is opened");
+        let verdict = keeper.judge_with(Duration::from_secs(1), Pressure::default(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable);
+        assert!(
+            verdict
+                .reason
+                .contains("2027-01-15T08:00:00Z by an earlier oomcount daemon"),
+            "{}",
+            verdict.reason
+        );
+        assert_eq!(keeper.state().device, None);
+        assert!(!keeper.state().pinging);
+        // Not this daemon's to keep again.
+        assert_eq!(keeper.take_newly_latched(), None);
+    }
+
+    #[test]
+    fn this_daemon_latching_is_handed_out_once() {
+        let config = Config::parse(
+            Path::new("test.toml"),
+            "[rules]\ncritical = [\"xenstored\"]\nconstraint = \"any\"\n",
+        )
+        .unwrap();
+        let mut keeper = Keeper::new(&config, true, None).unwrap();
+        keeper.kill(Kill {
+            at: Duration::from_secs(1),
+            pid: 42,
+            comm: Some("xenstored".into()),
+            constraint: Some("memcg".into()),
+        });
+        let verdict = keeper.judge_with(Duration::from_secs(2), Pressure::default(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable);
+        assert!(keeper.take_newly_latched().is_some());
+        keeper.judge_with(Duration::from_secs(3), Pressure::default(), &[]);
+        assert_eq!(keeper.take_newly_latched(), None);
+    }
+}
