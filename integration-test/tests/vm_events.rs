@@ -191,6 +191,10 @@ fn an_oom_group_kill_makes_one_again_event() {
             "no kill counted twice, no `again`: {kills:?}"
         );
     }
+    let first_cpu = kills
+        .iter()
+        .find(|k| k.pid == grower && !k.is_again())
+        .map(|k| k.cpu);
     for kill in &kills {
         // Each kill event against the kernel's line for the same kill: the first victim's two
         // lines in order, its first kill event then its `again` one.
@@ -208,10 +212,12 @@ fn an_oom_group_kill_makes_one_again_event() {
         assert_eq!(kill.tgid, layout.btf.then_some(kill.pid), "tgid: {kill:?}");
         assert_eq!(kill.cgroup, layout.btf.then(|| cg.path()), "{kill:?}");
         assert_eq!(kill.cgroup_id, layout.btf.then(|| cg.id()), "{kill:?}");
-        // The OOM killer's `oom_control` names the first victim as the chosen one: the other
-        // members' kills are not found through it, so their constraint and oom_cgroup may be
-        // absent (never wrong); the chosen victim's are always there.
-        let chosen = kill.pid == grower && !kill.is_again();
+        // The OOM killer's `oom_control` names the first victim as the chosen one; the other
+        // members' kills find it through that victim, which the daemon's program remembers per
+        // CPU: on the CPU of the chosen victim's kill (the invoker rarely moves in between),
+        // every kill's constraint and oom_cgroup are there; elsewhere they may be absent, never
+        // wrong.
+        let chosen = Some(kill.cpu) == first_cpu;
         let expect = |value: bool| layout.btf && (chosen || value);
         assert!(
             kill.constraint.as_deref() == Some("memcg") || !expect(kill.constraint.is_some()),
@@ -233,8 +239,8 @@ fn an_oom_group_kill_makes_one_again_event() {
     }
     events::assert_seq_increasing(&kills);
     if layout.btf {
-        // Only kills found through `oom_control` (the chosen victim's) are split by constraint;
-        // none of them may be called global.
+        // Only kills found through `oom_control` are split by constraint; none of them may be
+        // called global.
         let found = kills.iter().filter(|k| k.constraint.is_some()).count() as u64;
         assert_eq!(
             (delta.kills_memcg, delta.kills_global),

@@ -138,6 +138,10 @@ struct Scratch {
     again: u64,
     /// What the running mark program took from `again`: set at its start, so never stale.
     again_victim: u64,
+    /// The task that last found an `oom_control` on this CPU (pid_tgid), and that
+    /// `oom_control`'s chosen task: see [`read_oom_control`].
+    chosen_by: u64,
+    chosen: u64,
 }
 
 #[map]
@@ -566,14 +570,32 @@ fn read_oom_control<const LOOP: bool>(
     oom: &mut OomControl,
 ) -> Result<(), i32> {
     let leader: u64 = read(task, cfg.task_group_leader)?;
+    // A `memory.oom.group` member is killed by the same OOM killer call as the group's chosen
+    // victim, whose `oom_control` names that victim, not the member: the slots holding the task
+    // this task's last `oom_control` chose are candidates too (else the victim again).
+    let scratch = OOMCOUNT_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let me = bpf_get_current_pid_tgid();
+    // SAFETY: per-CPU scratch, and tracing programs do not nest on one CPU.
+    let previous = unsafe {
+        match core::ptr::read_volatile(core::ptr::addr_of!((*scratch).chosen_by)) == me {
+            true => core::ptr::read_volatile(core::ptr::addr_of!((*scratch).chosen)),
+            false => task,
+        }
+    };
     let found = if LOOP {
-        find_oom_control_loop(cfg, anchor, task, leader)
+        find_oom_control_loop(cfg, anchor, [task, leader, previous])
     } else {
-        find_oom_control(cfg, anchor, task, leader)
+        find_oom_control(cfg, anchor, [task, leader, previous])
     };
     let Some(oc) = found else {
         return Ok(());
     };
+    let chosen: u64 = read(oc, cfg.oc_chosen)?;
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).chosen_by), me);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).chosen), chosen);
+    }
     let constraint: u32 = read(oc, cfg.oc_constraint)?;
     oom.memcg = read(oc, cfg.oc_memcg)?;
     oom.constraint = constraint as u16;
@@ -665,9 +687,9 @@ fn read_cgroup_path(cfg: &Config, task: u64, oom_kn: u64, event: &mut Event) -> 
 
 /// Finds the OOM killer's `struct oom_control` on the current (invoking) task's kernel stack,
 /// in the [`WINDOW_WORDS`] above `anchor` (the raw tracepoint's arguments): the first slot, from
-/// below, holding the chosen task (the victim or its group leader) whose surroundings make a
-/// consistent `oom_control` ([`is_oom_control`]). The window is copied in one read, each
-/// candidate in one more.
+/// below, holding the chosen task (one of `keys`: the victim, its group leader, the task this
+/// task's last `oom_control` chose) whose surroundings make a consistent `oom_control`
+/// ([`is_oom_control`]). The window is copied in one read, each candidate in one more.
 ///
 /// Written for the verifier, which follows each side of every branch in a loop separately: the
 /// scan of the window has no branch (it sets a bit per word that holds the chosen task), and
@@ -678,7 +700,7 @@ fn read_cgroup_path(cfg: &Config, task: u64, oom_kn: u64, event: &mut Event) -> 
 /// stack searched in chunks took 450,000 instructions to verify, a plain search of this window
 /// 100,000 or more; this about 20,000 (on 6.18).
 #[inline(always)]
-fn find_oom_control(cfg: &Config, anchor: u64, victim: u64, leader: u64) -> Option<u64> {
+fn find_oom_control(cfg: &Config, anchor: u64, [a, b, c]: [u64; 3]) -> Option<u64> {
     let (base, top, scratch) = copy_window(cfg, anchor)?;
     // SAFETY: per-CPU scratch.
     let window = unsafe { core::ptr::addr_of_mut!((*scratch).window).cast::<u64>() };
@@ -695,7 +717,8 @@ fn find_oom_control(cfg: &Config, anchor: u64, victim: u64, leader: u64) -> Opti
         for bit in 0..64 {
             // SAFETY: i * 64 + bit < WINDOW_WORDS.
             let word = unsafe { *window.add(i * 64 + bit) };
-            *bits |= (is_zero(word ^ victim, ones) | is_zero(word ^ leader, ones)) << bit;
+            let held = is_zero(word ^ a, ones) | is_zero(word ^ b, ones) | is_zero(word ^ c, ones);
+            *bits |= held << bit;
         }
     }
     let [mut b0, mut b1] = bits;
@@ -777,8 +800,8 @@ struct Search {
     base: u64,
     anchor: u64,
     top: u64,
-    victim: u64,
-    leader: u64,
+    /// The tasks whose slots are candidates (see [`find_oom_control`]).
+    keys: [u64; 3],
     /// The `oom_control` found, 0 while none is.
     found: u64,
 }
@@ -789,14 +812,13 @@ struct Search {
 /// window, same order (lowest slot first), same checks; every candidate is checked, not only the
 /// first [`CANDIDATES`] (a count of them would be a value the verifier follows through each).
 #[inline(always)]
-fn find_oom_control_loop(cfg: &Config, anchor: u64, victim: u64, leader: u64) -> Option<u64> {
+fn find_oom_control_loop(cfg: &Config, anchor: u64, keys: [u64; 3]) -> Option<u64> {
     let (base, top, _) = copy_window(cfg, anchor)?;
     let mut search = Search {
         base,
         anchor,
         top,
-        victim,
-        leader,
+        keys,
         found: 0,
     };
     // SAFETY: the callback takes the `Search` it is given back, for the length of the call.
@@ -824,7 +846,8 @@ extern "C" fn search_word(index: u32, search: *mut core::ffi::c_void) -> i64 {
     let i = index as usize & (WINDOW_WORDS - 1);
     // SAFETY: per-CPU scratch; i < WINDOW_WORDS.
     let chosen = unsafe { (*scratch).window[i] };
-    if chosen != search.victim && chosen != search.leader {
+    let [a, b, c] = search.keys;
+    if chosen != a && chosen != b && chosen != c {
         return 0;
     }
     // A slot this low cannot hold `chosen`: its `oom_control` would begin below the window.
