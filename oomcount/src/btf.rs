@@ -105,7 +105,10 @@ impl Btf {
             .copied()
             .collect();
         file.seek(SeekFrom::Start(hdr_len + str_off))?;
-        let strings = find_strings(BufReader::new((&mut file).take(str_len)), &wanted)?;
+        let strings = find_strings(
+            BufReader::with_capacity(64 * 1024, (&mut file).take(str_len)),
+            &wanted,
+        )?;
 
         let struct_names: HashSet<u32> = structs
             .iter()
@@ -236,6 +239,11 @@ fn find_strings(
     let mut found = HashMap::new();
     let mut offset = 0u32;
     let mut current = Vec::with_capacity(256);
+    // Most of the ~100,000 strings are ruled out by their length alone, before any hashing.
+    let lengths: u128 = wanted
+        .iter()
+        .filter(|w| w.len() < 128)
+        .fold(0, |set, w| set | 1 << w.len());
     loop {
         current.clear();
         let n = reader.read_until(0, &mut current)?;
@@ -243,7 +251,9 @@ fn find_strings(
             break;
         }
         let text = current.strip_suffix(&[0]).unwrap_or(&current);
-        if let Ok(text) = std::str::from_utf8(text)
+        if text.len() < 128
+            && lengths & (1 << text.len()) != 0
+            && let Ok(text) = std::str::from_utf8(text)
             && wanted.contains(text)
             && !found.contains_key(text)
         {
@@ -273,13 +283,17 @@ fn read_u32s<const N: usize>(reader: &mut impl Read) -> io::Result<[u32; N]> {
     }))
 }
 
-fn skip(reader: &mut impl Read, n: usize) -> io::Result<()> {
-    let copied = io::copy(&mut reader.take(n as u64), &mut io::sink())?;
-    if copied == n as u64 {
-        Ok(())
-    } else {
-        Err(io::ErrorKind::UnexpectedEof.into())
+fn skip(reader: &mut impl BufRead, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        let available = reader.fill_buf()?.len();
+        if available == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let step = available.min(n);
+        reader.consume(step);
+        n -= step;
     }
+    Ok(())
 }
 
 #[cfg(test)]
