@@ -359,7 +359,7 @@ pub fn oomcount_mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The same with the search for `oom_control` in a `bpf_loop` (Linux 5.17+): what the loader
-/// attaches where the helper exists, for a tenth of the verification.
+/// attaches where the helper exists, for 26k verified instructions instead of 41k (on 6.18).
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn oomcount_mark_victim_raw_loop(ctx: RawTracePointContext) -> i32 {
     let _ = try_mark_victim_raw::<true>(&ctx);

@@ -17,6 +17,8 @@ use std::{
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+/// Bytes read at a time (sysfs hands out a page per read whatever is asked; files, more).
+const BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -106,7 +108,7 @@ impl Btf {
             .collect();
         file.seek(SeekFrom::Start(hdr_len + str_off))?;
         let strings = find_strings(
-            BufReader::with_capacity(64 * 1024, (&mut file).take(str_len)),
+            BufReader::with_capacity(BUFFER, (&mut file).take(str_len)),
             &wanted,
         )?;
 
@@ -131,7 +133,7 @@ impl Btf {
             ..Btf::default()
         };
         file.seek(SeekFrom::Start(hdr_len + type_off))?;
-        let mut types = BufReader::with_capacity(64 * 1024, (&mut file).take(type_len));
+        let mut types = BufReader::with_capacity(BUFFER, (&mut file).take(type_len));
         let mut type_id = 0u32;
         loop {
             let mut head = [0u8; 12];
