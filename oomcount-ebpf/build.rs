@@ -1,9 +1,9 @@
-//! Rebuild the eBPF object when bpf-linker changes: it is the linker, but cargo does not know.
-use which::which;
+//! Rebuild the eBPF object when the project's bpf-linker changes: it is the linker, but cargo does
+//! not know.
+include!("toolchain.rs");
 
 fn main() {
-    let bpf_linker = which("bpf-linker").expect(
-        "bpf-linker not found: run `cargo xtask setup` (it installs bpf-linker 0.13 against LLVM 22)",
-    );
-    println!("cargo:rerun-if-changed={}", bpf_linker.display());
+    if let Some(linker) = bpf_linker() {
+        println!("cargo:rerun-if-changed={}", linker.display());
+    }
 }

@@ -1,5 +1,10 @@
-//! Builds the eBPF object with aya-build (nightly, bpf-linker) into `OUT_DIR`, where
-//! `include_bytes_aligned!` picks it up. `cargo xtask setup` installs what this needs.
+//! Builds the eBPF object with aya-build into `OUT_DIR`, where `include_bytes_aligned!` picks it
+//! up: with the pinned toolchain and the project's own bpf-linker (`oomcount-ebpf/toolchain.rs`
+//! says why), which `cargo xtask setup` installs and checks.
+use anyhow::Context as _;
+
+include!("../oomcount-ebpf/toolchain.rs");
+
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../oomcount-ebpf");
     // The shared types are compiled into the object too.
@@ -7,12 +12,37 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../oomcount-common/src")
     );
+    let linker = bpf_linker().context("neither XDG_CACHE_HOME nor HOME is set")?;
+    anyhow::ensure!(
+        linker.is_file(),
+        "{} is missing: run `cargo xtask setup` (it builds bpf-linker {BPF_LINKER_VERSION} \
+         against the LLVM of the {EBPF_TOOLCHAIN} toolchain)",
+        linker.display()
+    );
+    println!("cargo:rerun-if-changed={}", linker.display());
+    for var in ["XDG_CACHE_HOME", "HOME"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    // SAFETY: a build script is single-threaded here; the variables are for the cargo that
+    // aya-build spawns below. RUSTC_BOOTSTRAP=1 enables `-Z build-std=core` on the stable
+    // toolchain (aya-build passes it when it sees the variable); the linker is the project's own,
+    // never a bpf-linker on the PATH; RUSTUP_AUTO_INSTALL=0 keeps `rustup run` from installing a
+    // missing toolchain as a side effect of a build. aya-build turns every line the inner cargo
+    // prints into a `cargo:warning`: CARGO_TERM_QUIET leaves only its errors and the compiler's
+    // own diagnostics, so that a clean build prints no warning.
+    unsafe {
+        std::env::set_var("CARGO_TERM_QUIET", "true");
+        std::env::set_var("RUSTC_BOOTSTRAP", "1");
+        std::env::set_var("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
+        std::env::set_var("CARGO_TARGET_BPFEB_UNKNOWN_NONE_LINKER", &linker);
+        std::env::set_var("RUSTUP_AUTO_INSTALL", "0");
+    }
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "oomcount-ebpf",
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

@@ -1,7 +1,9 @@
 //! Makes sure this machine has what oomcount's build and tests need, installing what is missing.
 //!
-//! Idempotent and cheap when everything is present (a few `dpkg-query`s and one `rustup` call),
-//! loud when it installs: each install is announced on stderr before it runs. It assumes a Debian
+//! Idempotent and cheap when everything is present (a few `dpkg-query`s, two `rustup` calls and
+//! one bpf-linker call), loud when it installs: each install is announced on stderr before it
+//! runs. It installs no Rust toolchain and updates none: `oomcount-ebpf/toolchain.rs` pins the one
+//! that builds the eBPF crate, and setup only checks that its LLVM and bpf-linker's agree. It assumes a Debian
 //! 12 machine and root, as CI has; elsewhere it says what to install instead of failing later in
 //! the middle of a build.
 use std::process::Command;
@@ -9,6 +11,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 use crate::check;
+
+include!("../../oomcount-ebpf/toolchain.rs");
 
 /// What the task at hand needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -19,36 +23,37 @@ pub enum Needs {
     Vm,
 }
 
-/// Debian packages the build needs: LLVM 22 for bpf-linker.
-const BUILD_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-];
+/// Debian packages the build needs besides LLVM's, whose major comes from the eBPF toolchain.
+const BUILD_PACKAGES: &[&str] = &["zlib1g-dev", "libzstd-dev"];
 /// Debian packages the VM matrix needs besides QEMU (which comes from bookworm-backports).
 const VM_PACKAGES: &[&str] = &["cpio", "xz-utils", "zstd", "kmod", "libc6-dev"];
-const BPF_LINKER_VERSION: &str = "0.13";
 
 pub fn run(needs: Needs) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = BUILD_PACKAGES
+    let llvm = ebpf_toolchain_llvm()?;
+    let llvm_packages = [format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
+    let mut missing: Vec<&str> = llvm_packages
         .iter()
-        .copied()
+        .map(String::as_str)
+        .chain(BUILD_PACKAGES.iter().copied())
         .filter(|p| !dpkg_installed(p))
         .collect();
     if needs == Needs::Vm {
         missing.extend(VM_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)));
     }
     if !missing.is_empty() {
-        apt_install(&missing, None)?;
+        apt_install(&missing, None).with_context(|| {
+            format!(
+                "bpf-linker must be built against LLVM {llvm}, the LLVM of the {EBPF_TOOLCHAIN} \
+                 toolchain that builds the eBPF crate: install llvm-{llvm}-dev, or pin a toolchain \
+                 whose LLVM this system packages in oomcount-ebpf/toolchain.rs"
+            )
+        })?;
     }
     if needs == Needs::Vm && !qemu_is_recent() {
         ensure_backports()?;
         apt_install(&["qemu-system-x86"], Some("bookworm-backports"))?;
     }
-    ensure_nightly_rust_src()?;
-    ensure_bpf_linker()?;
-    Ok(())
+    ensure_bpf_linker(llvm)
 }
 
 fn dpkg_installed(package: &str) -> bool {
@@ -134,50 +139,155 @@ fn ensure_backports() -> anyhow::Result<()> {
     .with_context(|| format!("write {file}"))
 }
 
-fn ensure_nightly_rust_src() -> anyhow::Result<()> {
-    let installed = Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .context("rustup not found: oomcount's eBPF side needs rustup's nightly toolchain")?;
-    let list = String::from_utf8_lossy(&installed.stdout);
-    if installed.status.success() && list.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+/// Makes sure the pinned eBPF toolchain is there with `rust-src` (`-Z build-std=core` needs it),
+/// and returns its LLVM major.
+///
+/// It never installs or updates a toolchain: a missing one is an error that says what to run. The
+/// one thing it may fetch is the `rust-src` component of the pinned toolchain, once.
+fn ebpf_toolchain_llvm() -> anyhow::Result<u32> {
+    let rustup = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Command::new("rustup")
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .args(args)
+            .output()
+            .with_context(|| {
+                format!(
+                    "rustup not found: the eBPF crate is built with its {EBPF_TOOLCHAIN} toolchain"
+                )
+            })
+    };
+    let components = rustup(&[
+        "component",
+        "list",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+        "--installed",
+    ])?;
+    if !components.status.success() {
+        bail!(
+            "the eBPF crate is built with the {EBPF_TOOLCHAIN} toolchain, which rustup does not \
+             have: run `rustup toolchain install {EBPF_TOOLCHAIN} --profile minimal --component \
+             rust-src,clippy,rustfmt`"
+        );
     }
-    eprintln!("setup: installing the nightly toolchain's rust-src (rustup)");
-    check(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
+    let list = String::from_utf8_lossy(&components.stdout);
+    if !list.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!(
+            "setup: adding the rust-src component to the {EBPF_TOOLCHAIN} toolchain (rustup)"
+        );
+        check(
+            Command::new("rustup")
+                .env("RUSTUP_AUTO_INSTALL", "0")
+                .args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    EBPF_TOOLCHAIN,
+                ]),
+        )
+        .context(
+            "could not fetch rust-src: without network, install the component from its \
+             standalone tarball (see the README, Setup)",
+        )?;
+    }
+    let version = rustup(&["run", EBPF_TOOLCHAIN, "rustc", "-vV"])?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    // rustup may hold the pin as a link to `stable` (this image does), which `rustup update`
+    // moves: say so. The build still works while the LLVM majors agree, which is checked next.
+    if !text.contains(&format!("release: {EBPF_TOOLCHAIN}\n")) {
+        let release = text
+            .lines()
+            .find(|l| l.starts_with("release: "))
+            .unwrap_or("release: ?");
+        eprintln!(
+            "setup: note: the {EBPF_TOOLCHAIN} toolchain says `{release}` (a link to a moved \
+             toolchain?): `rustup toolchain install {EBPF_TOOLCHAIN}` restores the pin"
+        );
+    }
+    llvm_major(&text, "LLVM version: ").with_context(|| {
+        format!("`rustup run {EBPF_TOOLCHAIN} rustc -vV` names no LLVM version: {text}")
+    })
 }
 
-fn ensure_bpf_linker() -> anyhow::Result<()> {
-    let version = Command::new("bpf-linker").arg("--version").output();
-    if let Ok(out) = &version
-        && String::from_utf8_lossy(&out.stdout).contains(&format!(" {BPF_LINKER_VERSION}."))
-    {
+/// The major of the first `LLVM version…` after `marker` in a tool's version text.
+fn llvm_major(text: &str, marker: &str) -> Option<u32> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The LLVM major that a bpf-linker binary runs on, as its LLVM says itself
+/// (`--llvm-args=--version` prints LLVM's version and exits before any linking).
+fn bpf_linker_llvm(linker: &std::path::Path) -> Option<u32> {
+    let out = Command::new(linker)
+        .args(["--llvm-args=--version", "-o", "/dev/null", "/dev/null"])
+        .output()
+        .ok()?;
+    llvm_major(&String::from_utf8_lossy(&out.stdout), "LLVM version ")
+}
+
+/// Makes sure the project's own bpf-linker (never one on the PATH) runs on LLVM `llvm`, building
+/// it when it is missing or runs on another LLVM.
+fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    let (Some(root), Some(linker)) = (bpf_linker_root(), bpf_linker()) else {
+        bail!("neither XDG_CACHE_HOME nor HOME is set: setup needs one to keep bpf-linker in");
+    };
+    let found = linker.is_file().then(|| bpf_linker_llvm(&linker)).flatten();
+    if found == Some(llvm) {
         return Ok(());
     }
-    eprintln!(
-        "setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, a few minutes)"
-    );
+    match found {
+        Some(other) => eprintln!(
+            "setup: {} runs on LLVM {other}, the {EBPF_TOOLCHAIN} toolchain writes LLVM {llvm}: \
+             building it again",
+            linker.display()
+        ),
+        None => eprintln!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} into {} \
+             (cargo install, about a minute)",
+            root.display()
+        ),
+    }
     check(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
+            // Only to spare cargo's advice to put the folder on the PATH: nothing runs it from there.
+            .env("PATH", path_with(&root.join("bin")))
+            .arg("install")
+            .arg("--root")
+            .arg(&root)
             .args([
-                "install",
+                "--force",
+                "--locked",
                 "bpf-linker",
                 "--version",
-                &format!("~{BPF_LINKER_VERSION}"),
+                &format!("={BPF_LINKER_VERSION}"),
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{llvm}"),
             ]),
     )
+    .with_context(|| {
+        format!(
+            "building bpf-linker {BPF_LINKER_VERSION} with feature llvm-{llvm} failed: it needs \
+             llvm-{llvm}-dev, and a bpf-linker release that supports LLVM {llvm}"
+        )
+    })?;
+    match bpf_linker_llvm(&linker) {
+        Some(got) if got == llvm => Ok(()),
+        got => bail!(
+            "{} was built for LLVM {llvm} but runs on {got:?}: check /usr/lib/llvm-{llvm}",
+            linker.display()
+        ),
+    }
+}
+
+/// The PATH with `dir` in front.
+fn path_with(dir: &std::path::Path) -> std::ffi::OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))
+        .unwrap_or(rest)
 }
 
 fn nix_is_root() -> bool {
