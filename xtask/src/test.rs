@@ -66,9 +66,40 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if let Some(filter) = &args.filter {
         integration.arg(filter);
     }
+    // They compare against machine-wide counters (/proc/vmstat), so two runs on one machine
+    // (two clones, or a run beside a developer's) would see each other's kills: one at a time.
+    let _machine = machine_lock()?;
     check(integration.args(["--test-threads=1", "--nocapture"]))?;
+    drop(_machine);
     if !args.no_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
     }
     Ok(())
+}
+
+/// Where the privileged tests of every clone on this machine take turns.
+const MACHINE_LOCK: &str = "/run/lock/oomcount-tests.lock";
+
+/// Waits for, then holds, the machine-wide lock of the privileged tests (released on drop).
+fn machine_lock() -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .with_context(|| format!("open {MACHINE_LOCK}"))?;
+    // SAFETY: flock on an fd this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("test: another run holds {MACHINE_LOCK}; waiting for it");
+        // SAFETY: as above.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        anyhow::ensure!(
+            locked == 0,
+            "flock {MACHINE_LOCK}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
 }
