@@ -81,6 +81,10 @@ pub mod counter {
     pub const KILLS_MEMCG: u32 = 5;
     /// Kills with any other constraint: the whole machine (or a cpuset or memory policy).
     pub const KILLS_GLOBAL: u32 = 6;
+    /// Of the dropped kill events, those of kills counted in [`KILLS_MEMCG`]: the rules weigh
+    /// a lost kill with its constraint. (The rest of the split is at [`KILL_EVENTS_DROPPED_GLOBAL`],
+    /// past the user side's slots: the map's layout is pinned.)
+    pub const KILL_EVENTS_DROPPED_MEMCG: u32 = 7;
     /// Slots the user side keeps beside the counters, on CPU 0, so that they outlive a daemon
     /// with the pinned map: the layout version of the pins, when the probe was attached (Unix
     /// ns), the last event sequence number, and the drops already reported. Never touched by the
@@ -93,6 +97,10 @@ pub mod counter {
     /// latched across daemons: one restarted after it (by systemd's `Restart=`, say) must not
     /// ping the watchdog again and cancel the reset. Older daemons ignore the slot.
     pub const UNRECOVERABLE_AT: u32 = 12;
+    /// Of the dropped kill events, those of kills counted in [`KILLS_GLOBAL`]. Programs of older
+    /// oomcounts (adopted pins) leave this and [`KILL_EVENTS_DROPPED_MEMCG`] at 0: their lost
+    /// kills are weighed without a constraint, as before.
+    pub const KILL_EVENTS_DROPPED_GLOBAL: u32 = 13;
     /// Number of slots; the size of the map.
     pub const COUNT: u32 = 16;
 }
@@ -123,8 +131,8 @@ pub const ABSENT: u32 = 0;
 /// Bits of [`Config::features`]: which groups of kernel-structure offsets (from BTF) were found.
 /// A group is used only when all of its offsets were.
 pub mod feature {
-    /// `task_struct` pid, tgid, comm, group_leader, signal, `signal_struct.oom_mm` and
-    /// `kernel_siginfo.si_code`: the raw `signal_generate` program can run.
+    /// `task_struct` pid, tgid, comm, group_leader, signal and `signal_struct.oom_mm`: the raw
+    /// `signal_generate` program can run.
     pub const TASK: u32 = 1 << 0;
     /// `task_struct.real_cred` -> `cred.uid`, `signal_struct.oom_score_adj`.
     pub const CRED: u32 = 1 << 1;
@@ -199,8 +207,7 @@ pub struct Config {
     pub oc_nodemask: u32,
     pub oc_gfp_mask: u32,
     pub oc_totalpages: u32,
-    /// `kernel_siginfo.si_code`, `signal_struct.oom_mm` (feature::TASK).
-    pub siginfo_code: u32,
+    /// `signal_struct.oom_mm` (feature::TASK).
     pub signal_oom_mm: u32,
     /// 1 when the raw `mark_victim` arguments are `(task, uid)` (new layout), 0 for `(pid)`.
     pub mark_raw_task: u32,
@@ -213,11 +220,13 @@ pub struct Config {
     pub mm_rss_shmem: u32,
     pub mm_pgtables_bytes: u32,
     pub page_kb: u32,
+    /// Explicit padding: the window below is 8-aligned.
+    pub _padding: u32,
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
 const _: () = assert!(size_of::<Config>() == 216);
-// No implicit padding: 52 offsets of 4 bytes, then the window.
+// No implicit padding: 51 offsets of 4 bytes and the padding, then the window.
 const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 52 * 4);
 
 /// What the signal programs remember for the task that sent an OOM-style SIGKILL.

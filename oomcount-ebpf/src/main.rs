@@ -84,7 +84,6 @@ static OOMCOUNT_CONFIG: Config = Config {
     oc_nodemask: 0,
     oc_gfp_mask: 0,
     oc_totalpages: 0,
-    siginfo_code: 0,
     signal_oom_mm: 0,
     mark_raw_task: 0,
     task_mm: 0,
@@ -94,6 +93,7 @@ static OOMCOUNT_CONFIG: Config = Config {
     mm_rss_shmem: 0,
     mm_pgtables_bytes: 0,
     page_kb: 4,
+    _padding: 0,
     pair_window_ns: 0,
 };
 
@@ -253,18 +253,16 @@ fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
     if group as i32 == 0 {
         return Ok(());
     }
-    let cfg = config();
-    // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are not pointers: the tracepoint itself turns
-    // them into SI_USER and SI_KERNEL.
+    // The OOM killer sends its SIGKILL with SEND_SIG_PRIV (1; SEND_SIG_FORCED, 2, before 4.20),
+    // which is not a pointer: the tracepoint turns it into SI_KERNEL. A signal that comes with a
+    // real siginfo is never the OOM killer's, whatever its si_code: `rt_sigqueueinfo` lets any
+    // process send itself SIGKILL with SI_KERNEL, and such forged signals must take no pending
+    // entry (they would push real kills' signals out of the LRU) and count nothing.
     let info: u64 = ctx.arg(1);
-    let code = match info {
-        0 => 0,
-        1 => SI_KERNEL,
-        _ => read::<i32>(info, cfg.siginfo_code)?,
-    };
-    if code != SI_KERNEL {
+    if info != 1 && info != 2 {
         return Ok(());
     }
+    let cfg = config();
     let task: u64 = ctx.arg(2);
     let pid: i32 = read(task, cfg.task_pid)?;
     let comm: Comm = read(task, cfg.task_comm)?;
@@ -283,13 +281,10 @@ fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), i32> {
             let again = core::ptr::addr_of_mut!((*scratch).again);
             core::ptr::write_volatile(again, task);
             OOMCOUNT_KILL_PROG.tail_call(ctx, 0);
-            // No program to call (it is set before this one is attached): the kill still counts,
-            // its event is lost.
+            // No program to call (it is set before this one is attached): an `again` kill counts
+            // only where its `oom_control` is found, which only that program looks for.
             core::ptr::write_volatile(again, 0);
         }
-        bump(counter::KILLS);
-        bump(counter::EVENTS_DROPPED);
-        bump(counter::KILL_EVENTS_DROPPED);
     }
     Ok(())
 }
@@ -467,8 +462,19 @@ fn mark<const LOOP: bool>(
     }
     if is_kill {
         oom = count_kill::<LOOP>(cfg, victim.task, anchor);
+        if !oom.found && again_victim() != 0 {
+            // Not the OOM killer's: see count_kill.
+            return;
+        }
     }
-    emit(cfg, now, pid, is_kill, |cfg, event| {
+    // Which split counter a lost kill event bumps, so that the rules can weigh it with its
+    // constraint; out of range (no counter) where the constraint is unknown.
+    let dropped_as = match (is_kill && oom.found, oom.memcg != 0) {
+        (false, _) => u32::MAX,
+        (true, true) => counter::KILL_EVENTS_DROPPED_MEMCG,
+        (true, false) => counter::KILL_EVENTS_DROPPED_GLOBAL,
+    };
+    emit(cfg, now, pid, is_kill, dropped_as, |cfg, event| {
         fill(cfg, event);
         if is_kill {
             event.kind = kind::KILL;
@@ -485,29 +491,43 @@ fn mark<const LOOP: bool>(
 /// when the ring buffer is full.
 #[inline(always)]
 fn count_kill<const LOOP: bool>(cfg: &Config, task: u64, anchor: u64) -> OomControl {
-    bump(counter::KILLS);
     let mut oom = OomControl::default();
     if task != 0 && anchor != 0 && cfg.features & feature::OOM_CONTROL != 0 {
         let _ = read_oom_control::<LOOP>(cfg, task, anchor, &mut oom);
-        if oom.found {
-            bump(if oom.memcg != 0 {
-                counter::KILLS_MEMCG
-            } else {
-                counter::KILLS_GLOBAL
-            });
-        }
+    }
+    // An `again` kill is a kill only where the OOM killer's own `oom_control` chose the task:
+    // other kernel SIGKILLs reach OOM victims too (a pid namespace's teardown, say), and the
+    // kernel counts none of them.
+    if !oom.found && again_victim() != 0 {
+        return oom;
+    }
+    bump(counter::KILLS);
+    if oom.found {
+        bump(if oom.memcg != 0 {
+            counter::KILLS_MEMCG
+        } else {
+            counter::KILLS_GLOBAL
+        });
     }
     oom
 }
 
 /// Sends one event about `pid` (a kill's when `kill`): the common fields here, the rest by
-/// `fill`; a full ring buffer is counted.
+/// `fill`; a full ring buffer is counted, a lost kill also in `dropped_as` (where in range).
 #[inline(always)]
-fn emit(cfg: &Config, now: u64, pid: u32, kill: bool, fill: impl FnOnce(&Config, &mut Event)) {
+fn emit(
+    cfg: &Config,
+    now: u64,
+    pid: u32,
+    kill: bool,
+    dropped_as: u32,
+    fill: impl FnOnce(&Config, &mut Event),
+) {
     let Some(mut entry) = OOMCOUNT_EVENTS.reserve::<Event>(0) else {
         bump(counter::EVENTS_DROPPED);
         if kill {
             bump(counter::KILL_EVENTS_DROPPED);
+            bump(dropped_as);
         }
         return;
     };

@@ -106,8 +106,8 @@ pub struct Rules {
     pub window: Duration,
     /// `constraint`, default `global`: which kills `max_kills` counts.
     pub constraint: Scope,
-    /// `critical`, default none: one kill of a process with one of these names (`comm`) is
-    /// unrecoverable.
+    /// `critical`, default none: one kill of a process matching one of these is unrecoverable:
+    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::rules::Critical`]).
     pub critical: Vec<String>,
     /// `critical_top`, default 0 (off): degraded while a critical process is among this many
     /// likely next victims (by `oom_score`).
@@ -237,22 +237,15 @@ impl Config {
                 "is a percentage: 0 to 100 (100 for off)".to_owned(),
             );
         }
-        if let Some(name) = rules.critical.iter().find(|name| !valid_comm(name)) {
-            return fail(
-                "rules",
-                "critical",
-                format!(
-                    "{name:?} is not a process name: 1 to 15 bytes, as in /proc/PID/comm (longer names are cut there)"
-                ),
-            );
+        if let Some(err) = rules
+            .critical
+            .iter()
+            .find_map(|entry| crate::rules::Critical::parse(entry).err())
+        {
+            return fail("rules", "critical", err);
         }
         Ok(())
     }
-}
-
-/// A name the kernel's `comm` can hold: the kernel keeps 15 bytes.
-fn valid_comm(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 15 && !name.contains('\0')
 }
 
 /// An error at byte `at` of `text`: its line, and the key written there (or the table's).

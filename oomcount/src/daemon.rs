@@ -31,7 +31,7 @@ use crate::{
     keeper::Keeper,
     probe::{Origin, Probe, ProbeError},
     protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
-    rules::Kill,
+    rules::{Kill, Unseen},
     system,
 };
 
@@ -97,9 +97,39 @@ struct History {
     received: u64,
     kills_received: u64,
     drops_seen: u64,
-    /// `kill_events_dropped` when last looked at: each new one is a kill the rules weigh
-    /// without its details.
-    kill_events_dropped: u64,
+    /// Where kills that reach the daemon only as counts are read, and the reading last weighed.
+    unseen: UnseenSource,
+}
+
+/// Kills the rules weigh without their events, as a (total, memcg, global) triple of kernel
+/// counters: while events flow, the lost kill events; once the ring buffer has failed, every
+/// kill (no event will come).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnseenSource {
+    Dropped([u64; 3]),
+    AllKills([u64; 3]),
+}
+
+impl UnseenSource {
+    fn read(self, c: &crate::probe::Counters) -> [u64; 3] {
+        match self {
+            UnseenSource::Dropped(_) => [
+                c.kill_events_dropped,
+                c.kill_events_dropped_memcg,
+                c.kill_events_dropped_global,
+            ],
+            UnseenSource::AllKills(_) => [c.kills, c.kills_memcg, c.kills_global],
+        }
+    }
+
+    /// The kills counted since the last look, and the source moved past them.
+    fn take(&mut self, c: &crate::probe::Counters) -> Unseen {
+        let now = self.read(c);
+        let (UnseenSource::Dropped(last) | UnseenSource::AllKills(last)) = self;
+        let unseen = Unseen::between(*last, now);
+        *last = now;
+        unseen
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -132,7 +162,12 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         .filter(|&ns| ns != 0)
         .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
     let keeper = Keeper::new(&options.config, options.dry_run, latched)?;
-    let kill_events_dropped = probe.counters().map_or(0, |c| c.kill_events_dropped);
+    let start = probe.counters().ok();
+    let unseen = UnseenSource::Dropped([0; 3]);
+    let unseen = match &start {
+        Some(c) => UnseenSource::Dropped(unseen.read(c)),
+        None => unseen,
+    };
     let events = probe.take_events().expect("a fresh probe has its events");
     let origin = probe.origin();
     // The sequence and the drops already reported go on where the previous daemon left them.
@@ -148,7 +183,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             received: 0,
             kills_received: 0,
             drops_seen,
-            kill_events_dropped,
+            unseen,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
         keeper: Mutex::new(keeper),
@@ -173,8 +208,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let mut events = match registered {
         Ok(events) => Some(events),
         Err(err) => {
-            log::error!(
-                "cannot watch the event ring buffer ({err}); counting goes on, kills are not logged"
+            ring_failed(
+                &shared,
+                &format!("cannot watch the event ring buffer ({err})"),
             );
             None
         }
@@ -193,6 +229,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick(&mut keepalive) => {
+                weigh_unseen(&shared);
                 let mut keeper = lock_keeper(&shared);
                 keeper.tick();
                 keep_latch(&shared, &mut keeper);
@@ -224,7 +261,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                     }
                 }
                 Err(err) => {
-                    log::error!("event ring buffer: {err}; counting goes on, kills are no longer logged");
+                    ring_failed(&shared, &format!("event ring buffer: {err}"));
                     events = None;
                 }
             },
@@ -287,6 +324,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) -> bool {
                 pid: event.pid,
                 comm: event.comm.clone(),
                 constraint: event.constraint.clone(),
+                cgroup: event.cgroup.clone(),
             });
         } else {
             log::debug!("{}", event.line());
@@ -310,20 +348,8 @@ fn settle(shared: &Shared) {
     let mut probe = lock_probe(shared);
     let counters = probe.counters().ok();
     let mut keeper = lock_keeper(shared);
-    if let Some(counters) = &counters
-        && counters.kill_events_dropped > history.kill_events_dropped
-    {
-        // Kills whose events were lost still count: their name and constraint are unknown.
-        let now = crate::event::monotonic();
-        for _ in history.kill_events_dropped..counters.kill_events_dropped {
-            keeper.kill(Kill {
-                at: now,
-                pid: 0,
-                comm: None,
-                constraint: None,
-            });
-        }
-        history.kill_events_dropped = counters.kill_events_dropped;
+    if let Some(counters) = &counters {
+        feed_unseen(&mut history, &mut keeper, counters);
     }
     // Judged at once: an unrecoverable kill stops the very next keepalive.
     keeper.judge();
@@ -350,6 +376,49 @@ fn settle(shared: &Shared) {
     drop(probe);
     drop(history);
     publish_stat(shared);
+}
+
+/// Hands the rules the kills the kernel counted that reached the daemon only as counts (their
+/// events lost), with the constraint the kernel's split gives them.
+fn feed_unseen(history: &mut History, keeper: &mut Keeper, counters: &crate::probe::Counters) {
+    let unseen = history.unseen.take(counters);
+    if unseen != Unseen::default() {
+        log::debug!("kills weighed without their events: {unseen:?}");
+        for kill in unseen.kills(crate::event::monotonic()) {
+            keeper.kill(kill);
+        }
+    }
+}
+
+/// Reads the counters and weighs the kills that came only as counts: where events flow, settle
+/// does this after each batch; once the ring buffer has failed, at each keepalive and verdict.
+fn weigh_unseen(shared: &Shared) {
+    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(history.unseen, UnseenSource::AllKills(_)) {
+        return;
+    }
+    let Ok(counters) = lock_probe(shared).counters() else {
+        return;
+    };
+    feed_unseen(&mut history, &mut lock_keeper(shared), &counters);
+}
+
+/// The ring buffer cannot be read: kills still count, and from now on reach the rules from the
+/// kernel's counters (with their constraint, without names); the verdict says so, never healthy.
+fn ring_failed(shared: &Shared, why: &str) {
+    log::error!(
+        "{why}; counting goes on and the rules weigh kills from the kernel's counters, but kills are no longer logged"
+    );
+    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(counters) = lock_probe(shared).counters() {
+        // The lost events seen so far are weighed; from here every kill is read as a count.
+        feed_unseen(&mut history, &mut lock_keeper(shared), &counters);
+        history.unseen =
+            UnseenSource::AllKills([counters.kills, counters.kills_memcg, counters.kills_global]);
+    }
+    lock_keeper(shared).fault(format!(
+        "{why}: kills are weighed from the kernel's counters, without names (restart the daemon)"
+    ));
 }
 
 /// Keeps an unrecoverable verdict the keeper just reached with the pins, for any later daemon.
@@ -467,6 +536,7 @@ fn answer(request: &Request, shared: &Shared) -> Response {
         }
         Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
         Request::Verdict => {
+            weigh_unseen(shared);
             let mut keeper = lock_keeper(shared);
             let verdict = keeper.judge();
             keep_latch(shared, &mut keeper);
@@ -492,6 +562,7 @@ fn count_reply(shared: &Shared) -> io::Result<CountReply> {
         kills_global: counters.kills_global,
         events_dropped: counters.events_dropped,
         kill_events_dropped: counters.kill_events_dropped,
+        oom_signals: counters.oom_signals,
         events_received: history.received,
         kill_events_received: history.kills_received,
         attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),

@@ -220,6 +220,11 @@ impl Keeper {
         self.monitor.kill(kill);
     }
 
+    /// States a fault that leaves the rules in part blind: never healthy from now on.
+    pub fn fault(&mut self, reason: String) {
+        self.monitor.fault(reason);
+    }
+
     /// Judges now, from memory and processes as they are now, logging each change of health
     /// once.
     pub fn judge(&mut self) -> Verdict {
@@ -426,6 +431,7 @@ mod tests {
             pid: 42,
             comm: Some("xenstored".into()),
             constraint: Some("memcg".into()),
+            cgroup: None,
         });
         let verdict = keeper.judge_with(Duration::from_secs(2), Pressure::default(), &[]);
         assert_eq!(verdict.health, Health::Unrecoverable);

@@ -16,7 +16,6 @@ const STRUCTS: &[&str] = &[
     "cgroup",
     "kernfs_node",
     "oom_control",
-    "kernel_siginfo",
     "mm_struct",
     "mm_rss_stat",
     "percpu_counter",
@@ -47,7 +46,6 @@ const MEMBERS: &[&str] = &[
     "nodemask",
     "gfp_mask",
     "totalpages",
-    "si_code",
     "oom_mm",
     "mm",
     "total_vm",
@@ -75,22 +73,13 @@ pub fn fill(config: &mut Config) {
 /// Fills `config` from `btf`; separate from [`fill`] so that tests can hand in any BTF.
 pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
     let off = |s: &str, m: &str| btf.member_offset(s, m);
-    if let (
-        Some(pid),
-        Some(tgid),
-        Some(comm),
-        Some(leader),
-        Some(signal),
-        Some(oom_mm),
-        Some(code),
-    ) = (
+    if let (Some(pid), Some(tgid), Some(comm), Some(leader), Some(signal), Some(oom_mm)) = (
         off("task_struct", "pid"),
         off("task_struct", "tgid"),
         off("task_struct", "comm"),
         off("task_struct", "group_leader"),
         off("task_struct", "signal"),
         off("signal_struct", "oom_mm"),
-        off("kernel_siginfo", "si_code"),
     ) {
         config.task_pid = pid;
         config.task_tgid = tgid;
@@ -98,7 +87,6 @@ pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
         config.task_group_leader = leader;
         config.task_signal = signal;
         config.signal_oom_mm = oom_mm;
-        config.siginfo_code = code;
         config.features |= feature::TASK;
     }
     if let (true, Some(real_cred), Some(uid), Some(adj)) = (
@@ -264,10 +252,6 @@ mod tests {
             feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL | feature::MM;
         assert_eq!(config.features, all, "{config:?}");
         assert_eq!(config.task_tgid, config.task_pid + 4);
-        assert_eq!(
-            config.siginfo_code, 8,
-            "si_code follows si_signo and si_errno"
-        );
     }
 
     #[test]

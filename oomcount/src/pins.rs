@@ -135,6 +135,7 @@ impl Pinned {
             counter::ATTACHED_AT_NS,
             counter::SEQ,
             counter::DROPS_SEEN,
+            counter::KILL_EVENTS_DROPPED_GLOBAL,
         ]) {
             let value = self
                 .counters

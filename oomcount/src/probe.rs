@@ -79,6 +79,9 @@ pub struct Counters {
     pub oom_signals: u64,
     pub kills_memcg: u64,
     pub kills_global: u64,
+    /// Of `kill_events_dropped`, those the kernel split as memcg and as other (global) kills.
+    pub kill_events_dropped_memcg: u64,
+    pub kill_events_dropped_global: u64,
 }
 
 /// How the probe came to be attached.
@@ -323,6 +326,8 @@ pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeE
         oom_signals: read(counter::OOM_SIGNALS)?,
         kills_memcg: read(counter::KILLS_MEMCG)?,
         kills_global: read(counter::KILLS_GLOBAL)?,
+        kill_events_dropped_memcg: read(counter::KILL_EVENTS_DROPPED_MEMCG)?,
+        kill_events_dropped_global: read(counter::KILL_EVENTS_DROPPED_GLOBAL)?,
     })
 }
 

@@ -89,6 +89,10 @@ pub struct CountReply {
     /// Events this daemon received from the kernel, and of them, kills.
     pub events_received: u64,
     pub kill_events_received: u64,
+    /// SIGKILLs the OOM killer sent (`signal_generate` as only the kernel sends it): one per
+    /// kill, plus the processes that shared a victim's memory.
+    #[serde(default)]
+    pub oom_signals: u64,
     /// When the probe was attached (RFC 3339, UTC).
     pub attached_at: String,
     /// `/proc/vmstat` `oom_kill`: the kernel's count since boot; absent before Linux 4.13.
@@ -241,6 +245,7 @@ mod tests {
             kills_global: 0,
             events_dropped: 0,
             kill_events_dropped: 0,
+            oom_signals: 0,
             events_received: 5,
             kill_events_received: 3,
             attached_at: "2026-11-26T05:00:00Z".into(),

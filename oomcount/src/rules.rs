@@ -33,6 +33,115 @@ pub struct Kill {
     pub comm: Option<String>,
     /// `global`, `memcg`, `cpuset`, `mempolicy`; `None` where unknown.
     pub constraint: Option<String>,
+    /// The victim's memory cgroup path, as the kernel named it; `None` where unknown.
+    pub cgroup: Option<String>,
+}
+
+/// One entry of `critical`: what makes a victim's kill unrecoverable, and what that trusts.
+///
+/// - `NAME` or `comm:NAME`: the victim's `comm`. Any process can give itself any comm
+///   (`prctl(PR_SET_NAME)`, or the name of the file it runs), so a user who can get a process
+///   OOM-killed (in a memory cgroup delegated to them, say) can make this rule fire.
+/// - `cgroup:/PATH`: the victim's memory cgroup is PATH or below it. The kernel gives the path;
+///   only who may create cgroups there can match it (for `/system.slice/...`, root).
+/// - `unit:NAME.service` (or `.scope`): a system unit, i.e. `cgroup:/system.slice/NAME.service`.
+///   A unit of the same name under a user's slice does not match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Critical {
+    Comm(String),
+    Cgroup(String),
+}
+
+impl Critical {
+    /// Parses one `critical` entry, or says what is wrong with it.
+    pub fn parse(entry: &str) -> Result<Critical, String> {
+        if let Some(path) = entry.strip_prefix("cgroup:") {
+            let path = path.trim_end_matches('/');
+            if !path.starts_with('/') || path.contains("//") || path.contains('\0') {
+                return Err(format!(
+                    "{entry:?}: a cgroup is an absolute path, such as cgroup:/system.slice/xenstored.service"
+                ));
+            }
+            return Ok(Critical::Cgroup(path.to_owned()));
+        }
+        if let Some(unit) = entry.strip_prefix("unit:") {
+            let valid = !unit.is_empty()
+                && !unit.contains('/')
+                && (unit.ends_with(".service") || unit.ends_with(".scope"));
+            if !valid {
+                return Err(format!(
+                    "{entry:?}: a unit is a name such as unit:xenstored.service (.service or .scope)"
+                ));
+            }
+            return Ok(Critical::Cgroup(format!("/system.slice/{unit}")));
+        }
+        let comm = entry.strip_prefix("comm:").unwrap_or(entry);
+        if comm.is_empty() || comm.len() > 15 || comm.contains('\0') {
+            return Err(format!(
+                "{comm:?} is not a process name: 1 to 15 bytes, as in /proc/PID/comm (longer names are cut there); or use cgroup:/PATH or unit:NAME.service"
+            ));
+        }
+        Ok(Critical::Comm(comm.to_owned()))
+    }
+
+    /// Whether a victim with this comm and memory cgroup matches.
+    pub fn matches(&self, comm: Option<&str>, cgroup: Option<&str>) -> bool {
+        match self {
+            Critical::Comm(name) => comm == Some(name.as_str()),
+            Critical::Cgroup(path) => cgroup.is_some_and(|cgroup| {
+                cgroup
+                    .strip_prefix(path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }),
+        }
+    }
+}
+
+/// Kills the kernel counted whose events never reached the daemon, split by the kernel's own
+/// reading of their constraint (its `oom_control`): the rules weigh them as they would the
+/// events, so that lost events never make the verdict fail open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unseen {
+    pub memcg: u64,
+    /// Not a memory cgroup's limit: the whole machine, or (rarely) a cpuset or memory policy,
+    /// which the kernel-side split does not tell apart; weighed as `global`.
+    pub global: u64,
+    /// Constraint unknown (no `oom_control` found, or older programs without the split).
+    pub unknown: u64,
+}
+
+impl Unseen {
+    /// The growth between two readings of a (total, memcg, global) triple of kernel counters:
+    /// the lost kill events and their split, or where no event arrives at all (the ring buffer
+    /// failed), the kills and theirs. The split never claims more than the total grew.
+    pub fn between(before: [u64; 3], after: [u64; 3]) -> Unseen {
+        let grew = |i: usize| after[i].saturating_sub(before[i]);
+        let total = grew(0);
+        let memcg = grew(1).min(total);
+        let global = grew(2).min(total - memcg);
+        Unseen {
+            memcg,
+            global,
+            unknown: total - memcg - global,
+        }
+    }
+
+    /// One [`Kill`] each, at `at`, without a name or pid.
+    pub fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
+        let kill = move |constraint: Option<&str>| Kill {
+            at,
+            pid: 0,
+            comm: None,
+            constraint: constraint.map(str::to_owned),
+            cgroup: None,
+        };
+        std::iter::repeat_n(kill(Some("memcg")), self.memcg as usize)
+            .chain(std::iter::repeat_n(
+                kill(Some("global")),
+                self.global as usize,
+            ))
+            .chain(std::iter::repeat_n(kill(None), self.unknown as usize))
+    }
 }
 
 /// Memory as sampled at one keepalive; `None` where the kernel does not say.
@@ -96,20 +205,38 @@ impl Verdict {
 #[derive(Debug)]
 pub struct Monitor {
     rules: Rules,
+    /// `rules.critical`, parsed (the config was validated: an entry that does not parse is
+    /// left out).
+    critical: Vec<Critical>,
     kills: VecDeque<Kill>,
     /// When memory was last strained, and how.
     strain: Option<(Duration, String)>,
     latched: Option<Verdict>,
+    /// A fault that leaves the rules blind in part (the event ring buffer failed): never
+    /// healthy while it lasts.
+    fault: Option<String>,
 }
 
 impl Monitor {
     pub fn new(rules: Rules) -> Self {
+        let critical = rules
+            .critical
+            .iter()
+            .filter_map(|entry| Critical::parse(entry).ok())
+            .collect();
         Self {
             rules,
+            critical,
             kills: VecDeque::new(),
             strain: None,
             latched: None,
+            fault: None,
         }
+    }
+
+    /// States a fault: the verdict is at least degraded, with `reason`, from now on.
+    pub fn fault(&mut self, reason: String) {
+        self.fault = Some(reason);
     }
 
     pub fn rules(&self) -> &Rules {
@@ -119,7 +246,14 @@ impl Monitor {
     /// Records a kill; the next [`Monitor::judge`] weighs it.
     pub fn kill(&mut self, kill: Kill) {
         if self.kills.len() == MAX_REMEMBERED {
-            self.kills.pop_front();
+            // Room is made at the expense of the kills the rules do not count, oldest first, so
+            // that a burst of them never pushes a counted kill out of the window.
+            let evict = self
+                .kills
+                .iter()
+                .position(|k| !self.counted(k))
+                .unwrap_or(0);
+            self.kills.remove(evict);
         }
         // Kills arrive in order but for the per-CPU ring buffer's rare reordering: keep sorted.
         let at = self.kills.partition_point(|k| k.at <= kill.at);
@@ -132,9 +266,9 @@ impl Monitor {
     }
 
     fn critical(&self, kill: &Kill) -> bool {
-        kill.comm
-            .as_ref()
-            .is_some_and(|comm| self.rules.critical.iter().any(|c| c == comm))
+        self.critical
+            .iter()
+            .any(|c| c.matches(kill.comm.as_deref(), kill.cgroup.as_deref()))
     }
 
     /// The verdict at `now` (CLOCK_MONOTONIC), given memory now and the likely next victims'
@@ -161,9 +295,13 @@ impl Monitor {
             .find(|k| self.critical(k))
         {
             return self.latch(format!(
-                "critical process {} (pid {}) was OOM-killed {} ago",
+                "critical process {} (pid {}{}) was OOM-killed {} ago",
                 kill.comm.as_deref().unwrap_or("?"),
                 kill.pid,
+                kill.cgroup
+                    .as_deref()
+                    .map(|c| format!(", cgroup {c}"))
+                    .unwrap_or_default(),
                 ago(now, kill.at)
             ));
         }
@@ -210,11 +348,18 @@ impl Monitor {
                 format!("{strain} {} ago", ago(now, *at))
             });
         }
+        if let Some(fault) = &self.fault {
+            return Verdict::degraded(fault.clone());
+        }
         if let Some((rank, name)) = likely
             .iter()
             .take(self.rules.critical_top)
             .enumerate()
-            .find(|(_, name)| self.rules.critical.contains(name))
+            .find(|(_, name)| {
+                self.critical
+                    .iter()
+                    .any(|c| matches!(c, Critical::Comm(comm) if comm == *name))
+            })
         {
             return Verdict::degraded(format!(
                 "critical process {name} is likely OOM victim #{} (critical_top = {})",
@@ -295,6 +440,7 @@ mod tests {
             pid: 1000 + at_secs as u32,
             comm: Some(comm.to_owned()),
             constraint: constraint.map(str::to_owned),
+            cgroup: None,
         }
     }
 
@@ -607,8 +753,192 @@ mod tests {
                 pid: 1,
                 comm: None,
                 constraint: Some("global".to_owned()),
+                cgroup: None,
             });
         }
         assert_eq!(monitor.kills.len(), MAX_REMEMBERED);
+    }
+
+    #[test]
+    fn unseen_kills_take_the_kernels_split() {
+        // (before, after, expected): totals, memcg and global grow independently; the split
+        // never claims more than the total grew, and what it does not explain is unknown.
+        let rows = [
+            ([0, 0, 0], [0, 0, 0], (0, 0, 0)),
+            ([5, 2, 3], [9, 3, 5], (1, 2, 1)),
+            ([0, 0, 0], [4, 0, 4], (0, 4, 0)),
+            ([0, 0, 0], [4, 4, 0], (4, 0, 0)),
+            // Programs without the split (adopted older pins): all unknown.
+            ([7, 0, 0], [10, 0, 0], (0, 0, 3)),
+            // A split counter ahead of the total (read between two bumps): capped.
+            ([0, 0, 0], [1, 2, 2], (1, 0, 0)),
+            // Counters that went back (pins replaced): nothing, never a wrap.
+            ([9, 9, 9], [1, 1, 1], (0, 0, 0)),
+        ];
+        for (before, after, (memcg, global, unknown)) in rows {
+            let unseen = Unseen::between(before, after);
+            assert_eq!(
+                unseen,
+                Unseen {
+                    memcg,
+                    global,
+                    unknown
+                },
+                "{before:?} -> {after:?}"
+            );
+            let kills: Vec<Kill> = unseen.kills(Duration::from_secs(1)).collect();
+            assert_eq!(kills.len() as u64, memcg + global + unknown);
+            let with = |c: Option<&str>| {
+                kills
+                    .iter()
+                    .filter(|k| k.constraint.as_deref() == c)
+                    .count() as u64
+            };
+            assert_eq!(with(Some("memcg")), memcg);
+            assert_eq!(with(Some("global")), global);
+            assert_eq!(with(None), unknown);
+        }
+    }
+
+    #[test]
+    fn global_kills_whose_events_were_all_lost_trip_max_kills() {
+        // max_kills = 3, constraint = global: four lost global kills, known only as counts.
+        let mut monitor = Monitor::new(rules());
+        for kill in Unseen::between([0, 0, 0], [4, 0, 4]).kills(Duration::from_secs(100)) {
+            monitor.kill(kill);
+        }
+        let verdict = monitor.judge(Duration::from_secs(101), calm(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
+        // The same four as memcg kills count nothing toward a global rule.
+        let mut monitor = Monitor::new(rules());
+        for kill in Unseen::between([0, 0, 0], [4, 4, 0]).kills(Duration::from_secs(100)) {
+            monitor.kill(kill);
+        }
+        let verdict = monitor.judge(Duration::from_secs(101), calm(), &[]);
+        assert_ne!(verdict.health, Health::Unrecoverable, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_fault_is_never_healthy_and_never_hides_worse() {
+        let mut monitor = Monitor::new(rules());
+        monitor.fault("event ring buffer failed".to_owned());
+        let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
+        assert_eq!(verdict.health, Health::Degraded);
+        assert!(verdict.reason.contains("ring buffer"), "{verdict:?}");
+        for at in 0..4 {
+            monitor.kill(kill(9_990 + at, "x", Some("global")));
+        }
+        let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
+    }
+
+    #[test]
+    fn critical_entries_parse_and_match() {
+        let ok = |e: &str| Critical::parse(e).unwrap();
+        assert_eq!(ok("xenstored"), Critical::Comm("xenstored".into()));
+        assert_eq!(ok("comm:xenstored"), Critical::Comm("xenstored".into()));
+        assert_eq!(
+            ok("unit:xenstored.service"),
+            Critical::Cgroup("/system.slice/xenstored.service".into())
+        );
+        assert_eq!(
+            ok("cgroup:/machine.slice/"),
+            Critical::Cgroup("/machine.slice".into())
+        );
+        for bad in [
+            "",
+            "a-name-longer-than-15",
+            "cgroup:relative",
+            "cgroup:",
+            "cgroup:/a//b",
+            "unit:",
+            "unit:xenstored",
+            "unit:a/b.service",
+        ] {
+            assert!(Critical::parse(bad).is_err(), "{bad:?} parsed");
+        }
+        let unit = ok("unit:xenstored.service");
+        // (comm, cgroup, matches)
+        let rows = [
+            (
+                Some("xenstored"),
+                Some("/system.slice/xenstored.service"),
+                true,
+            ),
+            (
+                Some("anything"),
+                Some("/system.slice/xenstored.service/sub"),
+                true,
+            ),
+            // A user's own unit of that name, a lookalike sibling, a truncated path, no path.
+            (
+                Some("xenstored"),
+                Some("/user.slice/user-1000.slice/user@1000.service/xenstored.service"),
+                false,
+            ),
+            (
+                Some("xenstored"),
+                Some("/system.slice/xenstored.service2"),
+                false,
+            ),
+            (
+                Some("xenstored"),
+                Some("/.../system.slice/xenstored.service"),
+                false,
+            ),
+            (Some("xenstored"), None, false),
+        ];
+        for (comm, cgroup, expected) in rows {
+            assert_eq!(unit.matches(comm, cgroup), expected, "{comm:?} {cgroup:?}");
+        }
+        let comm = ok("xenstored");
+        assert!(comm.matches(Some("xenstored"), None));
+        assert!(!comm.matches(Some("xenstore"), Some("/system.slice/xenstored.service")));
+    }
+
+    #[test]
+    fn a_critical_unit_is_judged_by_cgroup_not_by_name() {
+        let mut monitor = Monitor::new(Rules {
+            critical: vec!["unit:xenstored.service".to_owned()],
+            ..rules()
+        });
+        // A user's process renamed xenstored, killed in the user's own cgroup: memcg, no effect.
+        monitor.kill(Kill {
+            cgroup: Some("/user.slice/user-1000.slice/session-1.scope".into()),
+            ..kill(9_999, "xenstored", Some("memcg"))
+        });
+        let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
+        assert_ne!(verdict.health, Health::Unrecoverable, "{verdict:?}");
+        monitor.kill(Kill {
+            cgroup: Some("/system.slice/xenstored.service".into()),
+            ..kill(9_999, "xenstored", Some("memcg"))
+        });
+        let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
+        assert!(
+            verdict
+                .reason
+                .contains("cgroup /system.slice/xenstored.service"),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn uncounted_kills_never_push_a_counted_one_out() {
+        // constraint = global, max_kills = 3: four global kills, then a storm of memcg kills
+        // that fills the memory many times over; the four stay and trip the rule.
+        let mut monitor = Monitor::new(rules());
+        for at in 0..4 {
+            monitor.kill(kill(1_000 + at, "g", Some("global")));
+        }
+        for i in 0..3 * MAX_REMEMBERED as u64 {
+            monitor.kill(Kill {
+                at: Duration::from_secs(1_010) + Duration::from_micros(i),
+                ..kill(0, "m", Some("memcg"))
+            });
+        }
+        assert_eq!(monitor.kills.len(), MAX_REMEMBERED);
+        let verdict = monitor.judge(Duration::from_secs(1_020), calm(), &[]);
+        assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
     }
 }

@@ -73,6 +73,7 @@ mod tests {
             kills_global: 1,
             events_dropped: 0,
             kill_events_dropped: 0,
+            oom_signals: 0,
             events_received: 5,
             kill_events_received: 3,
             attached_at: "2026-11-26T05:00:00Z".into(),

@@ -214,6 +214,7 @@ mod tests {
                 kills_global: 0,
                 events_dropped: 0,
                 kill_events_dropped: 0,
+                oom_signals: 0,
                 events_received: 0,
                 kill_events_received: 0,
                 attached_at: "2026-11-26T06:12:48Z".into(),
