@@ -97,7 +97,8 @@ fn one_kill_of_a_critical_process_is_unrecoverable() {
     assert_eq!(run.code, Some(255), "{run:?}");
     assert!(
         run.stdout.starts_with(&format!(
-            "unrecoverable: critical process oc-critical (pid {pid}) was OOM-killed"
+            "unrecoverable: critical process oc-critical (pid {pid}, cgroup {}) was OOM-killed",
+            cg.path()
         )),
         "{run:?}"
     );

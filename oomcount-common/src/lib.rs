@@ -20,8 +20,8 @@ pub const PROG_SIGNAL_GENERATE: &str = "oomcount_signal_generate";
 pub const PROG_SIGNAL_GENERATE_RAW: &str = "oomcount_signal_generate_raw";
 /// `mark_victim` as a raw tracepoint, for kernels whose classic tracepoints cannot be pinned.
 pub const PROG_MARK_VICTIM_RAW: &str = "oomcount_mark_victim_raw";
-/// The same, its search for `oom_control` in a `bpf_loop` (Linux 5.17+): 26k verified
-/// instructions instead of 41k (on 6.18).
+/// The same, its search for `oom_control` in a `bpf_loop` (Linux 5.17+): fewer instructions
+/// for the verifier (README: Benchmarks, Start-up).
 pub const PROG_MARK_VICTIM_RAW_LOOP: &str = "oomcount_mark_victim_raw_loop";
 
 /// Tracepoints the programs attach to, as (category, name).

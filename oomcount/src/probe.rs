@@ -438,8 +438,8 @@ fn load_programs(
 
 /// The build of the raw `mark_victim` program for this kernel: the one whose search for
 /// `oom_control` is a `bpf_loop` where the helper exists (5.17+), which the verifier goes
-/// through in 29 ms instead of 41 (26k instructions instead of 41k, on 6.18: most of the
-/// daemon's start-up); the unrolled one before.
+/// through faster (its figures: README, Benchmarks, Start-up; `-v` logs them each start); the
+/// unrolled one before.
 fn raw_mark_program() -> &'static str {
     use aya::{programs::ProgramType, sys::BpfHelper};
     match aya::sys::is_helper_supported(ProgramType::RawTracePoint, BpfHelper::BPF_FUNC_loop) {
