@@ -148,86 +148,161 @@ pub mod feature {
 /// Where the fields the programs read sit: in each tracepoint's record (read by the user side
 /// from the tracepoints' `format` files) and in kernel structures (read from the kernel's BTF),
 /// handed to the kernel as a global at load time. Layouts differ between kernels (`mark_victim`
-/// had only `pid` before 6.9), so nothing here is ever a compile-time constant.
+/// had only `pid` before 6.9), so nothing here is ever a compile-time constant. Grouped by the
+/// record or structure each offset is in ([`offsets`]); the user side's `offsets.rs` names, once,
+/// the BTF member behind each kernel-structure offset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// `mark_victim`: `int pid`.
-    pub mark_pid: u32,
-    /// `mark_victim`: `__data_loc char[] comm` (new layout), or [`ABSENT`].
-    pub mark_comm: u32,
-    /// `mark_victim`: `unsigned long total_vm, anon_rss, file_rss, shmem_rss, pgtables` (kB).
-    pub mark_total_vm: u32,
-    pub mark_anon_rss: u32,
-    pub mark_file_rss: u32,
-    pub mark_shmem_rss: u32,
-    pub mark_pgtables: u32,
-    /// `mark_victim`: `uid_t uid`.
-    pub mark_uid: u32,
-    /// `mark_victim`: `short oom_score_adj`.
-    pub mark_oom_score_adj: u32,
-    /// `signal_generate`: `int sig`, `int code`, `char comm[16]`, `pid_t pid`, `int group`.
-    pub sig_sig: u32,
-    pub sig_code: u32,
-    pub sig_comm: u32,
-    pub sig_pid: u32,
-    pub sig_group: u32,
-    /// [`feature`] bits.
+    pub mark_victim: offsets::MarkVictim,
+    pub signal_generate: offsets::SignalGenerate,
+    /// [`feature`] bits: which groups of kernel-structure offsets below were all found.
     pub features: u32,
-    /// `task_struct` members (feature::TASK, CRED, CGROUP, OOM_CONTROL).
-    pub task_pid: u32,
-    pub task_tgid: u32,
-    pub task_comm: u32,
-    pub task_group_leader: u32,
-    pub task_real_cred: u32,
-    pub task_signal: u32,
-    pub task_cgroups: u32,
-    pub task_stack: u32,
-    /// `cred.uid`, `signal_struct.oom_score_adj` (feature::CRED).
-    pub cred_uid: u32,
-    pub signal_oom_score_adj: u32,
-    /// `css_set.subsys`, the memory controller's index in it, `cgroup_subsys_state.cgroup`,
-    /// `cgroup.kn`, `kernfs_node` name, parent and id (feature::CGROUP).
-    pub css_set_subsys: u32,
-    pub memory_cgrp_id: u32,
-    pub css_cgroup: u32,
-    pub cgroup_kn: u32,
-    pub kn_name: u32,
-    pub kn_parent: u32,
-    pub kn_id: u32,
-    /// `oom_control` members, and the size of a kernel stack (feature::OOM_CONTROL).
-    pub oc_memcg: u32,
-    pub oc_chosen: u32,
-    pub oc_constraint: u32,
-    pub oc_order: u32,
-    pub thread_size: u32,
-    /// More `oom_control` members, only to tell a real one from stack words that resemble it
-    /// (feature::OOM_CONTROL).
-    pub oc_zonelist: u32,
-    pub oc_nodemask: u32,
-    pub oc_gfp_mask: u32,
-    pub oc_totalpages: u32,
-    /// `signal_struct.oom_mm` (feature::TASK).
-    pub signal_oom_mm: u32,
+    pub task: offsets::Task,
+    pub cred: offsets::Cred,
+    pub signal: offsets::Signal,
+    pub css_set: offsets::CssSet,
+    pub css: offsets::Css,
+    pub cgroup: offsets::Cgroup,
+    pub kernfs_node: offsets::KernfsNode,
+    pub oom_control: offsets::OomControl,
+    pub mm: offsets::Mm,
     /// 1 when the raw `mark_victim` arguments are `(task, uid)` (new layout), 0 for `(pid)`.
     pub mark_raw_task: u32,
-    /// `task_struct.mm`, and in `mm_struct`: total_vm, the anon/file/shmem rss counters and
-    /// pgtables_bytes (feature::MM); kB per page.
-    pub task_mm: u32,
-    pub mm_total_vm: u32,
-    pub mm_rss_anon: u32,
-    pub mm_rss_file: u32,
-    pub mm_rss_shmem: u32,
-    pub mm_pgtables_bytes: u32,
+    /// The size of a kernel stack (feature::OOM_CONTROL).
+    pub thread_size: u32,
+    /// kB per page.
     pub page_kb: u32,
-    /// Explicit padding: the window below is 8-aligned.
-    pub _padding: u32,
     /// See [`PAIR_WINDOW_NS`].
     pub pair_window_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 216);
-// No implicit padding: 51 offsets of 4 bytes and the padding, then the window.
-const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 52 * 4);
+const _: () = assert!(size_of::<Config>() == 208);
+// No implicit padding: 50 offsets of 4 bytes, then the window.
+const _: () = assert!(core::mem::offset_of!(Config, pair_window_ns) == 50 * 4);
+
+/// The groups of [`Config`]: byte offsets of fields in one tracepoint record or one kernel
+/// structure each, all `u32`.
+pub mod offsets {
+    /// `oom/mark_victim`'s record (from tracefs): `int pid`; on the new layout (6.9+ and
+    /// backports) also `__data_loc char[] comm`, `unsigned long total_vm, anon_rss, file_rss,
+    /// shmem_rss, pgtables` (kB), `uid_t uid`, `short oom_score_adj`; else [`crate::ABSENT`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MarkVictim {
+        pub pid: u32,
+        pub comm: u32,
+        pub total_vm: u32,
+        pub anon_rss: u32,
+        pub file_rss: u32,
+        pub shmem_rss: u32,
+        pub pgtables: u32,
+        pub uid: u32,
+        pub oom_score_adj: u32,
+    }
+
+    /// `signal/signal_generate`'s record (from tracefs): `int sig`, `int code`,
+    /// `char comm[16]`, `pid_t pid`, `int group`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SignalGenerate {
+        pub sig: u32,
+        pub code: u32,
+        pub comm: u32,
+        pub pid: u32,
+        pub group: u32,
+    }
+
+    /// `struct task_struct` (feature::TASK: pid .. signal; CRED: real_cred; CGROUP: cgroups;
+    /// OOM_CONTROL: stack; MM: mm).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Task {
+        pub pid: u32,
+        pub tgid: u32,
+        pub comm: u32,
+        pub group_leader: u32,
+        pub real_cred: u32,
+        pub signal: u32,
+        pub cgroups: u32,
+        pub stack: u32,
+        pub mm: u32,
+    }
+
+    /// `struct cred` (feature::CRED).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Cred {
+        pub uid: u32,
+    }
+
+    /// `struct signal_struct` (oom_score_adj: feature::CRED; oom_mm: TASK).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Signal {
+        pub oom_score_adj: u32,
+        pub oom_mm: u32,
+    }
+
+    /// `struct css_set`: `subsys`, and the memory controller's index in it (`memory_cgrp_id`)
+    /// (feature::CGROUP).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CssSet {
+        pub subsys: u32,
+        pub memory_cgrp_id: u32,
+    }
+
+    /// `struct cgroup_subsys_state` (feature::CGROUP).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Css {
+        pub cgroup: u32,
+    }
+
+    /// `struct cgroup` (feature::CGROUP).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Cgroup {
+        pub kn: u32,
+    }
+
+    /// `struct kernfs_node` (feature::CGROUP).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct KernfsNode {
+        pub name: u32,
+        pub parent: u32,
+        pub id: u32,
+    }
+
+    /// `struct oom_control` (feature::OOM_CONTROL): what a kill's constraint and cgroup are read
+    /// from (memcg, chosen, constraint), and what tells a real one from stack words that resemble
+    /// it (the rest).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct OomControl {
+        pub memcg: u32,
+        pub chosen: u32,
+        pub constraint: u32,
+        pub order: u32,
+        pub zonelist: u32,
+        pub nodemask: u32,
+        pub gfp_mask: u32,
+        pub totalpages: u32,
+    }
+
+    /// `struct mm_struct` (feature::MM): total_vm, the anon/file/shmem rss counters (each where
+    /// its count sits) and pgtables_bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Mm {
+        pub total_vm: u32,
+        pub rss_anon: u32,
+        pub rss_file: u32,
+        pub rss_shmem: u32,
+        pub pgtables_bytes: u32,
+    }
+}
 
 /// What the signal programs remember for the task that sent an OOM-style SIGKILL.
 #[repr(C)]

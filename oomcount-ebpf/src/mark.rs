@@ -59,11 +59,11 @@ pub(crate) fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     // Never an `again` kill here (those are tail calls into the raw program): this clears it.
     take_again();
     // SAFETY: as in try_signal_generate.
-    let pid: i32 = unsafe { ctx.read_at(cfg.mark_pid as usize)? };
+    let pid: i32 = unsafe { ctx.read_at(cfg.mark_victim.pid as usize)? };
     // A classic tracepoint's context is its record, not on the stack: no `oom_control` is
     // looked for (its fields stay absent).
     mark::<false>(&cfg, pid as u32, 0, |cfg, event| {
-        if cfg.mark_total_vm != ABSENT {
+        if cfg.mark_victim.total_vm != ABSENT {
             let _ = read_memory_fields(ctx, cfg, event);
         }
     });
@@ -99,14 +99,14 @@ pub(crate) fn try_mark_victim_raw<const LOOP: bool>(ctx: &RawTracePointContext) 
     // layout's branches, such as the read of a second argument the old tracepoint does not have.
     // A tail call from the signal program brings that program's arguments: none are read then.
     let (pid, task, uid) = if again != 0 {
-        (read::<i32>(again, cfg.task_pid)? as u32, again, 0)
+        (read::<i32>(again, cfg.task.pid)? as u32, again, 0)
     } else if cfg.mark_raw_task == 0 {
         let arg: u64 = ctx.arg(0);
         (arg as u32, 0, 0)
     } else {
         let arg: u64 = ctx.arg(0);
         let uid: u64 = ctx.arg(1);
-        (read::<i32>(arg, cfg.task_pid)? as u32, arg, uid as u32)
+        (read::<i32>(arg, cfg.task.pid)? as u32, arg, uid as u32)
     };
     mark::<LOOP>(&cfg, pid, anchor, |cfg, event| {
         // An `again` kill's event has no memory fields (as the signal has none); its uid comes
@@ -149,7 +149,7 @@ pub(crate) fn mark<const LOOP: bool>(
         // The signal program's kill of a task already marked: no mark, no pending signal.
         is_kill = true;
         victim.task = again;
-        comm = read(again, cfg.task_comm).unwrap_or_default();
+        comm = read(again, cfg.task.comm).unwrap_or_default();
     } else {
         bump(counter::MARKED);
         // A mark consumes the task's pending SIGKILL whether or not it matches: a real kill is

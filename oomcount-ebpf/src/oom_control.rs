@@ -43,7 +43,7 @@ pub(crate) fn read_oom_control<const LOOP: bool>(
     anchor: u64,
     oom: &mut OomControl,
 ) -> Result<(), i32> {
-    let leader: u64 = read(task, cfg.task_group_leader)?;
+    let leader: u64 = read(task, cfg.task.group_leader)?;
     // A `memory.oom.group` member is killed by the same OOM killer call as the group's chosen
     // victim, whose `oom_control` names that victim, not the member: the slots holding the task
     // this task's last `oom_control` chose are candidates too (else the victim again).
@@ -64,21 +64,21 @@ pub(crate) fn read_oom_control<const LOOP: bool>(
     let Some(oc) = found else {
         return Ok(());
     };
-    let chosen: u64 = read(oc, cfg.oc_chosen)?;
+    let chosen: u64 = read(oc, cfg.oom_control.chosen)?;
     // SAFETY: as above.
     unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).chosen_by), me);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*scratch).chosen), chosen);
     }
-    let constraint: u32 = read(oc, cfg.oc_constraint)?;
-    oom.memcg = read(oc, cfg.oc_memcg)?;
+    let constraint: u32 = read(oc, cfg.oom_control.constraint)?;
+    oom.memcg = read(oc, cfg.oom_control.memcg)?;
     oom.constraint = constraint as u16;
     oom.found = true;
     if oom.memcg != 0 && cfg.features & feature::CGROUP != 0 {
         // A mem_cgroup begins with its cgroup_subsys_state.
-        let cgroup: u64 = read(oom.memcg, cfg.css_cgroup)?;
-        oom.kn = read(cgroup, cfg.cgroup_kn)?;
-        oom.kn_id = read(oom.kn, cfg.kn_id)?;
+        let cgroup: u64 = read(oom.memcg, cfg.css.cgroup)?;
+        oom.kn = read(cgroup, cfg.cgroup.kn)?;
+        oom.kn_id = read(oom.kn, cfg.kernfs_node.id)?;
     }
     Ok(())
 }
@@ -122,7 +122,7 @@ fn find_oom_control(cfg: &Config, anchor: u64, [a, b, c]: [u64; 3]) -> Option<u6
     }
     let [mut b0, mut b1] = bits;
     // A slot this low cannot hold `chosen`: its `oom_control` would begin below the window.
-    b0 &= u64::MAX << (cfg.oc_chosen / 8 % 64);
+    b0 &= u64::MAX << (cfg.oom_control.chosen / 8 % 64);
     let mut any = false;
     for _ in 0..CANDIDATES {
         // The lowest candidate left: its word index, and it taken out of the set.
@@ -140,14 +140,14 @@ fn find_oom_control(cfg: &Config, anchor: u64, [a, b, c]: [u64; 3]) -> Option<u6
         let i = offset + u64::from((lowest - 1).count_ones());
         // SAFETY: i < WINDOW_WORDS.
         let chosen = unsafe { *window.add(i as usize & (WINDOW_WORDS - 1)) };
-        let oc = (base + i * 8).wrapping_sub(u64::from(cfg.oc_chosen));
+        let oc = (base + i * 8).wrapping_sub(u64::from(cfg.oom_control.chosen));
         // Most candidates fail on their constraint, read here from the window when it holds
         // it, before the copy of the whole `oom_control`.
-        let constraint = (oc + u64::from(cfg.oc_constraint)).wrapping_sub(base) / 8;
+        let constraint = (oc + u64::from(cfg.oom_control.constraint)).wrapping_sub(base) / 8;
         if constraint < WINDOW_WORDS as u64 {
             // SAFETY: constraint < WINDOW_WORDS.
             let word = unsafe { *window.add(constraint as usize & (WINDOW_WORDS - 1)) };
-            if (word >> (cfg.oc_constraint % 8 * 8)) as u32 > 3 {
+            if (word >> (cfg.oom_control.constraint % 8 * 8)) as u32 > 3 {
                 continue;
             }
         }
@@ -173,7 +173,7 @@ fn copy_window(cfg: &Config, anchor: u64) -> Option<(u64, u64, *mut Scratch)> {
     const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
     // SAFETY: helper without preconditions.
     let current = unsafe { bpf_get_current_task() };
-    let stack: u64 = read(current, cfg.task_stack).ok()?;
+    let stack: u64 = read(current, cfg.task.stack).ok()?;
     let top = stack + u64::from(cfg.thread_size);
     if anchor < stack || anchor >= top || !anchor.is_multiple_of(8) || top - stack < WINDOW_BYTES {
         return None;
@@ -249,16 +249,16 @@ extern "C" fn search_word(index: u32, search: *mut core::ffi::c_void) -> i64 {
         return 0;
     }
     // A slot this low cannot hold `chosen`: its `oom_control` would begin below the window.
-    if (i as u64) * 8 < u64::from(cfg.oc_chosen) {
+    if (i as u64) * 8 < u64::from(cfg.oom_control.chosen) {
         return 0;
     }
-    let oc = search.base + i as u64 * 8 - u64::from(cfg.oc_chosen);
+    let oc = search.base + i as u64 * 8 - u64::from(cfg.oom_control.chosen);
     // Most candidates fail on their constraint, read here from the window when it holds it.
-    let constraint = (oc + u64::from(cfg.oc_constraint)).wrapping_sub(search.base) / 8;
+    let constraint = (oc + u64::from(cfg.oom_control.constraint)).wrapping_sub(search.base) / 8;
     if constraint < WINDOW_WORDS as u64 {
         // SAFETY: per-CPU scratch; the index is masked into the window.
         let word = unsafe { (*scratch).window[constraint as usize & (WINDOW_WORDS - 1)] };
-        if (word >> (cfg.oc_constraint % 8 * 8)) as u32 > 3 {
+        if (word >> (cfg.oom_control.constraint % 8 * 8)) as u32 > 3 {
             return 0;
         }
     }
@@ -300,17 +300,17 @@ fn is_oom_control(cfg: &Config, scratch: *mut Scratch, oc: u64, top: u64, chosen
     let word = |offset: u32| unsafe { *copy.add((offset / 8) as usize & (OC_WORDS - 1)) };
     let half = |offset: u32| (word(offset) >> ((offset % 8) * 8)) as u32;
     let kernel_or_null = |pointer: u64| pointer == 0 || (pointer as i64) < 0;
-    let constraint = half(cfg.oc_constraint);
-    let order = half(cfg.oc_order) as i32;
-    let memcg = word(cfg.oc_memcg);
-    let zonelist = word(cfg.oc_zonelist);
-    let nodemask = word(cfg.oc_nodemask);
-    let totalpages = word(cfg.oc_totalpages);
+    let constraint = half(cfg.oom_control.constraint);
+    let order = half(cfg.oom_control.order) as i32;
+    let memcg = word(cfg.oom_control.memcg);
+    let zonelist = word(cfg.oom_control.zonelist);
+    let nodemask = word(cfg.oom_control.nodemask);
+    let totalpages = word(cfg.oom_control.totalpages);
     let memcg_oom = constraint == u32::from(oomcount_common::constraint::MEMCG);
-    word(cfg.oc_chosen) == chosen
+    word(cfg.oom_control.chosen) == chosen
         && constraint <= 3
         && (-1..=16).contains(&order)
-        && half(cfg.oc_gfp_mask) < 1 << 30
+        && half(cfg.oom_control.gfp_mask) < 1 << 30
         && (1..1 << 40).contains(&totalpages)
         && kernel_or_null(memcg)
         && memcg_oom == (memcg != 0)

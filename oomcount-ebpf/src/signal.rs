@@ -40,17 +40,17 @@ pub(crate) fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     let cfg = config();
     // SAFETY (all reads): offsets come from the tracepoint's own format file; the reads go
     // through bpf_probe_read_kernel, which fails cleanly rather than faulting.
-    let sig: i32 = unsafe { ctx.read_at(cfg.sig_sig as usize)? };
+    let sig: i32 = unsafe { ctx.read_at(cfg.signal_generate.sig as usize)? };
     if sig != SIGKILL {
         return Ok(());
     }
-    let code: i32 = unsafe { ctx.read_at(cfg.sig_code as usize)? };
-    let group: i32 = unsafe { ctx.read_at(cfg.sig_group as usize)? };
+    let code: i32 = unsafe { ctx.read_at(cfg.signal_generate.code as usize)? };
+    let group: i32 = unsafe { ctx.read_at(cfg.signal_generate.group as usize)? };
     if code != SI_KERNEL || group == 0 {
         return Ok(());
     }
-    let victim_pid: i32 = unsafe { ctx.read_at(cfg.sig_pid as usize)? };
-    let comm: Comm = unsafe { ctx.read_at(cfg.sig_comm as usize)? };
+    let victim_pid: i32 = unsafe { ctx.read_at(cfg.signal_generate.pid as usize)? };
+    let comm: Comm = unsafe { ctx.read_at(cfg.signal_generate.comm as usize)? };
     remember(victim_pid as u32, 0, comm, 0)
 }
 
@@ -82,15 +82,15 @@ pub(crate) fn try_signal_generate_raw(ctx: &RawTracePointContext) -> Result<(), 
     }
     let cfg = config();
     let task: u64 = ctx.arg(2);
-    let pid: i32 = read(task, cfg.task_pid)?;
-    let comm: Comm = read(task, cfg.task_comm)?;
+    let pid: i32 = read(task, cfg.task.pid)?;
+    let comm: Comm = read(task, cfg.task.comm)?;
     // A task that is already an OOM victim gets no new mark (its thread is flagged already),
     // yet the kernel counts the kill: a `memory.oom.group` kill reaches its first victim twice.
     // That kill is counted, and its event sent, by the mark program, tail-called here with the
     // victim in the scratch: the kill's code (the search for `oom_control`, the event) is then
     // verified once, in one program.
-    let signal: u64 = read(task, cfg.task_signal)?;
-    let oom_mm: u64 = read(signal, cfg.signal_oom_mm)?;
+    let signal: u64 = read(task, cfg.task.signal)?;
+    let oom_mm: u64 = read(signal, cfg.signal.oom_mm)?;
     let _ = remember(pid as u32, task, comm, u32::from(oom_mm != 0));
     if oom_mm != 0 {
         let scratch = OOMCOUNT_SCRATCH.get_ptr_mut(0).ok_or(0)?;

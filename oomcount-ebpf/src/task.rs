@@ -10,18 +10,18 @@ use crate::read;
 /// in pages) and its `signal` (oom_score_adj).
 #[inline(always)]
 pub(crate) fn read_task_memory(cfg: &Config, task: u64, event: &mut Event) -> Result<(), i32> {
-    let mm: u64 = read(task, cfg.task_mm)?;
+    let mm: u64 = read(task, cfg.task.mm)?;
     if mm == 0 {
         return Ok(());
     }
     let pages_kb = |pages: i64| (pages.max(0) as u64) * u64::from(cfg.page_kb);
-    event.total_vm_kb = pages_kb(read::<i64>(mm, cfg.mm_total_vm)?);
-    event.anon_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_anon)?);
-    event.file_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_file)?);
-    event.shmem_rss_kb = pages_kb(read::<i64>(mm, cfg.mm_rss_shmem)?);
-    event.pgtables_kb = (read::<i64>(mm, cfg.mm_pgtables_bytes)?.max(0) as u64) >> 10;
-    let signal: u64 = read(task, cfg.task_signal)?;
-    event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
+    event.total_vm_kb = pages_kb(read::<i64>(mm, cfg.mm.total_vm)?);
+    event.anon_rss_kb = pages_kb(read::<i64>(mm, cfg.mm.rss_anon)?);
+    event.file_rss_kb = pages_kb(read::<i64>(mm, cfg.mm.rss_file)?);
+    event.shmem_rss_kb = pages_kb(read::<i64>(mm, cfg.mm.rss_shmem)?);
+    event.pgtables_kb = (read::<i64>(mm, cfg.mm.pgtables_bytes)?.max(0) as u64) >> 10;
+    let signal: u64 = read(task, cfg.task.signal)?;
+    event.oom_score_adj = read(signal, cfg.signal.oom_score_adj)?;
     event.flags |= flags::MEMORY | flags::OOM_SCORE_ADJ;
     Ok(())
 }
@@ -35,13 +35,13 @@ pub(crate) fn read_memory_fields(
 ) -> Result<(), i32> {
     // SAFETY: as in try_signal_generate.
     unsafe {
-        event.total_vm_kb = ctx.read_at(cfg.mark_total_vm as usize)?;
-        event.anon_rss_kb = ctx.read_at(cfg.mark_anon_rss as usize)?;
-        event.file_rss_kb = ctx.read_at(cfg.mark_file_rss as usize)?;
-        event.shmem_rss_kb = ctx.read_at(cfg.mark_shmem_rss as usize)?;
-        event.pgtables_kb = ctx.read_at(cfg.mark_pgtables as usize)?;
-        event.uid = ctx.read_at(cfg.mark_uid as usize)?;
-        event.oom_score_adj = ctx.read_at(cfg.mark_oom_score_adj as usize)?;
+        event.total_vm_kb = ctx.read_at(cfg.mark_victim.total_vm as usize)?;
+        event.anon_rss_kb = ctx.read_at(cfg.mark_victim.anon_rss as usize)?;
+        event.file_rss_kb = ctx.read_at(cfg.mark_victim.file_rss as usize)?;
+        event.shmem_rss_kb = ctx.read_at(cfg.mark_victim.shmem_rss as usize)?;
+        event.pgtables_kb = ctx.read_at(cfg.mark_victim.pgtables as usize)?;
+        event.uid = ctx.read_at(cfg.mark_victim.uid as usize)?;
+        event.oom_score_adj = ctx.read_at(cfg.mark_victim.oom_score_adj as usize)?;
     }
     event.flags |= flags::MEMORY | flags::UID | flags::OOM_SCORE_ADJ;
     Ok(())
@@ -56,17 +56,17 @@ pub(crate) fn read_victim_task(
     oom_kn: u64,
     event: &mut Event,
 ) -> Result<(), i32> {
-    event.tgid = read(task, cfg.task_tgid)?;
+    event.tgid = read(task, cfg.task.tgid)?;
     event.flags |= flags::TGID;
     if cfg.features & feature::CRED != 0 {
         if event.flags & flags::UID == 0 {
-            let cred: u64 = read(task, cfg.task_real_cred)?;
-            event.uid = read(cred, cfg.cred_uid)?;
+            let cred: u64 = read(task, cfg.task.real_cred)?;
+            event.uid = read(cred, cfg.cred.uid)?;
             event.flags |= flags::UID;
         }
         if event.flags & flags::OOM_SCORE_ADJ == 0 {
-            let signal: u64 = read(task, cfg.task_signal)?;
-            event.oom_score_adj = read(signal, cfg.signal_oom_score_adj)?;
+            let signal: u64 = read(task, cfg.task.signal)?;
+            event.oom_score_adj = read(signal, cfg.signal.oom_score_adj)?;
             event.flags |= flags::OOM_SCORE_ADJ;
         }
     }
@@ -85,14 +85,14 @@ pub(crate) fn read_cgroup_path(
     oom_kn: u64,
     event: &mut Event,
 ) -> Result<(), i32> {
-    let css_set: u64 = read(task, cfg.task_cgroups)?;
-    let css: u64 = read(css_set, cfg.css_set_subsys + cfg.memory_cgrp_id * 8)?;
-    let cgroup: u64 = read(css, cfg.css_cgroup)?;
-    let mut kn: u64 = read(cgroup, cfg.cgroup_kn)?;
-    event.cgroup_id = read(kn, cfg.kn_id)?;
+    let css_set: u64 = read(task, cfg.task.cgroups)?;
+    let css: u64 = read(css_set, cfg.css_set.subsys + cfg.css_set.memory_cgrp_id * 8)?;
+    let cgroup: u64 = read(css, cfg.css.cgroup)?;
+    let mut kn: u64 = read(cgroup, cfg.cgroup.kn)?;
+    event.cgroup_id = read(kn, cfg.kernfs_node.id)?;
     event.flags |= flags::CGROUP;
     for level in 0..CGROUP_DEPTH {
-        let parent: u64 = read(kn, cfg.kn_parent)?;
+        let parent: u64 = read(kn, cfg.kernfs_node.parent)?;
         if parent == 0 {
             // The root's name is not part of a path.
             if kn == oom_kn {
@@ -103,13 +103,13 @@ pub(crate) fn read_cgroup_path(
         if kn == oom_kn {
             event.oom_cgroup_level = level as u16;
         }
-        let name: u64 = read(kn, cfg.kn_name)?;
+        let name: u64 = read(kn, cfg.kernfs_node.name)?;
         // SAFETY: `name` is a kernel string pointer; the helper bounds the copy.
         unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut event.cgroup[level])? };
         event.cgroup_depth = level as u16 + 1;
         kn = parent;
     }
-    let parent: u64 = read(kn, cfg.kn_parent)?;
+    let parent: u64 = read(kn, cfg.kernfs_node.parent)?;
     if parent != 0 {
         event.flags |= flags::CGROUP_TRUNCATED;
     }

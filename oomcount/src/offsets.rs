@@ -1,68 +1,261 @@
 //! The kernel-structure offsets oomcount's programs follow, read from the kernel's BTF.
 //!
-//! Each group of offsets ([`oomcount_common::feature`]) is handed to the programs only when all
-//! of its members were found; a kernel without BTF, or with a layout this code does not know,
-//! gets fewer event details (their flags clear) and the same exact counts.
+//! [`TABLE`] names, once, every BTF name the programs need (struct members, enumerators, struct
+//! sizes), the feature ([`oomcount_common::feature`]) each belongs to, and where its value goes:
+//! the BTF reader is asked for exactly the table's names, and the loader fills [`Config`] from
+//! it. A feature is handed to the programs only when all of its names were found; a missing one
+//! is logged with the feature it turns off. A kernel without BTF, or with a layout this code does
+//! not know, gets fewer event details (their flags clear) and the same exact counts.
 use oomcount_common::{Config, OC_BYTES, feature};
 
 use crate::btf::Btf;
 
-const STRUCTS: &[&str] = &[
-    "task_struct",
-    "cred",
-    "signal_struct",
-    "css_set",
-    "cgroup_subsys_state",
-    "cgroup",
-    "kernfs_node",
-    "oom_control",
-    "mm_struct",
-    "mm_rss_stat",
-    "percpu_counter",
+/// Where a value comes from in BTF.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// A member of a struct, by the first of its names that the kernel has (members get
+    /// renamed: `kernfs_node.parent` became `__parent` in 6.15).
+    Member(&'static str, &'static [&'static str]),
+    /// An enumerator's value.
+    Enum(&'static str),
+    /// A struct's size in bytes.
+    Size(&'static str),
+}
+
+impl Source {
+    fn lookup(self, btf: &Btf) -> Option<u32> {
+        match self {
+            Source::Member(of, names) => names.iter().find_map(|m| btf.member_offset(of, m)),
+            Source::Enum(name) => btf.enum_value(name).and_then(|v| u32::try_from(v).ok()),
+            Source::Size(of) => btf.struct_size(of),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Source::Member(of, names) => format!("{of}.{}", names.join("/")),
+            Source::Enum(name) => format!("enum value {name}"),
+            Source::Size(of) => format!("the size of struct {of}"),
+        }
+    }
+}
+
+/// What the table fills: the programs' offsets, and the inputs of the few that are computed
+/// (the mm counters' places).
+#[derive(Default)]
+struct Found {
+    config: Config,
+    rss_stat: u32,
+    /// `mm_rss_stat.count` (before 6.2), or `struct percpu_counter`'s size and `count` (since).
+    atomic_count: Option<u32>,
+    percpu_size: Option<u32>,
+    percpu_count: Option<u32>,
+    mm_filepages: u32,
+    mm_anonpages: u32,
+    mm_shmempages: u32,
+}
+
+/// One name of the table.
+struct Entry {
+    feature: u32,
+    source: Source,
+    /// Optional entries are alternatives a computed offset chooses between.
+    required: bool,
+    put: fn(&mut Found, u32),
+}
+
+const fn member(
+    feature: u32,
+    of: &'static str,
+    names: &'static [&'static str],
+    put: fn(&mut Found, u32),
+) -> Entry {
+    Entry {
+        feature,
+        source: Source::Member(of, names),
+        required: true,
+        put,
+    }
+}
+
+use feature::{CGROUP, CRED, MM, OOM_CONTROL, TASK};
+
+/// Every BTF name the programs need, once.
+const TABLE: &[Entry] = &[
+    member(TASK, "task_struct", &["pid"], |f, v| f.config.task.pid = v),
+    member(TASK, "task_struct", &["tgid"], |f, v| {
+        f.config.task.tgid = v
+    }),
+    member(TASK, "task_struct", &["comm"], |f, v| {
+        f.config.task.comm = v
+    }),
+    member(TASK, "task_struct", &["group_leader"], |f, v| {
+        f.config.task.group_leader = v
+    }),
+    member(TASK, "task_struct", &["signal"], |f, v| {
+        f.config.task.signal = v
+    }),
+    member(TASK, "signal_struct", &["oom_mm"], |f, v| {
+        f.config.signal.oom_mm = v
+    }),
+    member(CRED, "task_struct", &["real_cred"], |f, v| {
+        f.config.task.real_cred = v
+    }),
+    member(CRED, "cred", &["uid"], |f, v| f.config.cred.uid = v),
+    member(CRED, "signal_struct", &["oom_score_adj"], |f, v| {
+        f.config.signal.oom_score_adj = v
+    }),
+    member(CGROUP, "task_struct", &["cgroups"], |f, v| {
+        f.config.task.cgroups = v
+    }),
+    member(CGROUP, "css_set", &["subsys"], |f, v| {
+        f.config.css_set.subsys = v
+    }),
+    Entry {
+        feature: CGROUP,
+        source: Source::Enum("memory_cgrp_id"),
+        required: true,
+        put: |f, v| f.config.css_set.memory_cgrp_id = v,
+    },
+    member(CGROUP, "cgroup_subsys_state", &["cgroup"], |f, v| {
+        f.config.css.cgroup = v
+    }),
+    member(CGROUP, "cgroup", &["kn"], |f, v| f.config.cgroup.kn = v),
+    member(CGROUP, "kernfs_node", &["name"], |f, v| {
+        f.config.kernfs_node.name = v
+    }),
+    member(CGROUP, "kernfs_node", &["parent", "__parent"], |f, v| {
+        f.config.kernfs_node.parent = v
+    }),
+    member(CGROUP, "kernfs_node", &["id"], |f, v| {
+        f.config.kernfs_node.id = v
+    }),
+    member(OOM_CONTROL, "task_struct", &["stack"], |f, v| {
+        f.config.task.stack = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["memcg"], |f, v| {
+        f.config.oom_control.memcg = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["chosen"], |f, v| {
+        f.config.oom_control.chosen = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["constraint"], |f, v| {
+        f.config.oom_control.constraint = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["order"], |f, v| {
+        f.config.oom_control.order = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["zonelist"], |f, v| {
+        f.config.oom_control.zonelist = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["nodemask"], |f, v| {
+        f.config.oom_control.nodemask = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["gfp_mask"], |f, v| {
+        f.config.oom_control.gfp_mask = v
+    }),
+    member(OOM_CONTROL, "oom_control", &["totalpages"], |f, v| {
+        f.config.oom_control.totalpages = v
+    }),
+    member(MM, "task_struct", &["mm"], |f, v| f.config.task.mm = v),
+    member(MM, "mm_struct", &["total_vm"], |f, v| {
+        f.config.mm.total_vm = v
+    }),
+    member(MM, "mm_struct", &["pgtables_bytes"], |f, v| {
+        f.config.mm.pgtables_bytes = v
+    }),
+    member(MM, "mm_struct", &["rss_stat"], |f, v| f.rss_stat = v),
+    Entry {
+        feature: MM,
+        source: Source::Enum("MM_FILEPAGES"),
+        required: true,
+        put: |f, v| f.mm_filepages = v,
+    },
+    Entry {
+        feature: MM,
+        source: Source::Enum("MM_ANONPAGES"),
+        required: true,
+        put: |f, v| f.mm_anonpages = v,
+    },
+    Entry {
+        feature: MM,
+        source: Source::Enum("MM_SHMEMPAGES"),
+        required: true,
+        put: |f, v| f.mm_shmempages = v,
+    },
+    Entry {
+        feature: MM,
+        source: Source::Member("mm_rss_stat", &["count"]),
+        required: false,
+        put: |f, v| f.atomic_count = Some(v),
+    },
+    Entry {
+        feature: MM,
+        source: Source::Size("percpu_counter"),
+        required: false,
+        put: |f, v| f.percpu_size = Some(v),
+    },
+    Entry {
+        feature: MM,
+        source: Source::Member("percpu_counter", &["count"]),
+        required: false,
+        put: |f, v| f.percpu_count = Some(v),
+    },
 ];
-const MEMBERS: &[&str] = &[
-    "pid",
-    "tgid",
-    "comm",
-    "group_leader",
-    "real_cred",
-    "signal",
-    "cgroups",
-    "stack",
-    "uid",
-    "oom_score_adj",
-    "subsys",
-    "cgroup",
-    "kn",
-    "name",
-    "parent",
-    "__parent",
-    "id",
-    "memcg",
-    "chosen",
-    "constraint",
-    "order",
-    "zonelist",
-    "nodemask",
-    "gfp_mask",
-    "totalpages",
-    "oom_mm",
-    "mm",
-    "total_vm",
-    "rss_stat",
-    "count",
-    "pgtables_bytes",
-];
-const ENUMERATORS: &[&str] = &[
-    "memory_cgrp_id",
-    "MM_FILEPAGES",
-    "MM_ANONPAGES",
-    "MM_SHMEMPAGES",
-];
+
+/// What each feature gives, for the line that says it is off.
+fn gives(feature: u32) -> &'static str {
+    match feature {
+        TASK => {
+            "the raw signal program (memory.oom.group's second kill of a victim, the victim's tgid)"
+        }
+        CRED => "the victim's uid and oom_score_adj on the old layout, and the memory fields",
+        CGROUP => "the victim's memory cgroup path",
+        OOM_CONTROL => "the kill's constraint and the cgroup whose limit was hit",
+        MM => "the memory fields from the raw mark_victim program",
+        _ => "details",
+    }
+}
+
+/// The names the BTF reader keeps, from [`TABLE`].
+struct Names {
+    structs: Vec<&'static str>,
+    members: Vec<&'static str>,
+    enumerators: Vec<&'static str>,
+}
+
+impl Names {
+    fn of_table() -> Names {
+        let mut names = Names {
+            structs: Vec::new(),
+            members: Vec::new(),
+            enumerators: Vec::new(),
+        };
+        let add = |list: &mut Vec<&'static str>, name: &'static str| {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        };
+        for entry in TABLE {
+            match entry.source {
+                Source::Member(of, members) => {
+                    add(&mut names.structs, of);
+                    for m in members {
+                        add(&mut names.members, m);
+                    }
+                }
+                Source::Size(of) => add(&mut names.structs, of),
+                Source::Enum(name) => add(&mut names.enumerators, name),
+            }
+        }
+        names
+    }
+}
 
 /// Fills the BTF part of `config` from the running kernel, setting the `features` found.
 pub fn fill(config: &mut Config) {
-    match Btf::from_sys_fs(STRUCTS, MEMBERS, ENUMERATORS) {
+    let names = Names::of_table();
+    match Btf::from_sys_fs(&names.structs, &names.members, &names.enumerators) {
         Ok(btf) => fill_from(config, &btf, thread_size()),
         Err(err) => log::warn!(
             "cannot read the kernel's BTF ({err}): events will lack the victim's tgid, cgroup and the OOM constraint; counts stay exact"
@@ -72,155 +265,95 @@ pub fn fill(config: &mut Config) {
 
 /// Fills `config` from `btf`; separate from [`fill`] so that tests can hand in any BTF.
 pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
-    let off = |s: &str, m: &str| btf.member_offset(s, m);
-    if let (Some(pid), Some(tgid), Some(comm), Some(leader), Some(signal), Some(oom_mm)) = (
-        off("task_struct", "pid"),
-        off("task_struct", "tgid"),
-        off("task_struct", "comm"),
-        off("task_struct", "group_leader"),
-        off("task_struct", "signal"),
-        off("signal_struct", "oom_mm"),
-    ) {
-        config.task_pid = pid;
-        config.task_tgid = tgid;
-        config.task_comm = comm;
-        config.task_group_leader = leader;
-        config.task_signal = signal;
-        config.signal_oom_mm = oom_mm;
-        config.features |= feature::TASK;
-    }
-    if let (true, Some(real_cred), Some(uid), Some(adj)) = (
-        config.features & feature::TASK != 0,
-        off("task_struct", "real_cred"),
-        off("cred", "uid"),
-        off("signal_struct", "oom_score_adj"),
-    ) {
-        config.task_real_cred = real_cred;
-        config.cred_uid = uid;
-        config.signal_oom_score_adj = adj;
-        config.features |= feature::CRED;
-    }
-    // Linux 6.15 renamed kernfs_node.parent to __parent.
-    let kn_parent = off("kernfs_node", "parent").or_else(|| off("kernfs_node", "__parent"));
-    if let (
-        Some(cgroups),
-        Some(subsys),
-        Some(id),
-        Some(css_cgroup),
-        Some(kn),
-        Some(name),
-        Some(parent),
-        Some(kn_id),
-    ) = (
-        off("task_struct", "cgroups"),
-        off("css_set", "subsys"),
-        btf.enum_value("memory_cgrp_id"),
-        off("cgroup_subsys_state", "cgroup"),
-        off("cgroup", "kn"),
-        off("kernfs_node", "name"),
-        kn_parent,
-        off("kernfs_node", "id"),
-    ) {
-        config.task_cgroups = cgroups;
-        config.css_set_subsys = subsys;
-        config.memory_cgrp_id = id as u32;
-        config.css_cgroup = css_cgroup;
-        config.cgroup_kn = kn;
-        config.kn_name = name;
-        config.kn_parent = parent;
-        config.kn_id = kn_id;
-        config.features |= feature::CGROUP;
-    }
-    let oc = |m: &str| off("oom_control", m);
-    if let (
-        Some(stack),
-        Some(memcg),
-        Some(chosen),
-        Some(constraint),
-        Some(order),
-        Some(zonelist),
-        Some(nodemask),
-        Some(gfp_mask),
-        Some(totalpages),
-    ) = (
-        off("task_struct", "stack"),
-        oc("memcg"),
-        oc("chosen"),
-        oc("constraint"),
-        oc("order"),
-        oc("zonelist"),
-        oc("nodemask"),
-        oc("gfp_mask"),
-        oc("totalpages"),
-    ) {
-        // The programs copy at most OC_BYTES of a candidate `oom_control` and read its members
-        // at these offsets: 8-byte members 8-aligned, 4-byte ones 4-aligned, all inside the copy.
-        let fits =
-            |offset: u32, size: u32| offset.is_multiple_of(size) && offset + size <= OC_BYTES;
-        if fits(memcg, 8)
-            && fits(chosen, 8)
-            && fits(zonelist, 8)
-            && fits(nodemask, 8)
-            && fits(totalpages, 8)
-            && fits(constraint, 4)
-            && fits(order, 4)
-            && fits(gfp_mask, 4)
-        {
-            config.task_stack = stack;
-            config.oc_memcg = memcg;
-            config.oc_chosen = chosen;
-            config.oc_constraint = constraint;
-            config.oc_order = order;
-            config.oc_zonelist = zonelist;
-            config.oc_nodemask = nodemask;
-            config.oc_gfp_mask = gfp_mask;
-            config.oc_totalpages = totalpages;
-            config.thread_size = thread_size;
-            config.features |= feature::OOM_CONTROL;
+    let mut found = Found {
+        config: *config,
+        ..Found::default()
+    };
+    let mut absent = Vec::new();
+    for entry in TABLE {
+        match entry.source.lookup(btf) {
+            Some(value) => (entry.put)(&mut found, value),
+            None if entry.required => absent.push((entry.feature, entry.source.describe())),
+            None => {}
         }
     }
-    fill_mm(config, btf);
-    config.page_kb = (nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+    // The mm counters: an array of atomics in `struct mm_rss_stat` before Linux 6.2, an array of
+    // `struct percpu_counter` since, whose `count` is what the tracepoint itself reads
+    // (`percpu_counter_read_positive`). Where counter `i` sits relative to `rss_stat`.
+    let layout = match (found.atomic_count, found.percpu_size, found.percpu_count) {
+        (Some(count), _, _) => Some((8, count)),
+        (None, Some(size), Some(count)) => Some((size, count)),
+        _ => {
+            absent.push((
+                MM,
+                "mm_rss_stat.count, or percpu_counter and its count".to_owned(),
+            ));
+            None
+        }
+    };
+    if let Some((stride, within)) = layout {
+        let counter = |i: u32| found.rss_stat + stride * i + within;
+        found.config.mm.rss_anon = counter(found.mm_anonpages);
+        found.config.mm.rss_file = counter(found.mm_filepages);
+        found.config.mm.rss_shmem = counter(found.mm_shmempages);
+    }
+    // The programs copy at most OC_BYTES of a candidate `oom_control` and read its members at
+    // these offsets: 8-byte members 8-aligned, 4-byte ones 4-aligned, all inside the copy.
+    let oc = found.config.oom_control;
+    let fits = |offset: u32, size: u32| offset.is_multiple_of(size) && offset + size <= OC_BYTES;
+    let oc_fits = [oc.memcg, oc.chosen, oc.zonelist, oc.nodemask, oc.totalpages]
+        .iter()
+        .all(|&o| fits(o, 8))
+        && [oc.constraint, oc.order, oc.gfp_mask]
+            .iter()
+            .all(|&o| fits(o, 4));
+    if !oc_fits {
+        absent.push((
+            OOM_CONTROL,
+            format!("an oom_control whose members fit in {OC_BYTES} bytes"),
+        ));
+    }
+    let mut said = Vec::new();
+    found.config.features |= resolve_features(&absent, &mut said);
+    for line in said {
+        log::warn!("{line}");
+    }
+    found.config.thread_size = thread_size;
+    found.config.page_kb = (nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
         .unwrap_or(4096)
         / 1024) as u32;
+    *config = found.config;
 }
 
-/// The mm counters the new `mark_victim` layout reports, for the raw `mark_victim` program: an
-/// array of atomics in `struct mm_rss_stat` before Linux 6.2, an array of `struct percpu_counter`
-/// since, whose `count` is what the tracepoint itself reads (`percpu_counter_read_positive`).
-fn fill_mm(config: &mut Config, btf: &Btf) {
-    let off = |s: &str, m: &str| btf.member_offset(s, m);
-    let index = |name: &str| btf.enum_value(name).and_then(|v| u32::try_from(v).ok());
-    // Where counter `i` sits relative to `mm_struct.rss_stat`: (stride, offset within).
-    let layout = match off("mm_rss_stat", "count") {
-        Some(count) => Some((8, count)),
-        None => btf
-            .struct_size("percpu_counter")
-            .zip(off("percpu_counter", "count")),
-    };
-    if let (true, Some((stride, within)), Some(mm), Some(total_vm), Some(rss_stat), Some(pgtables)) = (
-        config.features & feature::CRED != 0,
-        layout,
-        off("task_struct", "mm"),
-        off("mm_struct", "total_vm"),
-        off("mm_struct", "rss_stat"),
-        off("mm_struct", "pgtables_bytes"),
-    ) && let (Some(file), Some(anon), Some(shmem)) = (
-        index("MM_FILEPAGES"),
-        index("MM_ANONPAGES"),
-        index("MM_SHMEMPAGES"),
-    ) {
-        let counter = |i: u32| rss_stat + stride * i + within;
-        config.task_mm = mm;
-        config.mm_total_vm = total_vm;
-        config.mm_rss_anon = counter(anon);
-        config.mm_rss_file = counter(file);
-        config.mm_rss_shmem = counter(shmem);
-        config.mm_pgtables_bytes = pgtables;
-        config.features |= feature::MM;
+/// The features whose names were all found (CRED needs TASK, MM needs CRED), and a line for
+/// each one that is off, naming what is missing and what it turns off.
+fn resolve_features(absent: &[(u32, String)], said: &mut Vec<String>) -> u32 {
+    let mut features = 0;
+    for (feature, needs) in [
+        (TASK, 0),
+        (CRED, TASK),
+        (CGROUP, 0),
+        (OOM_CONTROL, 0),
+        (MM, CRED),
+    ] {
+        let missing: Vec<&str> = absent
+            .iter()
+            .filter(|(f, _)| *f == feature)
+            .map(|(_, name)| name.as_str())
+            .collect();
+        if missing.is_empty() && features & needs == needs {
+            features |= feature;
+        } else if !missing.is_empty() {
+            said.push(format!(
+                "the kernel's BTF lacks {}: off: {}",
+                missing.join(", "),
+                gives(feature)
+            ));
+        }
     }
+    features
 }
 
 /// The size of a kernel stack: 16 KiB on x86_64 and arm64, twice that with KASAN.
@@ -245,13 +378,14 @@ mod tests {
             );
             return;
         }
-        let btf = Btf::from_sys_fs(STRUCTS, MEMBERS, ENUMERATORS).unwrap();
+        let names = Names::of_table();
+        let btf = Btf::from_sys_fs(&names.structs, &names.members, &names.enumerators).unwrap();
         let mut config = Config::default();
         fill_from(&mut config, &btf, 16384);
         let all =
             feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL | feature::MM;
         assert_eq!(config.features, all, "{config:?}");
-        assert_eq!(config.task_tgid, config.task_pid + 4);
+        assert_eq!(config.task.tgid, config.task.pid + 4);
     }
 
     #[test]
@@ -259,5 +393,56 @@ mod tests {
         let mut config = Config::default();
         fill_from(&mut config, &Btf::default(), 16384);
         assert_eq!(config.features, 0);
+    }
+
+    #[test]
+    fn every_name_the_table_asks_for_is_read() {
+        let names = Names::of_table();
+        for entry in TABLE {
+            match entry.source {
+                Source::Member(of, alternatives) => {
+                    assert!(names.structs.contains(&of), "{of}");
+                    for m in alternatives {
+                        assert!(names.members.contains(m), "{of}.{m}");
+                    }
+                }
+                Source::Size(of) => assert!(names.structs.contains(&of), "{of}"),
+                Source::Enum(e) => assert!(names.enumerators.contains(&e), "{e}"),
+            }
+        }
+        // Each kernel-structure offset of the programs is set by exactly one entry: the table
+        // filled with distinct values leaves no offset of a feature at zero.
+        let mut found = Found::default();
+        for (i, entry) in TABLE.iter().enumerate() {
+            (entry.put)(&mut found, 1000 + i as u32);
+        }
+        let c = found.config;
+        for (name, value) in [
+            ("task.pid", c.task.pid),
+            ("task.mm", c.task.mm),
+            ("cred.uid", c.cred.uid),
+            ("signal.oom_mm", c.signal.oom_mm),
+            ("css_set.memory_cgrp_id", c.css_set.memory_cgrp_id),
+            ("kernfs_node.parent", c.kernfs_node.parent),
+            ("oom_control.totalpages", c.oom_control.totalpages),
+            ("mm.pgtables_bytes", c.mm.pgtables_bytes),
+        ] {
+            assert_ne!(value, 0, "{name} is set by no entry");
+        }
+    }
+
+    #[test]
+    fn a_missing_member_turns_off_its_feature_and_says_which() {
+        // Every name but kernfs_node.id: CGROUP goes, the others stay.
+        let mut missing = Vec::new();
+        let features = resolve_features(
+            &[(feature::CGROUP, "kernfs_node.id".to_owned())],
+            &mut missing,
+        );
+        assert_eq!(features & feature::CGROUP, 0);
+        assert_ne!(features & feature::TASK, 0);
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("kernfs_node.id"), "{missing:?}");
+        assert!(missing[0].contains("cgroup"), "{missing:?}");
     }
 }

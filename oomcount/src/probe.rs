@@ -165,7 +165,7 @@ impl Probe {
         let mut config = tracefs::load_config(&tracefs)?;
         crate::offsets::fill(&mut config);
         // Raw `mark_victim` arguments: `(task, uid)` on the new layout, `(pid)` on the old.
-        config.mark_raw_task = u32::from(config.mark_total_vm != ABSENT);
+        config.mark_raw_task = u32::from(config.mark_victim.total_vm != ABSENT);
         // Both programs go on raw tracepoints wherever BTF gives the task's offsets. A classic
         // tracepoint's program is skipped while any BPF program or map syscall holds the CPU's
         // `bpf_prog_active` (a `bpf()` lookup of a per-CPU map does, and can be preempted): a

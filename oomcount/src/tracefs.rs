@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use oomcount_common::{ABSENT, Config, PAIR_WINDOW_NS, TP_MARK_VICTIM, TP_SIGNAL_GENERATE};
+use oomcount_common::{
+    ABSENT, Config, PAIR_WINDOW_NS, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, offsets,
+};
 
 /// Where tracefs is looked for, in order; the first is where it is mounted when absent.
 const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -130,12 +132,17 @@ pub fn config_from_formats(
         })
     };
     let mut config = Config {
-        mark_pid: need(mark_victim, "pid", 4, mark_path)?,
-        sig_sig: need(signal_generate, "sig", 4, signal_path)?,
-        sig_code: need(signal_generate, "code", 4, signal_path)?,
-        sig_comm: need(signal_generate, "comm", 16, signal_path)?,
-        sig_pid: need(signal_generate, "pid", 4, signal_path)?,
-        sig_group: need(signal_generate, "group", 4, signal_path)?,
+        mark_victim: offsets::MarkVictim {
+            pid: need(mark_victim, "pid", 4, mark_path)?,
+            ..Default::default()
+        },
+        signal_generate: offsets::SignalGenerate {
+            sig: need(signal_generate, "sig", 4, signal_path)?,
+            code: need(signal_generate, "code", 4, signal_path)?,
+            comm: need(signal_generate, "comm", 16, signal_path)?,
+            pid: need(signal_generate, "pid", 4, signal_path)?,
+            group: need(signal_generate, "group", 4, signal_path)?,
+        },
         pair_window_ns: PAIR_WINDOW_NS,
         ..Config::default()
     };
@@ -152,15 +159,15 @@ pub fn config_from_formats(
         ))
     })();
     if let Some((total_vm, anon, file, shmem, pgtables, uid, adj)) = memory {
-        config.mark_total_vm = total_vm;
-        config.mark_anon_rss = anon;
-        config.mark_file_rss = file;
-        config.mark_shmem_rss = shmem;
-        config.mark_pgtables = pgtables;
-        config.mark_uid = uid;
-        config.mark_oom_score_adj = adj;
+        config.mark_victim.total_vm = total_vm;
+        config.mark_victim.anon_rss = anon;
+        config.mark_victim.file_rss = file;
+        config.mark_victim.shmem_rss = shmem;
+        config.mark_victim.pgtables = pgtables;
+        config.mark_victim.uid = uid;
+        config.mark_victim.oom_score_adj = adj;
     }
-    config.mark_comm = mark_victim
+    config.mark_victim.comm = mark_victim
         .iter()
         .find(|f| f.name == "comm" && f.decl.starts_with("__data_loc"))
         .map_or(ABSENT, |f| f.offset);
@@ -252,12 +259,25 @@ print fmt: \"pid=%d\", REC->pid\n";
     #[test]
     fn new_layout_has_memory_fields() {
         let c = config(NEW_MARK).unwrap();
-        assert_eq!(c.mark_pid, 8);
-        assert_eq!(c.mark_comm, 12);
-        assert_eq!((c.mark_total_vm, c.mark_pgtables, c.mark_uid), (16, 56, 48));
-        assert_eq!(c.mark_oom_score_adj, 64);
+        assert_eq!(c.mark_victim.pid, 8);
+        assert_eq!(c.mark_victim.comm, 12);
         assert_eq!(
-            (c.sig_sig, c.sig_code, c.sig_comm, c.sig_pid, c.sig_group),
+            (
+                c.mark_victim.total_vm,
+                c.mark_victim.pgtables,
+                c.mark_victim.uid
+            ),
+            (16, 56, 48)
+        );
+        assert_eq!(c.mark_victim.oom_score_adj, 64);
+        assert_eq!(
+            (
+                c.signal_generate.sig,
+                c.signal_generate.code,
+                c.signal_generate.comm,
+                c.signal_generate.pid,
+                c.signal_generate.group
+            ),
             (8, 16, 20, 36, 40)
         );
         assert_eq!(c.pair_window_ns, PAIR_WINDOW_NS);
@@ -266,10 +286,10 @@ print fmt: \"pid=%d\", REC->pid\n";
     #[test]
     fn old_layout_marks_memory_absent() {
         let c = config(OLD_MARK).unwrap();
-        assert_eq!(c.mark_pid, 8);
-        assert_eq!(c.mark_comm, ABSENT);
-        assert_eq!(c.mark_total_vm, ABSENT);
-        assert_eq!(c.mark_oom_score_adj, ABSENT);
+        assert_eq!(c.mark_victim.pid, 8);
+        assert_eq!(c.mark_victim.comm, ABSENT);
+        assert_eq!(c.mark_victim.total_vm, ABSENT);
+        assert_eq!(c.mark_victim.oom_score_adj, ABSENT);
     }
 
     #[test]
