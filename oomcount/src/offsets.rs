@@ -64,143 +64,61 @@ struct Entry {
     put: fn(&mut Found, u32),
 }
 
-const fn member(
-    feature: u32,
-    of: &'static str,
-    names: &'static [&'static str],
-    put: fn(&mut Found, u32),
-) -> Entry {
-    Entry {
-        feature,
-        source: Source::Member(of, names),
-        required: true,
-        put,
-    }
+/// One required struct member of [`TABLE`], on one line: `FEATURE, struct.[names] => field`,
+/// `field` a path in [`Found`].
+macro_rules! member {
+    ($feature:expr, $of:literal . [$($name:literal),+] => $($field:ident).+) => {
+        Entry {
+            feature: $feature,
+            source: Source::Member($of, &[$($name),+]),
+            required: true,
+            put: |f, v| f.$($field).+ = v,
+        }
+    };
 }
 
 use feature::{CGROUP, CRED, MM, OOM_CONTROL, TASK};
 
 /// Every BTF name the programs need, once.
+#[rustfmt::skip]
 const TABLE: &[Entry] = &[
-    member(TASK, "task_struct", &["pid"], |f, v| f.config.task.pid = v),
-    member(TASK, "task_struct", &["tgid"], |f, v| {
-        f.config.task.tgid = v
-    }),
-    member(TASK, "task_struct", &["comm"], |f, v| {
-        f.config.task.comm = v
-    }),
-    member(TASK, "task_struct", &["group_leader"], |f, v| {
-        f.config.task.group_leader = v
-    }),
-    member(TASK, "task_struct", &["signal"], |f, v| {
-        f.config.task.signal = v
-    }),
-    member(TASK, "signal_struct", &["oom_mm"], |f, v| {
-        f.config.signal.oom_mm = v
-    }),
-    member(CRED, "task_struct", &["real_cred"], |f, v| {
-        f.config.task.real_cred = v
-    }),
-    member(CRED, "cred", &["uid"], |f, v| f.config.cred.uid = v),
-    member(CRED, "signal_struct", &["oom_score_adj"], |f, v| {
-        f.config.signal.oom_score_adj = v
-    }),
-    member(CGROUP, "task_struct", &["cgroups"], |f, v| {
-        f.config.task.cgroups = v
-    }),
-    member(CGROUP, "css_set", &["subsys"], |f, v| {
-        f.config.css_set.subsys = v
-    }),
-    Entry {
-        feature: CGROUP,
-        source: Source::Enum("memory_cgrp_id"),
-        required: true,
-        put: |f, v| f.config.css_set.memory_cgrp_id = v,
-    },
-    member(CGROUP, "cgroup_subsys_state", &["cgroup"], |f, v| {
-        f.config.css.cgroup = v
-    }),
-    member(CGROUP, "cgroup", &["kn"], |f, v| f.config.cgroup.kn = v),
-    member(CGROUP, "kernfs_node", &["name"], |f, v| {
-        f.config.kernfs_node.name = v
-    }),
-    member(CGROUP, "kernfs_node", &["parent", "__parent"], |f, v| {
-        f.config.kernfs_node.parent = v
-    }),
-    member(CGROUP, "kernfs_node", &["id"], |f, v| {
-        f.config.kernfs_node.id = v
-    }),
-    member(OOM_CONTROL, "task_struct", &["stack"], |f, v| {
-        f.config.task.stack = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["memcg"], |f, v| {
-        f.config.oom_control.memcg = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["chosen"], |f, v| {
-        f.config.oom_control.chosen = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["constraint"], |f, v| {
-        f.config.oom_control.constraint = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["order"], |f, v| {
-        f.config.oom_control.order = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["zonelist"], |f, v| {
-        f.config.oom_control.zonelist = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["nodemask"], |f, v| {
-        f.config.oom_control.nodemask = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["gfp_mask"], |f, v| {
-        f.config.oom_control.gfp_mask = v
-    }),
-    member(OOM_CONTROL, "oom_control", &["totalpages"], |f, v| {
-        f.config.oom_control.totalpages = v
-    }),
-    member(MM, "task_struct", &["mm"], |f, v| f.config.task.mm = v),
-    member(MM, "mm_struct", &["total_vm"], |f, v| {
-        f.config.mm.total_vm = v
-    }),
-    member(MM, "mm_struct", &["pgtables_bytes"], |f, v| {
-        f.config.mm.pgtables_bytes = v
-    }),
-    member(MM, "mm_struct", &["rss_stat"], |f, v| f.rss_stat = v),
-    Entry {
-        feature: MM,
-        source: Source::Enum("MM_FILEPAGES"),
-        required: true,
-        put: |f, v| f.mm_filepages = v,
-    },
-    Entry {
-        feature: MM,
-        source: Source::Enum("MM_ANONPAGES"),
-        required: true,
-        put: |f, v| f.mm_anonpages = v,
-    },
-    Entry {
-        feature: MM,
-        source: Source::Enum("MM_SHMEMPAGES"),
-        required: true,
-        put: |f, v| f.mm_shmempages = v,
-    },
-    Entry {
-        feature: MM,
-        source: Source::Member("mm_rss_stat", &["count"]),
-        required: false,
-        put: |f, v| f.atomic_count = Some(v),
-    },
-    Entry {
-        feature: MM,
-        source: Source::Size("percpu_counter"),
-        required: false,
-        put: |f, v| f.percpu_size = Some(v),
-    },
-    Entry {
-        feature: MM,
-        source: Source::Member("percpu_counter", &["count"]),
-        required: false,
-        put: |f, v| f.percpu_count = Some(v),
-    },
+    member!(TASK, "task_struct".["pid"] => config.task.pid),
+    member!(TASK, "task_struct".["tgid"] => config.task.tgid),
+    member!(TASK, "task_struct".["comm"] => config.task.comm),
+    member!(TASK, "task_struct".["group_leader"] => config.task.group_leader),
+    member!(TASK, "task_struct".["signal"] => config.task.signal),
+    member!(TASK, "signal_struct".["oom_mm"] => config.signal.oom_mm),
+    member!(CRED, "task_struct".["real_cred"] => config.task.real_cred),
+    member!(CRED, "cred".["uid"] => config.cred.uid),
+    member!(CRED, "signal_struct".["oom_score_adj"] => config.signal.oom_score_adj),
+    member!(CGROUP, "task_struct".["cgroups"] => config.task.cgroups),
+    member!(CGROUP, "css_set".["subsys"] => config.css_set.subsys),
+    Entry { feature: CGROUP, source: Source::Enum("memory_cgrp_id"), required: true, put: |f, v| f.config.css_set.memory_cgrp_id = v },
+    member!(CGROUP, "cgroup_subsys_state".["cgroup"] => config.css.cgroup),
+    member!(CGROUP, "cgroup".["kn"] => config.cgroup.kn),
+    member!(CGROUP, "kernfs_node".["name"] => config.kernfs_node.name),
+    member!(CGROUP, "kernfs_node".["parent", "__parent"] => config.kernfs_node.parent),
+    member!(CGROUP, "kernfs_node".["id"] => config.kernfs_node.id),
+    member!(OOM_CONTROL, "task_struct".["stack"] => config.task.stack),
+    member!(OOM_CONTROL, "oom_control".["memcg"] => config.oom_control.memcg),
+    member!(OOM_CONTROL, "oom_control".["chosen"] => config.oom_control.chosen),
+    member!(OOM_CONTROL, "oom_control".["constraint"] => config.oom_control.constraint),
+    member!(OOM_CONTROL, "oom_control".["order"] => config.oom_control.order),
+    member!(OOM_CONTROL, "oom_control".["zonelist"] => config.oom_control.zonelist),
+    member!(OOM_CONTROL, "oom_control".["nodemask"] => config.oom_control.nodemask),
+    member!(OOM_CONTROL, "oom_control".["gfp_mask"] => config.oom_control.gfp_mask),
+    member!(OOM_CONTROL, "oom_control".["totalpages"] => config.oom_control.totalpages),
+    member!(MM, "task_struct".["mm"] => config.task.mm),
+    member!(MM, "mm_struct".["total_vm"] => config.mm.total_vm),
+    member!(MM, "mm_struct".["pgtables_bytes"] => config.mm.pgtables_bytes),
+    member!(MM, "mm_struct".["rss_stat"] => rss_stat),
+    Entry { feature: MM, source: Source::Enum("MM_FILEPAGES"), required: true, put: |f, v| f.mm_filepages = v },
+    Entry { feature: MM, source: Source::Enum("MM_ANONPAGES"), required: true, put: |f, v| f.mm_anonpages = v },
+    Entry { feature: MM, source: Source::Enum("MM_SHMEMPAGES"), required: true, put: |f, v| f.mm_shmempages = v },
+    // One of two layouts of the mm counters (see fill_from): optional each.
+    Entry { feature: MM, source: Source::Member("mm_rss_stat", &["count"]), required: false, put: |f, v| f.atomic_count = Some(v) },
+    Entry { feature: MM, source: Source::Size("percpu_counter"), required: false, put: |f, v| f.percpu_size = Some(v) },
+    Entry { feature: MM, source: Source::Member("percpu_counter", &["count"]), required: false, put: |f, v| f.percpu_count = Some(v) },
 ];
 
 /// What each feature gives, for the line that says it is off.
