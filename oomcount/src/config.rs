@@ -791,6 +791,30 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         }
     }
 
+    /// `realtime = true` is documented, so the shipped unit must let it work: SCHED_FIFO 1 needs
+    /// CAP_SYS_NICE or an RTPRIO limit of 1, and no RestrictRealtime=yes (a seccomp filter that
+    /// refuses it whatever the rest says).
+    #[test]
+    fn the_shipped_unit_lets_realtime_work() {
+        let unit = include_str!("../../contrib/systemd/oomcount.service");
+        let value = |key: &str| {
+            unit.lines()
+                .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+                .next_back()
+                .map(str::trim)
+        };
+        assert!(
+            !matches!(value("RestrictRealtime"), Some("yes" | "true" | "on" | "1")),
+            "RestrictRealtime= turns realtime = true off"
+        );
+        let rtprio = value("LimitRTPRIO").map_or(0, |v| v.parse::<u32>().unwrap_or(99));
+        let nice = value("AmbientCapabilities").is_some_and(|caps| caps.contains("CAP_SYS_NICE"));
+        assert!(
+            rtprio >= 1 || nice,
+            "neither LimitRTPRIO=1 nor CAP_SYS_NICE: SCHED_FIFO 1 would be refused"
+        );
+    }
+
     #[test]
     fn default_path_may_be_absent_but_a_named_one_may_not() {
         // The default path on this machine may exist; the named one certainly does not.
