@@ -17,12 +17,37 @@ use serde::{Deserialize, Deserializer, de};
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/oomcount/oomcount.toml";
 
+/// The shortest keepalive `interval`: drivers count their timeouts in seconds, so pinging more
+/// often than this buys nothing and costs CPU (`interval = "1ns"` made the daemon write 51k
+/// keepalives in 4 s).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `timeout`: WDIOC_SETTIMEOUT takes a C `int` of seconds (a larger value would be
+/// cut to its low bits: `"4294967306s"` became 10 s).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(libc::c_int::MAX as u64);
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `None` without a `[watchdog]` table: no device is opened.
     pub watchdog: Option<Watchdog>,
     pub rules: Rules,
+    /// Where the file came from, for the one check made after parsing (the driver's timeout,
+    /// read when the daemon opens the device): its error names the line as the others do.
+    #[serde(skip)]
+    source: Source,
+}
+
+/// A config's file and text. Not part of what a config says: any two are equal.
+#[derive(Clone, Debug, Default)]
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl PartialEq for Source {
+    fn eq(&self, _: &Source) -> bool {
+        true
+    }
 }
 
 /// `[watchdog]`: the device the daemon keeps alive while things are recoverable.
@@ -32,10 +57,13 @@ pub struct Watchdog {
     /// `device`, default `/dev/watchdog`; `""` for none (the verdict is still served to
     /// `oomcount check` and systemd).
     pub device: PathBuf,
-    /// `timeout`, set with WDIOC_SETTIMEOUT when given; default: the driver's own.
+    /// `timeout`, set with WDIOC_SETTIMEOUT when given (whole seconds, 1 s to [`MAX_TIMEOUT`]);
+    /// default: the driver's own.
     #[serde(deserialize_with = "opt_duration")]
     pub timeout: Option<Duration>,
-    /// `interval` between keepalives, default 10 s; must be below the timeout.
+    /// `interval` between keepalives, default 10 s, at least [`MIN_INTERVAL`]; must be below the
+    /// timeout: `timeout` where set (checked here), else the driver's, read from the device when
+    /// the daemon opens it ([`Config::check_driver_timeout`]).
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
     /// `nowayout`, default false: when true, never write the magic 'V', so that stopping the
@@ -165,9 +193,13 @@ impl Config {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(path, &text),
-            Err(err) if optional && err.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Config::default())
-            }
+            Err(err) if optional && err.kind() == std::io::ErrorKind::NotFound => Ok(Config {
+                source: Source {
+                    path: path.to_owned(),
+                    text: String::new(),
+                },
+                ..Config::default()
+            }),
             Err(source) => Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
@@ -177,23 +209,46 @@ impl Config {
 
     /// Parses and checks `text`, read from `path` (named in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| {
+        let mut config: Config = toml::from_str(text).map_err(|err| {
             let at = err.span().map_or(0, |span| span.start);
             invalid(path, text, at, err.message().trim())
         })?;
         config.check(path, text)?;
+        config.source = Source {
+            path: path.to_owned(),
+            text: text.to_owned(),
+        };
         Ok(config)
     }
 
     /// What types cannot say: values that contradict each other or make no sense.
     fn check(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let fail = |table: &str, key: &str, message: String| {
-            let at = locate(text, table, key);
+            let at = locate(text, table, key).unwrap_or(0);
             Err(invalid(path, text, at, &message))
         };
         if let Some(watchdog) = &self.watchdog {
-            if watchdog.interval.is_zero() {
-                return fail("watchdog", "interval", "must be above 0".to_owned());
+            let interval = humantime::format_duration(watchdog.interval);
+            if watchdog.interval < MIN_INTERVAL {
+                return fail(
+                    "watchdog",
+                    "interval",
+                    format!(
+                        "{interval} is below {}: drivers count seconds, so keepalives that often only cost CPU; write it like \"10s\"",
+                        humantime::format_duration(MIN_INTERVAL)
+                    ),
+                );
+            }
+            if watchdog.interval >= MAX_TIMEOUT {
+                return fail(
+                    "watchdog",
+                    "interval",
+                    format!(
+                        "{}s cannot be below any watchdog's timeout (at most {}s, a C int of seconds); write it like \"10s\"",
+                        watchdog.interval.as_secs(),
+                        MAX_TIMEOUT.as_secs()
+                    ),
+                );
             }
             if let Some(timeout) = watchdog.timeout {
                 if timeout < Duration::from_secs(1) || timeout.subsec_nanos() != 0 {
@@ -203,16 +258,29 @@ impl Config {
                         "must be whole seconds, at least 1s (the driver counts seconds)".to_owned(),
                     );
                 }
-                if watchdog.interval >= timeout {
+                if timeout > MAX_TIMEOUT {
                     return fail(
                         "watchdog",
-                        "interval",
+                        "timeout",
                         format!(
-                            "{} is not below the timeout {}: the watchdog would fire between keepalives",
-                            humantime::format_duration(watchdog.interval),
-                            humantime::format_duration(timeout)
+                            "{}s does not fit the driver's timeout, a C int of seconds: at most {}s",
+                            timeout.as_secs(),
+                            MAX_TIMEOUT.as_secs()
                         ),
                     );
+                }
+                if watchdog.interval >= timeout {
+                    return Err(at_key(
+                        path,
+                        text,
+                        "watchdog",
+                        "interval",
+                        &format!(
+                            "{interval}{} is not below watchdog.timeout {}: the watchdog would fire between keepalives; lower interval or raise timeout",
+                            default_note(text, "watchdog", "interval"),
+                            humantime::format_duration(timeout)
+                        ),
+                    ));
                 }
             }
         }
@@ -245,6 +313,74 @@ impl Config {
             return fail("rules", "critical", err);
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// At start, with the device open and before its first keepalive: the keepalive `interval`
+    /// against the timeout the driver reports (WDIOC_GETTIMEOUT), which the file cannot know
+    /// when `timeout` is unset, or when the driver took another timeout than asked. The error
+    /// names the file, the line and the keys, as a parse error does.
+    pub fn check_driver_timeout(&self, device: &Path, driver: Duration) -> Result<(), ConfigError> {
+        let Some(watchdog) = &self.watchdog else {
+            return Ok(());
+        };
+        if watchdog.interval < driver {
+            return Ok(());
+        }
+        let Source { path, text } = &self.source;
+        let asked = match watchdog.timeout {
+            None => "watchdog.timeout is unset".to_owned(),
+            Some(timeout) => format!(
+                "the driver took it for watchdog.timeout {}",
+                humantime::format_duration(timeout)
+            ),
+        };
+        Err(at_key(
+            path,
+            text,
+            "watchdog",
+            "interval",
+            &format!(
+                "{}{} is not below the driver's timeout {}s, read from {} ({asked}): the watchdog would fire between keepalives; set interval below it, or set timeout, under [watchdog]",
+                humantime::format_duration(watchdog.interval),
+                default_note(text, "watchdog", "interval"),
+                driver.as_secs(),
+                device.display()
+            ),
+        ))
+    }
+}
+
+/// " (the default)" when `key` is not written in `[table]`.
+fn default_note(text: &str, table: &str, key: &str) -> &'static str {
+    if locate(text, table, key).is_none() {
+        " (the default)"
+    } else {
+        ""
+    }
+}
+
+/// An error about `table.key`: at its line, or, where the key is not written (its default
+/// applies), at the table's line, still naming the key.
+fn at_key(path: &Path, text: &str, table: &str, key: &str, message: &str) -> ConfigError {
+    if let Some(at) = locate(text, table, key) {
+        return invalid(path, text, at, message);
+    }
+    let at = locate_table(text, table).unwrap_or(0);
+    match invalid(path, text, at, message) {
+        ConfigError::Invalid {
+            path,
+            line,
+            message,
+            ..
+        } => ConfigError::Invalid {
+            path,
+            line,
+            key: format!("{table}.{key}: "),
+            message,
+        },
+        other => other,
     }
 }
 
@@ -295,19 +431,31 @@ fn header(line: &str) -> Option<String> {
     Some(inner.trim_matches(['[', ' ']).to_owned())
 }
 
-/// Where `key` is written inside `[table]` (0 when absent: the error then names line 1).
-fn locate(text: &str, table: &str, key: &str) -> usize {
+/// Where `key` is written inside `[table]`.
+fn locate(text: &str, table: &str, key: &str) -> Option<usize> {
     let mut offset = 0;
     let mut current = String::new();
     for line in text.split_inclusive('\n') {
         if let Some(name) = header(line) {
             current = name;
         } else if current == table && line.split('=').next().map(str::trim) == Some(key) {
-            return offset;
+            return Some(offset);
         }
         offset += line.len();
     }
-    0
+    None
+}
+
+/// Where the `[table]` header is.
+fn locate_table(text: &str, table: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if header(line).as_deref() == Some(table) {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -412,7 +560,7 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
             ),
             (
                 "[watchdog]\n\ntimeout = \"5s\"\ninterval = \"5s\"\n",
-                ":4: watchdog.interval: 5s is not below the timeout 5s",
+                ":4: watchdog.interval: 5s is not below watchdog.timeout 5s",
             ),
             (
                 "[watchdog]\ntimeout = \"1500ms\"\n",
@@ -453,6 +601,218 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
             );
             assert!(!err.contains('\n'), "{text:?}: not one line: {err}");
         }
+    }
+
+    /// Every value of `[watchdog]` that must not reach the device, and what is said of it.
+    #[test]
+    fn dangerous_watchdog_values_are_refused() {
+        let cases = [
+            // Keepalives faster than any driver counts: CPU for nothing.
+            (
+                "interval = \"1ns\"",
+                ":2: watchdog.interval: 1ns is below 100ms",
+            ),
+            (
+                "interval = \"0s\"",
+                ":2: watchdog.interval: 0s is below 100ms",
+            ),
+            (
+                "interval = \"99ms\"",
+                ":2: watchdog.interval: 99ms is below 100ms",
+            ),
+            (
+                "interval = \"99ms 999us 999ns\"",
+                ":2: watchdog.interval: 99ms 999us 999ns is below 100ms",
+            ),
+            // No timeout a driver can take is above it.
+            (
+                "interval = \"2147483647s\"",
+                ":2: watchdog.interval: 2147483647s cannot be below any watchdog's timeout (at most 2147483647s",
+            ),
+            // SETTIMEOUT takes a C int of seconds: 4294967306 would have become 10.
+            (
+                "timeout = \"4294967306s\"",
+                ":2: watchdog.timeout: 4294967306s does not fit the driver's timeout, a C int of seconds: at most 2147483647s",
+            ),
+            (
+                "timeout = \"2147483648s\"",
+                ":2: watchdog.timeout: 2147483648s does not fit",
+            ),
+            (
+                "timeout = \"0s\"",
+                ":2: watchdog.timeout: must be whole seconds, at least 1s",
+            ),
+            (
+                "timeout = \"999ms\"",
+                ":2: watchdog.timeout: must be whole seconds",
+            ),
+            (
+                "timeout = \"1s 1ns\"",
+                ":2: watchdog.timeout: must be whole seconds",
+            ),
+            // The interval must be below the timeout, written or not.
+            (
+                "timeout = \"5s\"\ninterval = \"5s\"",
+                ":3: watchdog.interval: 5s is not below watchdog.timeout 5s: the watchdog would fire between keepalives",
+            ),
+            (
+                "interval = \"2s\"\ntimeout = \"1s\"",
+                ":2: watchdog.interval: 2s is not below watchdog.timeout 1s",
+            ),
+            (
+                "timeout = \"10s\"",
+                ":1: watchdog.interval: 10s (the default) is not below watchdog.timeout 10s",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let text = format!("[watchdog]\n{keys}\n");
+            let err = parse(&text).expect_err(&text);
+            assert!(
+                err.contains(expected),
+                "{text:?}:\n  got  {err}\n  want {expected}"
+            );
+            assert!(
+                err.starts_with("/etc/oomcount/oomcount.toml:"),
+                "{text:?}: {err}"
+            );
+            assert!(!err.contains('\n'), "{text:?}: not one line: {err}");
+        }
+    }
+
+    /// The values at the edges of what is refused, which must pass.
+    #[test]
+    fn watchdog_values_at_the_bounds_pass() {
+        let cases = [
+            ("interval = \"100ms\"", None, Duration::from_millis(100)),
+            (
+                "interval = \"100ms\"\ntimeout = \"1s\"",
+                Some(1),
+                Duration::from_millis(100),
+            ),
+            (
+                "interval = \"999ms\"\ntimeout = \"1s\"",
+                Some(1),
+                Duration::from_millis(999),
+            ),
+            ("timeout = \"11s\"", Some(11), Duration::from_secs(10)),
+            (
+                "timeout = \"2147483647s\"",
+                Some(2_147_483_647),
+                Duration::from_secs(10),
+            ),
+            (
+                "interval = \"2147483646s\"\ntimeout = \"2147483647s\"",
+                Some(2_147_483_647),
+                Duration::from_secs(2_147_483_646),
+            ),
+            (
+                "interval = \"2147483646s\"",
+                None,
+                Duration::from_secs(2_147_483_646),
+            ),
+        ];
+        assert_eq!(MAX_TIMEOUT.as_secs(), 2_147_483_647, "a C int of seconds");
+        for (keys, timeout, interval) in cases {
+            let text = format!("[watchdog]\n{keys}\n");
+            let watchdog = parse(&text)
+                .unwrap_or_else(|err| panic!("{text:?}: {err}"))
+                .watchdog
+                .unwrap();
+            assert_eq!(
+                watchdog.timeout,
+                timeout.map(Duration::from_secs),
+                "{text:?}"
+            );
+            assert_eq!(watchdog.interval, interval, "{text:?}");
+        }
+    }
+
+    /// What only the device can tell: its driver's timeout, against the interval.
+    #[test]
+    fn the_interval_must_be_below_the_drivers_timeout() {
+        let device = Path::new("/dev/watchdog");
+        let secs = Duration::from_secs;
+        let cases: [(&str, u64, Option<&str>); 9] = [
+            // timeout unset: the driver's own is the one that fires.
+            (
+                "[watchdog]\n",
+                10,
+                Some(
+                    "/etc/oomcount/oomcount.toml:1: watchdog.interval: 10s (the default) is not below the driver's timeout 10s, read from /dev/watchdog (watchdog.timeout is unset): the watchdog would fire between keepalives; set interval below it, or set timeout, under [watchdog]",
+                ),
+            ),
+            ("[watchdog]\n", 11, None),
+            (
+                "[rules]\nmax_kills = 1\n\n[watchdog]\ninterval = \"5s\"\n",
+                5,
+                Some(
+                    "/etc/oomcount/oomcount.toml:5: watchdog.interval: 5s is not below the driver's timeout 5s, read from /dev/watchdog (watchdog.timeout is unset)",
+                ),
+            ),
+            (
+                "[watchdog]\ninterval = \"5s\"\n",
+                1,
+                Some(":2: watchdog.interval: 5s is not below the driver's timeout 1s"),
+            ),
+            ("[watchdog]\ninterval = \"5s\"\n", 6, None),
+            ("[watchdog]\ninterval = \"100ms\"\n", 1, None),
+            // A driver that took another timeout than asked: what it took is what fires.
+            (
+                "[watchdog]\ntimeout = \"60s\"\ninterval = \"9s\"\n",
+                8,
+                Some(
+                    ":3: watchdog.interval: 9s is not below the driver's timeout 8s, read from /dev/watchdog (the driver took it for watchdog.timeout 1m)",
+                ),
+            ),
+            (
+                "[watchdog]\ntimeout = \"60s\"\ninterval = \"9s\"\n",
+                10,
+                None,
+            ),
+            // No [watchdog]: no device, nothing to check.
+            ("[rules]\nmax_kills = 1\n", 0, None),
+        ];
+        for (text, driver, expected) in cases {
+            let config = Config::parse(Path::new("/etc/oomcount/oomcount.toml"), text).unwrap();
+            let got = config
+                .check_driver_timeout(device, secs(driver))
+                .map_err(|e| e.to_string());
+            match (got, expected) {
+                (Ok(()), None) => {}
+                (Err(err), Some(want)) => {
+                    assert!(
+                        err.contains(want),
+                        "{text:?} driver {driver}s:\n  got  {err}\n  want {want}"
+                    );
+                    assert!(!err.contains('\n'), "not one line: {err}");
+                }
+                (got, want) => panic!("{text:?} driver {driver}s: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// `realtime = true` is documented, so the shipped unit must let it work: SCHED_FIFO 1 needs
+    /// CAP_SYS_NICE or an RTPRIO limit of 1, and no RestrictRealtime=yes (a seccomp filter that
+    /// refuses it whatever the rest says).
+    #[test]
+    fn the_shipped_unit_lets_realtime_work() {
+        let unit = include_str!("../../contrib/systemd/oomcount.service");
+        let value = |key: &str| {
+            unit.lines()
+                .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+                .next_back()
+                .map(str::trim)
+        };
+        assert!(
+            !matches!(value("RestrictRealtime"), Some("yes" | "true" | "on" | "1")),
+            "RestrictRealtime= turns realtime = true off"
+        );
+        let rtprio = value("LimitRTPRIO").map_or(0, |v| v.parse::<u32>().unwrap_or(99));
+        let nice = value("AmbientCapabilities").is_some_and(|caps| caps.contains("CAP_SYS_NICE"));
+        assert!(
+            rtprio >= 1 || nice,
+            "neither LimitRTPRIO=1 nor CAP_SYS_NICE: SCHED_FIFO 1 would be refused"
+        );
     }
 
     #[test]

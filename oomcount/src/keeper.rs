@@ -142,7 +142,7 @@ impl Keeper {
             );
         }
         let device = match (&path, dry_run, latched) {
-            (Some(path), false, None) => Some(Device::open(path, watchdog.timeout)?),
+            (Some(path), false, None) => Some(open(config, path)?),
             _ => None,
         };
         if watchdog.realtime {
@@ -169,15 +169,6 @@ impl Keeper {
                 },
                 humantime::format_duration(watchdog.interval)
             );
-            if let Some(timeout) = device.timeout()
-                && watchdog.interval >= timeout
-            {
-                log::warn!(
-                    "the keepalive interval {} is not below the driver's timeout {}s: the watchdog will fire between keepalives; lower interval under [watchdog]",
-                    humantime::format_duration(watchdog.interval),
-                    timeout.as_secs()
-                );
-            }
         } else if dry_run {
             log::info!(
                 "dry run: judging every {} without a watchdog device",
@@ -348,6 +339,25 @@ impl Keeper {
             }
         }
     }
+}
+
+/// Opens (arms) the configured device and checks the keepalive interval against the timeout
+/// the driver then reports, before any keepalive: an interval at or above it would let the
+/// watchdog fire between keepalives, a reset nobody asked for. Refused, the device is closed with
+/// the magic 'V' (as when the driver refuses the timeout): nothing was pinged, so this start
+/// leaves the device as it found it where the driver allows.
+fn open(config: &Config, path: &std::path::Path) -> Result<Device, WatchdogError> {
+    let timeout = config.watchdog.as_ref().and_then(|w| w.timeout);
+    let device = Device::open(path, timeout)?;
+    if let Some(driver) = device.timeout()
+        && let Err(err) = config.check_driver_timeout(path, driver)
+    {
+        if let Err(close) = device.disarm() {
+            log::error!("cannot disarm {} ({close}): it may fire", path.display());
+        }
+        return Err(err.into());
+    }
+    Ok(device)
 }
 
 /// Memory now; a figure the kernel does not give is left out of the judgement.

@@ -8,7 +8,8 @@ fn main() -> ExitCode {
     let cli = oomcount::cli::Cli::parse_from(oomcount::cli::args(std::env::args_os()));
     match oomcount::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        // `oomcount count | head -c0`: the reader went away, which is not an error.
+        Err(err) if oomcount::cli::reader_gone(&err) => ExitCode::SUCCESS,
         // `oomcount check` speaks in exit codes (watchdog(8)'s convention).
         Err(err) if err.is::<oomcount::cli::check::Failed>() => {
             let failed = err.downcast_ref::<oomcount::cli::check::Failed>();
@@ -20,13 +21,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `oomcount count | head -1` is not an error.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }

@@ -113,6 +113,14 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// EOF, EPIPE or ECONNRESET before an answer: the daemon hung up on this request (over its
+    /// limit of clients, or stopping). Never a closed stdout: that is the CLI's own error.
+    #[error(
+        "the daemon at {0} closed the connection without an answer (busy with other clients, or stopping): try again"
+    )]
+    Closed(PathBuf),
+    #[error("the daemon at {path} did not answer within {}s", CLIENT_TIMEOUT.as_secs())]
+    Timeout { path: PathBuf },
     #[error("the daemon at {path} did not answer")]
     Io {
         path: PathBuf,
@@ -162,10 +170,24 @@ impl Client {
     }
 
     fn io(&self, source: io::Error) -> ClientError {
-        ClientError::Io {
-            path: self.path.clone(),
-            source,
+        let path = self.path.clone();
+        match source.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof => ClientError::Closed(path),
+            // What a socket timeout reads as.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout { path },
+            _ => ClientError::Io { path, source },
         }
+    }
+
+    /// Sends one request and reads its answer; a connection closed before the answer is an
+    /// error ([`ClientError::Closed`]).
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.send(request)?;
+        self.receive()?
+            .ok_or_else(|| ClientError::Closed(self.path.clone()))
     }
 
     /// Sends a request.
@@ -209,14 +231,23 @@ impl Client {
 
 /// Sends one request to the daemon at `path` and reads its answer.
 pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
-    let mut client = Client::connect(path)?;
-    client.send(request)?;
-    client.receive()?.ok_or_else(|| {
-        client.io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without an answer",
-        ))
-    })
+    Client::connect(path)?.call(request)
+}
+
+impl Response {
+    /// Its kind as on the wire, to name an answer that does not fit the request (its contents can
+    /// be a whole history: not for an error line).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Count(_) => "count",
+            Response::Events(_) => "events",
+            Response::Watching(_) => "watching",
+            Response::Event(_) => "event",
+            Response::Dropped(_) => "dropped",
+            Response::Verdict(_) => "verdict",
+            Response::Error(_) => "error",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +265,58 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
         let list: Request = serde_json::from_str(r#"{"request":"list","n":5}"#).unwrap();
         assert_eq!(list, Request::List { n: 5 });
+    }
+
+    /// A listener in the test stands for a daemon that misbehaves: each way it hangs up is
+    /// [`ClientError::Closed`] (an EPIPE here is the socket's, never a closed stdout), and what
+    /// it says instead of an answer is garbage or a refusal.
+    #[test]
+    fn a_daemon_that_hangs_up_or_talks_nonsense_is_an_error() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("oomcount-proto-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let (hung_up, wait_hung_up) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let next = || listener.accept().unwrap().0;
+            // Accepts and closes before the request comes: its write fails with EPIPE.
+            drop(next());
+            hung_up.send(()).unwrap();
+            // Reads the request, closes without an answer: EOF.
+            let mut stream = BufReader::new(next());
+            stream.read_until(b'\n', &mut Vec::new()).unwrap();
+            drop(stream);
+            // Garbage, then an error response.
+            for answer in [
+                &b"HTTP/1.1 400 Bad Request\r\n"[..],
+                b"{\"error\":\"no\"}\n",
+            ] {
+                let mut stream = BufReader::new(next());
+                stream.read_until(b'\n', &mut Vec::new()).unwrap();
+                stream.get_mut().write_all(answer).unwrap();
+            }
+        });
+        let mut client = Client::connect(&path).unwrap();
+        wait_hung_up.recv().unwrap();
+        let err = client.send(&Request::Count).unwrap_err();
+        assert!(matches!(err, ClientError::Closed(_)), "EPIPE: {err:?}");
+        assert!(
+            err.to_string()
+                .contains("closed the connection without an answer")
+        );
+        let err = call(&path, &Request::Count).unwrap_err();
+        assert!(matches!(err, ClientError::Closed(_)), "EOF: {err:?}");
+        let err = call(&path, &Request::Verdict).unwrap_err();
+        assert!(matches!(err, ClientError::Garbage { .. }), "{err:?}");
+        let err = call(&path, &Request::Verdict).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(_, m) if m == "no"),
+            "{err:?}"
+        );
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -82,7 +82,9 @@ pub fn realtime() {
         log::info!("running at real-time priority (SCHED_FIFO 1)");
     } else {
         let err = std::io::Error::last_os_error();
-        log::warn!("cannot run at real-time priority ({err}; needs CAP_SYS_NICE): realtime is off");
+        log::warn!(
+            "cannot run at real-time priority ({err}; needs CAP_SYS_NICE, or an RTPRIO limit of 1: LimitRTPRIO=1 in a unit, without RestrictRealtime=): realtime is off"
+        );
     }
 }
 

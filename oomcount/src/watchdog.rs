@@ -57,6 +57,10 @@ pub enum WatchdogError {
         #[source]
         source: io::Error,
     },
+    /// The keepalive interval is not below the timeout the driver reports: found at start,
+    /// before the first keepalive, and said as a config error (file, line, keys).
+    #[error(transparent)]
+    Interval(#[from] crate::config::ConfigError),
     #[error("the watchdog {path} refused the timeout {timeout}s")]
     Timeout {
         path: PathBuf,
@@ -110,19 +114,22 @@ impl Device {
         if let Some(timeout) = timeout
             && device.ioctls
         {
-            let mut secs = timeout.as_secs() as libc::c_int;
-            // SAFETY: SETTIMEOUT reads and writes one int we own.
-            unsafe { ioctl::set_timeout(device.file.as_raw_fd(), &mut secs) }.map_err(
-                |source| {
-                    // Opened is armed: disarm before giving up, where the driver lets us.
-                    let _ = device.file.write_all(b"V");
-                    WatchdogError::Timeout {
-                        path: path.to_owned(),
-                        timeout: timeout.as_secs(),
-                        source,
-                    }
-                },
-            )?;
+            // The config refuses what does not fit; never let a cast cut it to its low bits.
+            let set = libc::c_int::try_from(timeout.as_secs())
+                .map_err(|_| Errno::EINVAL)
+                .and_then(|mut secs| {
+                    // SAFETY: SETTIMEOUT reads and writes one int we own.
+                    unsafe { ioctl::set_timeout(device.file.as_raw_fd(), &mut secs) }
+                });
+            set.map_err(|source| {
+                // Opened is armed: disarm before giving up, where the driver lets us.
+                let _ = device.file.write_all(b"V");
+                WatchdogError::Timeout {
+                    path: path.to_owned(),
+                    timeout: timeout.as_secs(),
+                    source,
+                }
+            })?;
         }
         if device.ioctls {
             let mut secs: libc::c_int = 0;

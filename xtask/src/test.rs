@@ -49,6 +49,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                 .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
                 .args(["--", "-D", "warnings"]),
         )?;
+        verify_unit()?;
     }
     eprintln!("test: unit tests");
     check(cargo().arg("test").args(HOST).args(["--lib", "--bins"]))?;
@@ -74,6 +75,66 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !args.no_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
     }
+    Ok(())
+}
+
+/// `systemd-analyze verify` on the shipped unit, where systemd-analyze exists.
+///
+/// Verify also checks that each `Exec*=` program is an executable file and that each
+/// `Documentation=` man page is installed, which say nothing of the unit on a build machine: the
+/// unit is verified as installed in a scratch root with a stand-in at each program's path, and
+/// man pages, which other packages own (watchdog(8)), are not asked for (`--man=no`). Unknown keys
+/// and bad values are only warnings to verify (exit 0), so any line it prints fails.
+fn verify_unit() -> anyhow::Result<()> {
+    use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
+
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("test: no systemd-analyze here: contrib/systemd/oomcount.service not verified");
+        return Ok(());
+    }
+    eprintln!("test: systemd-analyze verify contrib/systemd/oomcount.service");
+    let unit = crate::workspace_root().join("contrib/systemd/oomcount.service");
+    let text = fs::read_to_string(&unit)?;
+    let root = std::env::temp_dir().join(format!("oomcount-unit-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let installed = root.join("etc/systemd/system/oomcount.service");
+    fs::create_dir_all(installed.parent().expect("a folder"))?;
+    fs::write(&installed, &text)?;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        // `ExecStart=-/path args`: the prefixes say how to run it, the first word is the path.
+        let program = value.trim_start_matches(['-', '@', ':', '+', '!']);
+        let Some(program) = program.split_whitespace().next() else {
+            continue;
+        };
+        if key.trim().starts_with("Exec") {
+            let stand_in = root.join(program.trim_start_matches('/'));
+            fs::create_dir_all(stand_in.parent().expect("a folder"))?;
+            fs::write(&stand_in, "#!/bin/sh\n")?;
+            fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "--root"])
+        .arg(&root)
+        .arg("/etc/systemd/system/oomcount.service")
+        .output();
+    let _ = fs::remove_dir_all(&root);
+    let out = out?;
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify contrib/systemd/oomcount.service ({}):\n{}",
+        out.status,
+        said.trim()
+    );
     Ok(())
 }
 

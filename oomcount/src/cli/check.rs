@@ -6,8 +6,6 @@
 //! reboot at once. The verdict is the daemon's own, the one its pinger acts on.
 use std::io::Write as _;
 
-use anyhow::Context as _;
-
 use crate::{
     protocol::{self, ClientError, Request, Response, VerdictReply},
     rules::Health,
@@ -17,9 +15,10 @@ use crate::{
 pub const UNRECOVERABLE: u8 = 255;
 /// No daemon answers on the socket (ECONNREFUSED).
 pub const NO_DAEMON: u8 = libc::ECONNREFUSED as u8;
-/// The daemon did not answer in time (ETIMEDOUT).
+/// The daemon did not answer: it closed the connection first, or gave no answer in time
+/// (ETIMEDOUT).
 pub const NO_ANSWER: u8 = libc::ETIMEDOUT as u8;
-/// The daemon answered something else than a verdict (EPROTO).
+/// The daemon answered something else than a verdict: garbage, or an error (EPROTO).
 pub const GARBAGE: u8 = libc::EPROTO as u8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,9 +32,10 @@ pub enum Mode {
 #[derive(Debug, clap::Args)]
 #[command(
     after_long_help = "Exit status: 0 recoverable (healthy or degraded); 255 unrecoverable \
-(watchdog(8) reboots); 111 no daemon answers on the socket; 110 the daemon did not answer in \
-time; 71 the daemon answered garbage. In repair mode: 0 when things are recoverable again, else \
-one of these codes."
+(watchdog(8) reboots); 111 no daemon answers on the socket; 110 the daemon did not answer (it \
+closed the connection, or gave no answer within 5 s); 71 the daemon answered something else than \
+a verdict (garbage, or an error). Never 0 without the daemon's verdict. In repair mode: 0 when \
+things are recoverable again, else one of these codes."
 )]
 pub struct Args {
     /// `test` (the default) or `repair`, as watchdog(8) calls its test programs.
@@ -69,14 +69,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.mode == Some(Mode::Repair) && args.code.is_none() {
         anyhow::bail!("repair needs the CODE the test returned, as in `oomcount check repair 255`");
     }
-    let reply = match protocol::call(&args.socket.socket, &Request::Verdict) {
+    let socket = &args.socket.socket;
+    let reply = match protocol::call(socket, &Request::Verdict) {
         Ok(Response::Verdict(reply)) => reply,
-        Ok(other) => return Err(failed(GARBAGE, format!("the daemon answered {other:?}"))),
+        Ok(other) => {
+            return Err(failed(
+                GARBAGE,
+                format!(
+                    "the daemon at {} answered a {} response to a verdict request (is it an oomcount daemon of this version?)",
+                    socket.display(),
+                    other.kind()
+                ),
+            ));
+        }
         Err(err @ ClientError::NotRunning(_)) => return Err(failed(NO_DAEMON, err.to_string())),
-        Err(err @ ClientError::Garbage { .. }) => return Err(failed(GARBAGE, err.to_string())),
+        Err(err @ (ClientError::Garbage { .. } | ClientError::Refused(..))) => {
+            return Err(failed(GARBAGE, err.to_string()));
+        }
         Err(err) => return Err(failed(NO_ANSWER, format!("{:#}", anyhow::Error::from(err)))),
     };
-    print(&args, &reply)?;
+    // The status is the verdict's: a reader that went away (`check --json | head -c0`) must not
+    // turn an unrecoverable verdict into 0. Any other failed write of a recoverable one is 1.
+    if let Err(err) = print(&args, &reply)
+        && err.0.kind() != std::io::ErrorKind::BrokenPipe
+        && reply.health.recoverable()
+    {
+        return Err(err.into());
+    }
     if reply.health.recoverable() {
         if let (Some(Mode::Repair), Some(code)) = (args.mode, args.code) {
             eprintln!("oomcount: repaired: the test's code {code} no longer applies");
@@ -94,18 +113,17 @@ fn failed(code: u8, message: String) -> anyhow::Error {
     Failed { code, message }.into()
 }
 
-fn print(args: &Args, reply: &VerdictReply) -> anyhow::Result<()> {
+fn print(args: &Args, reply: &VerdictReply) -> Result<(), super::Stdout> {
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, reply).context("write")?;
-        writeln!(out).context("write")?;
+        super::write_json(&mut out, reply)?;
     } else if args.explain {
         match reply.health {
             Health::Healthy => writeln!(out, "healthy"),
             _ => writeln!(out, "{}: {}", reply.health, reply.reason),
         }
-        .context("write")?;
-        writeln!(out, "watchdog: {}", reply.watchdog).context("write")?;
+        .map_err(super::Stdout)?;
+        writeln!(out, "watchdog: {}", reply.watchdog).map_err(super::Stdout)?;
     }
     Ok(())
 }

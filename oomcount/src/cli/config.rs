@@ -36,9 +36,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(w) if !w.device.as_os_str().is_empty() => println!(
             "watchdog: {} timeout {} keepalive every {}{}",
             w.device.display(),
-            w.timeout.map_or("(the driver's)".to_owned(), |t| {
-                humantime::format_duration(t).to_string()
-            }),
+            w.timeout.map_or(
+                "(the driver's; the daemon refuses to start unless interval is below it)"
+                    .to_owned(),
+                |t| humantime::format_duration(t).to_string()
+            ),
             humantime::format_duration(w.interval),
             if w.nowayout { ", nowayout" } else { "" }
         ),

@@ -1,8 +1,6 @@
 //! `oomcount count`: the body count, from the daemon.
 use std::{io::Write as _, path::Path};
 
-use anyhow::Context as _;
-
 use crate::{
     pins::Pinned,
     protocol::{self, ClientError, CountReply, Request, Response},
@@ -20,7 +18,7 @@ pub struct Args {
 }
 
 /// The counts from the pinned counter map, when there are pins and this process may read them.
-fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
+pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
     let pinned = Pinned::open(dir).ok()??;
     let counters = pinned.counters().ok()?;
     let attached = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(pinned.attached_ns());
@@ -40,12 +38,16 @@ fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
     })
 }
 
-/// The counts from the daemon at `socket`, else from the pins in `pin_dir` when no daemon runs
-/// (shared with `status`).
-pub(crate) fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply> {
+/// The counts from the daemon at `socket`, else from the pins in `pin_dir` when no daemon runs.
+/// A daemon that runs but does not answer with the counts is an error, never the pins' figures.
+fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply> {
     Ok(match protocol::call(socket, &Request::Count) {
         Ok(Response::Count(reply)) => reply,
-        Ok(other) => anyhow::bail!("the daemon answered {other:?} to a count request"),
+        Ok(other) => anyhow::bail!(
+            "the daemon at {} answered a {} response to a count request (is it an oomcount daemon of this version?)",
+            socket.display(),
+            other.kind()
+        ),
         // No daemon: the pinned counters still know, to whoever may read them.
         Err(ClientError::NotRunning(path)) => match from_pins(pin_dir) {
             Some(reply) => reply,
@@ -59,10 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reply = counts(&args.source.socket.socket, &args.source.pin_dir)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &reply).context("write")?;
-        writeln!(out).context("write")?;
+        super::write_json(&mut out, &reply)?;
     } else {
-        write!(out, "{}", human(&reply)).context("write")?;
+        write!(out, "{}", human(&reply)).map_err(super::Stdout)?;
     }
     Ok(())
 }

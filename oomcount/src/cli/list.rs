@@ -1,8 +1,6 @@
 //! `oomcount list`: the most recent victims, from the daemon's history.
 use std::io::Write as _;
 
-use anyhow::Context as _;
-
 use crate::protocol::{self, Request, Response};
 
 #[derive(Debug, clap::Args)]
@@ -35,11 +33,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     events.drain(..skip);
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &events).context("write")?;
-        writeln!(out).context("write")?;
+        super::write_json(&mut out, &events)?;
     } else {
         for event in &events {
-            writeln!(out, "{}", event.line()).context("write")?;
+            writeln!(out, "{}", event.line()).map_err(super::Stdout)?;
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 //!
 //! Parsing lives here; the work lives in the library. Every subcommand returns an
 //! `anyhow::Result` whose error is printed as one line by `main`, with exit status 1; clap's own
-//! usage errors exit 2.
+//! usage errors exit 2. A write to stdout goes through [`Stdout`], so that `main` can tell the one
+//! failure that is no failure (the reader went away: `oomcount list | head -1`) from an EPIPE on
+//! the daemon's socket, which is.
 pub mod check;
 pub mod config;
 pub mod count;
@@ -72,6 +74,32 @@ pub struct CountSource {
     /// answers.
     #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
     pub pin_dir: PathBuf,
+}
+
+/// A write to stdout that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout")]
+pub struct Stdout(#[source] pub std::io::Error);
+
+/// Writes `value` as one JSON line to `out` (stdout).
+pub(crate) fn write_json(
+    out: &mut impl std::io::Write,
+    value: &impl serde::Serialize,
+) -> Result<(), Stdout> {
+    // Our replies always serialize: what can fail is the write, which serde_json hands back.
+    serde_json::to_writer(&mut *out, value).map_err(|err| Stdout(err.into()))?;
+    writeln!(out).map_err(Stdout)
+}
+
+/// Whether `err` is only that stdout was closed (EPIPE on stdout), which ends a command quietly
+/// with status 0. An EPIPE or ECONNRESET anywhere else, the daemon's socket first of all, is not:
+/// a command that got no answer must not exit 0 with nothing printed.
+pub fn reader_gone(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<Stdout>()
+            .is_some_and(|Stdout(io)| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The command line, with `oomcount check` when called by that name: a symlink named
@@ -167,6 +195,41 @@ mod tests {
         ] {
             let err = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_closed_stdout_is_a_quiet_end() {
+        use std::io::{Error, ErrorKind};
+        let socket = std::path::PathBuf::from("/run/oomcount/oomcount.sock");
+        let cases: [(anyhow::Error, bool); 7] = [
+            (Stdout(Error::from(ErrorKind::BrokenPipe)).into(), true),
+            (
+                anyhow::Error::from(Stdout(Error::from(ErrorKind::BrokenPipe))).context("list"),
+                true,
+            ),
+            (Stdout(Error::from(ErrorKind::StorageFull)).into(), false),
+            // The daemon's socket: EPIPE there is a failure, however it reached the error.
+            (Error::from(ErrorKind::BrokenPipe).into(), false),
+            (
+                anyhow::Error::from(Error::from(ErrorKind::BrokenPipe)).context("write"),
+                false,
+            ),
+            (
+                crate::protocol::ClientError::Closed(socket.clone()).into(),
+                false,
+            ),
+            (
+                crate::protocol::ClientError::Io {
+                    path: socket,
+                    source: Error::from(ErrorKind::BrokenPipe),
+                }
+                .into(),
+                false,
+            ),
+        ];
+        for (err, quiet) in cases {
+            assert_eq!(reader_gone(&err), quiet, "{err:#}");
         }
     }
 

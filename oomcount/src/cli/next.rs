@@ -21,10 +21,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ranking = victims::rank(args.count).context("rank the processes")?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &ranking).context("write")?;
-        writeln!(out).context("write")?;
+        super::write_json(&mut out, &ranking)?;
     } else {
-        write!(out, "{}", human(&ranking)).context("write")?;
+        write!(out, "{}", human(&ranking)).map_err(super::Stdout)?;
     }
     Ok(())
 }

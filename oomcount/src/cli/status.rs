@@ -2,14 +2,17 @@
 //!
 //! The vitals come from /proc, so `status` answers without a daemon; the count comes from the
 //! daemon (or its pins, as `count` reads them). A missing daemon is then said in the count's
-//! place rather than failing the whole status: the vitals are worth having on their own.
+//! place rather than failing the whole status: the vitals are worth having on their own. A daemon
+//! that runs but does not answer (it hangs up, answers garbage or an error, or not in time) is
+//! another thing: `status` then prints nothing and fails with one line, since a status without
+//! its verdict would pass for one without a daemon.
 use std::{fmt::Write as _, io::Write as _};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    protocol::{self, CountReply, Request, Response, VerdictReply},
+    protocol::{Client, ClientError, CountReply, Request, Response, VerdictReply},
     vitals::{self, MemoryPsi, Psi, Vitals},
 };
 
@@ -42,30 +45,61 @@ struct Status {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let vitals = vitals::read().context("read the memory vitals")?;
-    let (count, count_error) =
-        match super::count::counts(&args.source.socket.socket, &args.source.pin_dir) {
-            Ok(reply) => (Some(reply), None),
-            Err(err) => (None, Some(format!("{err:#}"))),
-        };
-    // Only a daemon judges; without one, the count's error already says so.
-    let verdict = match protocol::call(&args.source.socket.socket, &Request::Verdict) {
-        Ok(Response::Verdict(reply)) => Some(reply),
-        _ => None,
-    };
-    let status = Status {
-        vitals,
-        count,
-        count_error,
-        verdict,
+    let status = match ask(&args.source)? {
+        Some((count, verdict)) => Status {
+            vitals,
+            count: Some(count),
+            count_error: None,
+            verdict: Some(verdict),
+        },
+        // No daemon: the pins may still know the count; only a daemon judges.
+        None => {
+            let pinned = super::count::from_pins(&args.source.pin_dir);
+            let count_error = pinned
+                .is_none()
+                .then(|| ClientError::NotRunning(args.source.socket.socket.clone()).to_string());
+            Status {
+                vitals,
+                count: pinned,
+                count_error,
+                verdict: None,
+            }
+        }
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &status).context("write")?;
-        writeln!(out).context("write")?;
+        super::write_json(&mut out, &status)?;
     } else {
-        write!(out, "{}", human(&status)).context("write")?;
+        write!(out, "{}", human(&status)).map_err(super::Stdout)?;
     }
     Ok(())
+}
+
+/// The count and the verdict, from the daemon on one connection; `None` when no daemon runs.
+/// Anything short of both answers from a running daemon is an error.
+fn ask(source: &super::CountSource) -> anyhow::Result<Option<(CountReply, VerdictReply)>> {
+    let socket = &source.socket.socket;
+    let mut client = match Client::connect(socket) {
+        Ok(client) => client,
+        Err(ClientError::NotRunning(_)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let wrong = |request: &str, other: Response| {
+        anyhow::anyhow!(
+            "the daemon at {} answered a {} response to a {request} request (is it an oomcount daemon of this version?)",
+            socket.display(),
+            other.kind()
+        )
+    };
+    let count = match client.call(&Request::Count)? {
+        Response::Count(count) => count,
+        other => return Err(wrong("count", other)),
+    };
+    let verdict = match client.call(&Request::Verdict)? {
+        Response::Verdict(verdict) => verdict,
+        other => return Err(wrong("verdict", other)),
+    };
+    Ok(Some((count, verdict)))
 }
 
 fn human(status: &Status) -> String {

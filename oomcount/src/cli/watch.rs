@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if args.json {
                     let mut value = serde_json::to_value(&counts).context("encode")?;
                     value["kind"] = "watching".into();
-                    writeln!(out, "{value}").context("write")?;
+                    writeln!(out, "{value}").map_err(super::Stdout)?;
                 } else {
                     eprintln!(
                         "oomcount: watching OOM kills ({} since {}); Ctrl-C to stop",
@@ -42,24 +42,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 }
                 if args.json {
-                    serde_json::to_writer(&mut out, &event).context("write")?;
-                    writeln!(out).context("write")?;
+                    super::write_json(&mut out, &event)?;
                 } else {
-                    writeln!(out, "{}", event.line()).context("write")?;
+                    writeln!(out, "{}", event.line()).map_err(super::Stdout)?;
                 }
             }
             Response::Dropped(dropped) => {
                 if args.json {
                     let line = serde_json::json!({"kind": "dropped", "count": dropped.count, "by": dropped.by});
-                    writeln!(out, "{line}").context("write")?;
+                    writeln!(out, "{line}").map_err(super::Stdout)?;
                 } else {
                     writeln!(out, "{} events dropped ({})", dropped.count, dropped.by)
-                        .context("write")?;
+                        .map_err(super::Stdout)?;
                 }
             }
             other => anyhow::bail!("the daemon answered {other:?} to a watch"),
         }
-        out.flush().context("write")?;
+        out.flush().map_err(super::Stdout)?;
     }
     anyhow::bail!("the daemon closed the connection (stopped?)")
 }
