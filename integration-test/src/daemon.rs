@@ -61,10 +61,19 @@ impl Daemon {
 
     /// [`Daemon::start_with`] with more environment (systemd's `NOTIFY_SOCKET`).
     pub fn start_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        Daemon::start_on(None, args, env)
+    }
+
+    /// [`Daemon::start_env`] on `socket` (default: one in a folder of the daemon's own).
+    pub fn start_on(
+        socket: Option<&Path>,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let bin = locate::oomcount();
         let dir = std::env::temp_dir().join(unique_name("oomcount-daemon"));
         fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
-        let socket = dir.join("oomcount.sock");
+        let socket = socket.map_or_else(|| dir.join("oomcount.sock"), Path::to_path_buf);
         let log = dir.join("daemon.log");
         let out =
             fs::File::create(&log).unwrap_or_else(|err| panic!("create {}: {err}", log.display()));

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod events;
 pub mod fake_daemon;
+pub mod hostile;
 pub mod kmsg;
 pub mod locate;
 pub mod mounts;

@@ -7,9 +7,7 @@
 //! SIGINT or SIGTERM.
 use std::{
     collections::VecDeque,
-    fs,
-    io::{self, ErrorKind},
-    os::unix::fs::PermissionsExt as _,
+    fs, io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
@@ -57,6 +55,15 @@ pub enum DaemonError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "refusing to make the {what} there (name a folder only root can write with {flag}, such as /run/oomcount)"
+    )]
+    Folder {
+        what: &'static str,
+        flag: &'static str,
+        #[source]
+        source: crate::files::Unsafe,
     },
     #[error("cannot start the runtime")]
     Runtime(#[source] io::Error),
@@ -150,6 +157,15 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let socket = options.socket;
     let lock = lock_socket(&socket)?;
+    if let Some(stat) = &options.stat {
+        crate::files::ensure_folder(crate::files::parent(stat), 0o755).map_err(|source| {
+            DaemonError::Folder {
+                what: "stat file",
+                flag: "--stat",
+                source,
+            }
+        })?;
+    }
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
     let listener = bind(&socket)?;
@@ -577,21 +593,16 @@ fn lock_socket(socket: &Path) -> Result<nix::fcntl::Flock<fs::File>, DaemonError
         path: socket.to_path_buf(),
         source,
     };
-    if let Some(parent) = socket.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.exists()
-    {
-        fs::create_dir_all(parent).map_err(socket_err)?;
-        let _ = fs::set_permissions(parent, fs::Permissions::from_mode(0o755));
-    }
-    let mut lock_path = socket.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(socket_err)?;
+    // World-searchable where it is made, for clients to reach the socket.
+    crate::files::ensure_folder(crate::files::parent(socket), 0o755).map_err(|source| {
+        DaemonError::Folder {
+            what: "socket",
+            flag: "--socket",
+            source,
+        }
+    })?;
+    let file =
+        crate::files::open_lock(&crate::files::with_suffix(socket, ".lock")).map_err(socket_err)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
         |(_, errno)| match errno {
             nix::errno::Errno::EWOULDBLOCK => DaemonError::AlreadyRunning(socket.to_path_buf()),
@@ -607,12 +618,7 @@ fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
         path: socket.to_path_buf(),
         source,
     };
-    match fs::remove_file(socket) {
-        Ok(()) => log::debug!("removed stale socket {}", socket.display()),
-        Err(err) if err.kind() == ErrorKind::NotFound => {}
-        Err(err) => return Err(socket_err(err)),
-    }
-    let listener = UnixListener::bind(socket).map_err(socket_err)?;
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o666)).map_err(socket_err)?;
-    Ok(listener)
+    let listener = crate::files::bind_socket(socket, 0o666).map_err(socket_err)?;
+    listener.set_nonblocking(true).map_err(socket_err)?;
+    UnixListener::from_std(listener).map_err(socket_err)
 }

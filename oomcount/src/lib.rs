@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod files;
 pub mod keeper;
 pub mod logger;
 pub mod offsets;

@@ -3,12 +3,7 @@
 //! One `name value` per line, world-readable, replaced atomically (written beside, then renamed)
 //! after each batch of events, so a reader never sees half a file and needs no privileges, no
 //! socket and no parsing beyond `awk`.
-use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::protocol::CountReply;
 
@@ -44,25 +39,13 @@ pub fn render(counts: &CountReply) -> String {
     out
 }
 
-/// Replaces `path` with `contents`, atomically, mode 0644.
-pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.set_permissions(fs::Permissions::from_mode(0o644))?;
-    drop(file);
-    fs::rename(&tmp, path)
-}
+/// Replaces `path` with `contents`, atomically, mode 0644, never through a link.
+pub use crate::files::write_atomic;
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
     use super::*;
 
     fn counts() -> CountReply {

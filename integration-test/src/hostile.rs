@@ -1,0 +1,106 @@
+//! Another user of the machine, for the tests where oomcount must hold against one: commands run
+//! as `nobody` (uid 65534), a folder like /tmp for them to plant things in, and the sysctls that
+//! would otherwise protect root from what they plant, set for the test and put back after.
+use std::{
+    ffi::OsStr,
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use crate::{unique_name, watchdog::Run};
+
+/// The attacker's uid and gid.
+pub const NOBODY: u32 = 65534;
+
+/// Runs `program args` as nobody, with no supplementary groups (`setpriv`, from util-linux).
+pub fn as_nobody(program: &str, args: &[&OsStr]) -> Run {
+    let nobody = NOBODY.to_string();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &nobody,
+            "--regid",
+            &nobody,
+            "--clear-groups",
+            program,
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("run setpriv {program} {args:?}: {err}"));
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `ln -s target link` as nobody; panics unless it worked.
+pub fn plant_link(target: &Path, link: &Path) {
+    let run = as_nobody(
+        "/bin/ln",
+        &[OsStr::new("-s"), target.as_os_str(), link.as_os_str()],
+    );
+    assert_eq!(
+        run.code,
+        Some(0),
+        "nobody's ln -s {target:?} {link:?}: {run:?}"
+    );
+}
+
+/// A sysctl set for a test, put back as it was when dropped (on panic too).
+pub struct Sysctl {
+    path: PathBuf,
+    previous: String,
+}
+
+impl Sysctl {
+    pub fn set(path: &str, value: &str) -> Sysctl {
+        let previous = fs::read_to_string(path)
+            .unwrap_or_else(|err| panic!("read {path}: {err}"))
+            .trim()
+            .to_owned();
+        fs::write(path, value).unwrap_or_else(|err| panic!("write {value} to {path}: {err}"));
+        Sysctl {
+            path: path.into(),
+            previous,
+        }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(err) = fs::write(&self.path, &self.previous) {
+            eprintln!(
+                "cannot put {} back to {}: {err}",
+                self.path.display(),
+                self.previous
+            );
+        }
+    }
+}
+
+/// A folder of root's with `mode` (1777 for one like /tmp), removed with what is in it on drop.
+pub struct Folder(PathBuf);
+
+impl Folder {
+    pub fn new(label: &str, mode: u32) -> Folder {
+        let dir = std::env::temp_dir().join(unique_name(label));
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|err| panic!("chmod {}: {err}", dir.display()));
+        Folder(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
