@@ -1,18 +1,20 @@
-//! Another user against the daemon's files: nobody (uid 65534) plants links at the names the
-//! daemon derives and folders on its way. The daemon must write nowhere it was not told to, and
-//! refuse folders others control in one line.
+//! Another user against the daemon's pins and files: nobody (uid 65534) plants links at the
+//! names the daemon derives and folders on its way, and makes the pin folder before the daemon.
+//! The daemon must write nowhere it was not told to, and refuse folders others control in one
+//! line.
 use std::{
     ffi::OsStr,
     fs,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use oomcount_integration_test::{
     Daemon,
     hostile::{Folder, NOBODY, Sysctl, as_nobody, plant_link},
-    require_root,
+    locate, pins_possible, require_root,
     wait::{deadline, wait_until},
     watchdog::{Run, oomcount},
 };
@@ -176,4 +178,160 @@ fn a_folder_on_the_way_that_another_user_controls_is_refused_in_one_line() {
         "made in nobody's folder"
     );
     precious.assert_untouched("(refused)");
+}
+
+/// A bpffs of the test's own, mounted with `data`; unmounted when dropped.
+struct Bpffs(Folder);
+
+impl Bpffs {
+    fn mount(data: &str) -> Bpffs {
+        let folder = Folder::new("oomcount-bpffs", 0o755);
+        nix::mount::mount(
+            Some("bpf"),
+            folder.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some(data),
+        )
+        .unwrap_or_else(|err| panic!("mount bpffs at {}: {err}", folder.path().display()));
+        Bpffs(folder)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes a test's pins (with `oomcount detach`), whatever happened.
+struct Unpin(PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = oomcount(&["detach".as_ref(), "--pin-dir".as_ref(), self.0.as_os_str()]);
+    }
+}
+
+#[test]
+fn a_pin_folder_another_user_made_is_refused_and_the_daemons_own_is_out_of_their_reach() {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    // bpffs as mounted without a mode (as the issue found /sys/fs/bpf): world-writable, sticky.
+    let bpffs = Bpffs::mount("mode=1777");
+    let theirs = bpffs.path().join("oomcount-x");
+    let made = as_nobody("/bin/mkdir", &[theirs.as_os_str()]);
+    assert_eq!(made.code, Some(0), "{made:?}");
+    let scratch = Folder::new("oomcount-pinsock", 0o755);
+    let socket = scratch.path().join("oc.sock");
+    let run = refused(&[
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--pin-dir".as_ref(),
+        theirs.as_os_str(),
+    ]);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "oomcount: refusing the pin folder {}",
+            theirs.display()
+        )) && run
+            .stderr
+            .contains(&format!("{} is owned by uid {NOBODY}", theirs.display())),
+        "{run:?}"
+    );
+    assert!(
+        fs::read_dir(&theirs).unwrap().next().is_none(),
+        "pinned there"
+    );
+
+    // The daemon's own folder: root's, 0700; nobody can neither look in nor remove a pin.
+    let ours = bpffs.path().join("oomcount-y");
+    let _unpin = Unpin(ours.clone());
+    let daemon = Daemon::start_with(&["--pin-dir".as_ref(), ours.as_os_str()]);
+    let meta = fs::symlink_metadata(&ours).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+    let link = ours.join("link_mark_victim");
+    let rm = as_nobody("/bin/rm", &["-f".as_ref(), link.as_os_str()]);
+    assert_ne!(rm.code, Some(0), "nobody removed a pin: {rm:?}");
+    assert!(link.exists());
+    let ls = as_nobody("/bin/ls", &[ours.as_os_str()]);
+    assert_ne!(ls.code, Some(0), "nobody listed the pins: {ls:?}");
+    drop(daemon);
+}
+
+#[test]
+fn bpffs_mounted_by_the_daemon_is_mode_0700() {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    // A mount namespace of the daemon's own where /sys/fs/bpf is not mounted, so that it mounts
+    // bpffs itself (there only: the mount, and the pins, go with the namespace).
+    let scratch = Folder::new("oomcount-mountns", 0o755);
+    let socket = scratch.path().join("oc.sock");
+    let log = scratch.path().join("daemon.log");
+    let out = fs::File::create(&log).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("while umount -l /sys/fs/bpf 2>/dev/null; do :; done; exec \"$0\" \"$@\"")
+        .arg(locate::oomcount())
+        .args([
+            "daemon",
+            "--pin-dir",
+            "/sys/fs/bpf/oomcount-mode",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let pid = child.id();
+    let daemon_log = || fs::read_to_string(&log).unwrap_or_default();
+    let mounted = wait_until(
+        deadline(Duration::from_secs(20)),
+        "the daemon to mount bpffs and serve",
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon exited ({status}): {}", daemon_log());
+            }
+            let served = oomcount(&["count".as_ref(), "--socket".as_ref(), socket.as_os_str()]);
+            let mountinfo =
+                fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+            match mountinfo
+                .lines()
+                .find(|l| l.split(' ').nth(4) == Some("/sys/fs/bpf") && l.contains(" - bpf "))
+            {
+                Some(line) if served.code == Some(0) => Ok(line.to_owned()),
+                other => Err(format!("{other:?}; {}", daemon_log())),
+            }
+        },
+    );
+    let root = fs::metadata(format!("/proc/{pid}/root/sys/fs/bpf")).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", daemon_log());
+    assert!(
+        mounted
+            .split(' ')
+            .any(|o| o.split(',').any(|o| o == "mode=700")),
+        "{mounted}"
+    );
+    // bpffs makes its root sticky whatever the mode.
+    assert_eq!(root.mode() & 0o777, 0o700, "{mounted}");
+    assert!(
+        daemon_log().contains("mounted bpffs at /sys/fs/bpf (mode 0700)"),
+        "{}",
+        daemon_log()
+    );
 }

@@ -7,6 +7,12 @@
 //! beyond, they are counted as dropped). The counter map also holds, in slots the programs never
 //! touch, the pins' layout version and when they were attached, so that a newer oomcount can
 //! recognise older pins and replace them without losing their counts.
+//!
+//! Whoever can remove the pins blinds the probe once the daemon is gone, and whoever can plant
+//! them feeds a daemon their counts. So the pin folder is the daemon's own: made by it with mode
+//! 0700, or an existing folder of root's that no other user can write, and every folder above it
+//! is root's and not writable by others unless sticky ([`ensure_dir`]). bpffs, where the daemon
+//! mounts it, gets `mode=0700` (mounted without a mode it is world-writable and sticky, like /tmp).
 use std::{
     fs, io,
     path::{Path, PathBuf},
@@ -18,24 +24,29 @@ use aya::{
 };
 use oomcount_common::{counter, pin};
 
-use crate::probe::{Counters, PerCpuValuesByIndex, read_counters};
+use crate::{
+    files::{self, Unsafe},
+    probe::{Counters, PerCpuValuesByIndex, read_counters},
+};
 
 /// Where the pins live unless told otherwise.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/oomcount";
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// The pin folder's mode, and bpffs's where the daemon mounts it.
+const MODE: u32 = 0o700;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error(
-        "bpffs is not mounted at /sys/fs/bpf and mounting it failed (mount it with `mount -t bpf bpf /sys/fs/bpf`, or run with --no-pin)"
+        "bpffs is not mounted at /sys/fs/bpf and mounting it failed (mount it with `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`, or run with --no-pin)"
     )]
     Mount(#[source] nix::Error),
     #[error(
-        "cannot create the pin folder {0} (choose another with --pin-dir, or run with --no-pin)"
+        "refusing the pin folder {0}: oomcount pins only in a folder of its own, root's with mode 0700 under folders only root can write (remove it after checking what it holds, choose another with --pin-dir, or run with --no-pin)"
     )]
-    Folder(PathBuf, #[source] io::Error),
+    Unsafe(PathBuf, #[source] Unsafe),
     #[error("cannot open the pinned {0} (remove the pins with `oomcount detach`)")]
     Open(PathBuf, #[source] aya::maps::MapError),
     #[error("cannot pin {0} (run with --no-pin to go without pins)")]
@@ -46,8 +57,9 @@ pub enum PinError {
     Read(#[source] Box<crate::probe::ProbeError>),
 }
 
-/// Mounts bpffs at `/sys/fs/bpf` where `dir` is under it and it is not mounted; creates `dir`.
-pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
+/// Makes `dir` ready to pin in: mounts bpffs (mode 0700) at `/sys/fs/bpf` where `dir` is under
+/// it and it is not mounted, then makes `dir` the daemon's own folder, or refuses it.
+pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && !is_bpffs(root) {
         nix::mount::mount(
@@ -55,12 +67,14 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
             root,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some(format!("mode={MODE:o}").as_str()),
         )
         .map_err(PinError::Mount)?;
-        log::info!("mounted bpffs at {}", root.display());
+        log::info!("mounted bpffs at {} (mode {MODE:04o})", root.display());
     }
-    fs::create_dir_all(dir).map_err(|err| PinError::Folder(dir.to_path_buf(), err))
+    let refuse = |err| PinError::Unsafe(dir.to_path_buf(), err);
+    files::ensure_folder(files::parent(dir), MODE).map_err(refuse)?;
+    files::own_folder(dir, MODE).map_err(refuse)
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -81,12 +95,14 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    /// The pins in `dir`; `None` when there are none.
+    /// The pins in `dir`; `None` when there are none. A folder another user could have put
+    /// them in is refused.
     pub fn open(dir: &Path) -> Result<Option<Self>, PinError> {
         let path = dir.join(pin::COUNTERS);
         if !path.exists() {
             return Ok(None);
         }
+        files::check_own_folder(dir).map_err(|err| PinError::Unsafe(dir.to_path_buf(), err))?;
         let open = || -> Result<PerCpuArray<MapData, u64>, aya::maps::MapError> {
             Map::from_map_data(MapData::from_pin(&path)?)?.try_into()
         };

@@ -119,7 +119,7 @@ impl Probe {
         let Some(dir) = pin_dir else {
             return Self::load(None, None);
         };
-        pins::ensure_bpffs(dir)?;
+        pins::ensure_dir(dir)?;
         match pins::Pinned::open(dir)? {
             Some(pinned) if pinned.version() == pin_version() && pinned.links_present() => {
                 Self::adopt(pinned)
