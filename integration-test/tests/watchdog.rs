@@ -167,6 +167,115 @@ fn an_unrecoverable_verdict_outlives_the_daemon_and_the_next_one_leaves_the_devi
     );
 }
 
+/// The latch on each way pins are replaced: pins of an older oomcount (which a newer one
+/// replaces, carrying their counts over), and pins left with maps but no links by a daemon that
+/// died between pinning the two. A daemon started after either must keep the verdict and leave
+/// the device alone.
+#[test]
+fn the_latch_survives_pins_replaced_by_a_newer_oomcount() {
+    latched_pins_replaced(false);
+}
+
+#[test]
+fn the_latch_survives_a_crash_between_pinning_the_maps_and_the_links() {
+    latched_pins_replaced(true);
+}
+
+fn latched_pins_replaced(crash_between: bool) {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    let label = if crash_between { "crash" } else { "upgrade" };
+    let pins = Scratch::new(&format!("oomcount-latch-{label}"));
+    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(pins.dir().file_name().unwrap());
+    let _unpin = Unpin(pin_dir.clone());
+    let rules = "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]";
+    let pinned = |device: &StandIn, env: &[(&str, &OsStr)]| {
+        let config = device.config(INTERVAL, rules);
+        Daemon::start_env(
+            &[
+                OsStr::new("--config"),
+                config.as_os_str(),
+                OsStr::new("--pin-dir"),
+                pin_dir.as_os_str(),
+            ],
+            env,
+        )
+    };
+    // An older oomcount, whose pins a newer one cannot adopt, judges the machine unrecoverable
+    // and dies.
+    let old = StandIn::new();
+    let mut daemon = pinned(&old, &[("OOMCOUNT_TEST_PIN_VERSION", OsStr::new("0"))]);
+    old.wait_pings(2, "keepalives before the kill");
+    let cg = MemCg::new(&format!("watchdog-latch-{label}"), 32 << 20);
+    kill_one(&cg, &["--comm", "oc-critical"]);
+    wait_kills(&daemon, 1);
+    assert_eq!(check(daemon.socket(), &[]).code, Some(255));
+    let kills = daemon.count().kills;
+    daemon.crash();
+
+    if crash_between {
+        // A newer daemon replaces those pins and is killed after pinning the new maps, before
+        // the links: what it leaves is maps without links.
+        let dying = StandIn::new();
+        let config = dying.config(INTERVAL, rules);
+        let socket = pins.dir().join("dying.sock");
+        std::fs::create_dir_all(pins.dir()).unwrap();
+        let status = std::process::Command::new(oomcount_integration_test::locate::oomcount())
+            .args(["daemon", "--pin-dir"])
+            .arg(&pin_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config)
+            .env("OOMCOUNT_TEST_CRASH_AFTER_MAPS", "1")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{status}"
+        );
+        assert!(pin_dir.join("counters").exists() && !pin_dir.join("link_mark_victim").exists());
+        assert_eq!(
+            dying.bytes().len(),
+            0,
+            "the dying daemon touched the device"
+        );
+    }
+
+    let device = StandIn::new();
+    let daemon = pinned(&device, &[]);
+    assert!(
+        daemon.log().contains("replacing pins of layout version"),
+        "{}",
+        daemon.log()
+    );
+    let run = check(daemon.socket(), &["--explain"]);
+    assert_eq!(
+        run.code,
+        Some(255),
+        "the verdict outlives the pins: {run:?}"
+    );
+    assert!(
+        run.stdout.contains("by an earlier oomcount daemon"),
+        "{run:?}"
+    );
+    assert!(daemon.count().kills >= kills, "the counts carried over");
+    // Five keepalive periods (a wait for an absence has to be a fixed span): the device is not
+    // even opened.
+    std::thread::sleep(Duration::from_millis(1000) * time_scale());
+    assert_eq!(
+        (device.pings(), device.bytes().len()),
+        (0, 0),
+        "the daemon on replaced pins touched the device; its log:\n{}",
+        daemon.log()
+    );
+}
+
 /// Removes a test's pins, whatever happened.
 struct Unpin(std::path::PathBuf);
 

@@ -6,6 +6,7 @@
 //! of the kernel's BTF: the few kernel-structure offsets the programs need come from
 //! [`crate::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
 use std::{
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -111,7 +112,8 @@ pub struct Probe {
 
 impl Probe {
     /// Attaches the programs, pinning them under `pin_dir` when given: adopts the pins found
-    /// there when their version is this one's, replaces them (keeping their counts) when not.
+    /// there when their version is this one's, replaces them (keeping their counts and the
+    /// watchdog's latch) when not, or when their links are missing.
     pub fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
         if !system::may_load_bpf() {
             return Err(ProbeError::NotPrivileged);
@@ -126,14 +128,17 @@ impl Probe {
             }
             Some(pinned) => {
                 log::info!(
-                    "replacing pins of layout version {} in {} with version {}; their counts go on",
+                    "replacing pins of layout version {}{} in {} with version {}; their counts go on",
                     pinned.version(),
+                    if pinned.links_present() {
+                        ""
+                    } else {
+                        " without links"
+                    },
                     dir.display(),
                     pin_version()
                 );
-                let carried = pinned.carry_over()?;
-                pins::remove(dir)?;
-                let mut probe = Self::load(Some(dir), Some(carried))?;
+                let mut probe = Self::load(Some(dir), Some(pinned))?;
                 if probe.origin == Origin::Attached {
                     probe.origin = Origin::Upgraded;
                 }
@@ -156,11 +161,9 @@ impl Probe {
     }
 
     /// Loads and attaches the programs (the signal program first, so that no kill is marked
-    /// before its signal can be seen), then pins them under `pin_dir` where the kernel allows.
-    fn load(
-        pin_dir: Option<&Path>,
-        carried: Option<PerCpuValuesByIndex>,
-    ) -> Result<Self, ProbeError> {
+    /// before its signal can be seen), then pins them under `pin_dir` where the kernel allows,
+    /// in place of the pins `replacing`, whose counts and latch go on in the new counter map.
+    fn load(pin_dir: Option<&Path>, replacing: Option<pins::Pinned>) -> Result<Self, ProbeError> {
         let tracefs = tracefs::ensure_mounted()?;
         let mut config = tracefs::load_config(&tracefs)?;
         crate::offsets::fill(&mut config);
@@ -195,22 +198,10 @@ impl Probe {
                 dir.display()
             );
         }
-        if let Some(dir) = pinning {
-            let map = |name| ebpf.map(name).ok_or(ProbeError::Missing(name));
-            pins::pin_maps(dir, map(MAP_COUNTERS)?, map(MAP_EVENTS)?)?;
-        }
         let mut counters: PerCpuArray<MapData, u64> = ebpf
             .take_map(MAP_COUNTERS)
             .ok_or(ProbeError::Missing(MAP_COUNTERS))?
             .try_into()?;
-        // Counts carried from older pins go on from where they were, since when they began.
-        let mut carried_attach = None;
-        for (index, value) in carried.unwrap_or_default() {
-            set_slot(&mut counters, index, value)?;
-            if index == counter::ATTACHED_AT_NS && value != 0 {
-                carried_attach = Some(UNIX_EPOCH + Duration::from_nanos(value));
-            }
-        }
         let events: RingBuf<MapData> = ebpf
             .take_map(MAP_EVENTS)
             .ok_or(ProbeError::Missing(MAP_EVENTS))?
@@ -234,6 +225,37 @@ impl Probe {
         if let Some(raw) = raw_mark_program {
             set_kill_program(&mut ebpf, raw, &kernel)?;
         }
+
+        // The pins being replaced: their counts and latch are read only now that the new
+        // programs are verified (the slow part), so that the old probe counts until just before
+        // it stops; they are in the new counter map before it is pinned.
+        let mut carried_attach = None;
+        if let Some(old) = replacing {
+            for (index, value) in old.carry_over()? {
+                set_slot(&mut counters, index, value)?;
+                if index == counter::ATTACHED_AT_NS && value != 0 {
+                    carried_attach = Some(UNIX_EPOCH + Duration::from_nanos(value));
+                }
+            }
+            drop(old);
+            if let Some(dir) = pin_dir {
+                // The old programs stop; their maps are replaced just below (by rename), or
+                // removed when this kernel cannot pin.
+                if pinning.is_some() {
+                    pins::remove_links(dir)?;
+                } else {
+                    pins::remove(dir)?;
+                }
+            }
+        }
+        if let Some(dir) = pinning {
+            pins::pin_maps(dir, pins::map_fd(&counters), events.as_fd())?;
+            // The tests' stand-in for a crash between pinning the maps and the links.
+            if std::env::var_os("OOMCOUNT_TEST_CRASH_AFTER_MAPS").is_some() {
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+
         let signal_link = if raw_signal {
             attach_raw(&mut ebpf, signal, TP_SIGNAL_GENERATE.1, &kernel)?
         } else {
