@@ -1,7 +1,8 @@
 //! Another user against the daemon's pins and files: nobody (uid 65534) plants links at the
-//! names the daemon derives and folders on its way, and makes the pin folder before the daemon.
-//! The daemon must write nowhere it was not told to, and refuse folders others control in one
-//! line.
+//! names the daemon derives and folders on its way, and makes the pin folder before the daemon;
+//! root removes or replaces the pins under a running daemon. The daemon must write nowhere it was
+//! not told to, refuse folders others control in one line, keep its probe attached and pinned,
+//! and `detach` must say what stays attached.
 use std::{
     ffi::OsStr,
     fs,
@@ -12,12 +13,22 @@ use std::{
 };
 
 use oomcount_integration_test::{
-    Daemon,
+    Daemon, MemCg,
     hostile::{Folder, NOBODY, Sysctl, as_nobody, plant_link},
-    locate, pins_possible, require_root,
+    locate, pins_possible,
+    producer::single_kills,
+    require_root, vmstat,
     wait::{deadline, wait_until},
-    watchdog::{Run, oomcount},
+    watchdog::{Run, oomcount, wait_kills},
 };
+
+/// The pins' names, as the daemon makes them.
+const PINS: [&str; 4] = [
+    "counters",
+    "events",
+    "link_signal_generate",
+    "link_mark_victim",
+];
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -334,4 +345,165 @@ fn bpffs_mounted_by_the_daemon_is_mode_0700() {
         "{}",
         daemon_log()
     );
+}
+
+/// The BPF links process `pid` holds descriptors of.
+fn links_held(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter(|fd| {
+            fs::read_link(fd.as_ref().unwrap().path())
+                .is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-link")
+        })
+        .count()
+}
+
+fn pin_dir(label: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("oomcount-test-{label}-{}", std::process::id()))
+}
+
+#[test]
+fn pins_removed_under_a_running_daemon_are_pinned_again_and_no_kill_is_missed() {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    let pins = pin_dir("repin");
+    let _unpin = Unpin(pins.clone());
+    let mut daemon = Daemon::start_with(&["--pin-dir".as_ref(), pins.as_os_str()]);
+    assert_eq!(
+        links_held(daemon.pid()),
+        2,
+        "the daemon holds its own links"
+    );
+
+    // detach refuses while the daemon holds the probe, and says which process to stop.
+    let run = oomcount(&["detach".as_ref(), "--pin-dir".as_ref(), pins.as_os_str()]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("held by pid {} (oomcount)", daemon.pid()))
+            && run.stderr.lines().count() == 1,
+        "{run:?}"
+    );
+    assert!(
+        PINS.iter().all(|p| pins.join(p).exists()),
+        "detach removed pins"
+    );
+
+    // Removed by hand: the daemon pins its probe again at once; and again when the folder
+    // goes (moved away here, so that the daemon cannot fill it before it goes).
+    let all_pinned = |what: &str| {
+        wait_until(deadline(Duration::from_secs(5)), what, || {
+            let missing: Vec<_> = PINS.iter().filter(|p| !pins.join(p).exists()).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing)
+            }
+        })
+    };
+    for name in ["link_mark_victim", "link_signal_generate"] {
+        fs::remove_file(pins.join(name)).unwrap();
+    }
+    all_pinned("the daemon to pin its links again");
+    let moved = with_suffix(&pins, "-moved");
+    fs::rename(&pins, &moved).unwrap();
+    all_pinned("the daemon to make its folder and pin its probe again");
+    for name in PINS {
+        fs::remove_file(moved.join(name)).unwrap();
+    }
+    fs::remove_dir(&moved).unwrap();
+    assert!(
+        daemon.log().contains("while this daemon ran: pinned again"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        fs::metadata(&pins).unwrap().mode() & 0o7777,
+        0o700,
+        "the folder made again"
+    );
+
+    // The pins are the daemon's own probe: a kill counted by it, then, with the daemon gone,
+    // a kill counted in the pins.
+    let before = vmstat::oom_kill();
+    let cg = MemCg::new("repin", 32 << 20);
+    let counted = daemon.count().kills;
+    single_kills(&cg, 1);
+    wait_kills(&daemon, counted + 1);
+    daemon.crash();
+    single_kills(&cg, 1);
+    let run = oomcount(&[
+        "count".as_ref(),
+        "--json".as_ref(),
+        "--socket".as_ref(),
+        daemon.socket().as_os_str(),
+        "--pin-dir".as_ref(),
+        pins.as_os_str(),
+    ]);
+    let away: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|err| panic!("count --json: {err}: {run:?}"));
+    assert_eq!(away["source"], "pins", "{away}");
+    assert_eq!(
+        away["kills"].as_u64(),
+        Some(counted + vmstat::oom_kill() - before),
+        "{away}"
+    );
+
+    // With no daemon, detach detaches, and says so.
+    let run = oomcount(&["detach".as_ref(), "--pin-dir".as_ref(), pins.as_os_str()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout.contains("removed 4 pins") && run.stdout.contains("the probe is detached"),
+        "{run:?}"
+    );
+    assert!(!pins.exists());
+}
+
+#[test]
+fn pins_replaced_under_a_running_daemon_are_reported_and_left_alone() {
+    require_root();
+    if !pins_possible() {
+        return;
+    }
+    let pins = pin_dir("replaced");
+    let _unpin = Unpin(pins.clone());
+    let daemon = Daemon::start_with(&["--pin-dir".as_ref(), pins.as_os_str()]);
+    // Another object at the counters' name (the events map: not this daemon's counters).
+    fs::rename(pins.join("events"), pins.join("counters")).unwrap();
+    let report = "are not this daemon's probe any more";
+    wait_until(
+        deadline(Duration::from_secs(5)),
+        "the daemon to report pins not its own",
+        || {
+            let log = daemon.log();
+            if log.contains(report) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    assert!(!pins.join("events").exists(), "the daemon touched them");
+    // Said once, however often the folder changes meanwhile.
+    fs::create_dir(pins.join("x")).unwrap();
+    fs::remove_dir(pins.join("x")).unwrap();
+    // The stranger removed: the daemon's own pins come back.
+    fs::remove_file(pins.join("counters")).unwrap();
+    wait_until(
+        deadline(Duration::from_secs(5)),
+        "the daemon to pin its maps again",
+        || {
+            let log = daemon.log();
+            if PINS.iter().all(|p| pins.join(p).exists()) && log.contains("daemon's again") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    assert_eq!(daemon.log().matches(report).count(), 1, "{}", daemon.log());
+    // Serving all along.
+    daemon.count();
 }

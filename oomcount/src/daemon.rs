@@ -231,6 +231,17 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             None
         }
     };
+    // Pins removed or replaced under the daemon are noticed as it happens (inotify).
+    let mut pin_watch = lock_probe(&shared).pin_dir().and_then(|dir| {
+        crate::pins::Watch::new(dir)
+            .inspect_err(|err| {
+                log::warn!(
+                    "cannot watch {} ({err}): pins removed while the daemon runs are not pinned again",
+                    dir.display()
+                )
+            })
+            .ok()
+    });
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
     let mut keepalive = lock_keeper(&shared).interval().map(|period| {
@@ -265,6 +276,15 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                 },
                 Err(err) => log::warn!("accept: {err}"),
             },
+            changed = pins_changed(&mut pin_watch) => {
+                lock_probe(&shared).check_pins();
+                if let Some(watch) = &mut pin_watch
+                    && let Err(err) = changed.and_then(|()| watch.rewatch())
+                {
+                    log::warn!("watching the pins: {err}; pins removed from now on are not pinned again");
+                    pin_watch = None;
+                }
+            }
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
                     let seen = drain(guard.get_inner_mut(), &shared);
@@ -299,6 +319,13 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
         Some(timer) => {
             timer.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+async fn pins_changed(watch: &mut Option<crate::pins::Watch>) -> io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
         None => std::future::pending().await,
     }
 }

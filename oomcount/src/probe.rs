@@ -6,7 +6,7 @@
 //! of the kernel's BTF: the few kernel-structure offsets the programs need come from
 //! [`crate::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
 use std::{
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -19,7 +19,7 @@ use aya::{
 use oomcount_common::{
     ABSENT, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_KILL_PROG, PIN_VERSION, PROG_MARK_VICTIM,
     PROG_MARK_VICTIM_RAW, PROG_MARK_VICTIM_RAW_LOOP, PROG_SIGNAL_GENERATE,
-    PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature,
+    PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature, pin,
 };
 
 use crate::{pins, system, tracefs};
@@ -104,6 +104,9 @@ pub struct Probe {
     _ebpf: Option<Ebpf>,
     /// Links taken from their programs but not pinned: dropping them detaches.
     _links: Vec<FdLink>,
+    /// This process's own descriptors of its pinned maps and links, when pinned: the probe
+    /// stays attached while they are held, whatever becomes of the pins.
+    held: Option<pins::Held>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
@@ -149,10 +152,11 @@ impl Probe {
     }
 
     fn adopt(pinned: pins::Pinned) -> Result<Self, ProbeError> {
-        let (counters, events, attached_ns) = pinned.into_parts()?;
+        let (counters, events, attached_ns, held) = pinned.into_parts()?;
         Ok(Self {
             _ebpf: None,
             _links: Vec::new(),
+            held: Some(held),
             counters,
             events: Some(events),
             attached_at: UNIX_EPOCH + Duration::from_nanos(attached_ns),
@@ -276,9 +280,19 @@ impl Probe {
 
         let mut origin = Origin::Unpinned;
         let mut links = Vec::new();
+        let mut held = None;
         match (pinning, signal_link, mark_link) {
             (Some(dir), Some(signal), Some(mark)) => {
-                pins::pin_links(dir, signal, mark)?;
+                let links = pins::pin_links(dir, signal, mark)?;
+                let dup = |fd: BorrowedFd<'_>, name| {
+                    fd.try_clone_to_owned()
+                        .map_err(|err| pins::PinError::Pin(dir.join(name), err))
+                };
+                let maps = [
+                    (pin::COUNTERS, dup(pins::map_fd(&counters), pin::COUNTERS)?),
+                    (pin::EVENTS, dup(events.as_fd(), pin::EVENTS)?),
+                ];
+                held = Some(pins::Held::new(dir, maps.into_iter().chain(links))?);
                 origin = Origin::Attached;
             }
             // Not pinned: the links live as long as this probe.
@@ -287,11 +301,25 @@ impl Probe {
         Ok(Self {
             _ebpf: Some(ebpf),
             _links: links,
+            held,
             counters,
             events: Some(events),
             attached_at,
             origin,
         })
+    }
+
+    /// The pin folder this probe is pinned in, if pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.held.as_ref().map(pins::Held::dir)
+    }
+
+    /// Looks at the pins after a change in their folder: pins again what was removed, reports
+    /// pins that are not this probe's (see [`pins::Held::check`]).
+    pub fn check_pins(&mut self) {
+        if let Some(held) = &mut self.held {
+            held.check();
+        }
     }
 
     /// When the programs were attached: counts start there.

@@ -1,4 +1,6 @@
-//! `oomcount detach`: removes the pins, so that the probe stops once no daemon holds it.
+//! `oomcount detach`: removes the pins, so that the probe stops, unless a running daemon holds
+//! it: that daemon keeps its probe attached and pins it again, so detach refuses and says which
+//! process to stop first.
 use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
@@ -9,17 +11,22 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let removed = crate::pins::remove(&args.pin_dir)
-        .with_context(|| format!("detach (as root?) from {}", args.pin_dir.display()))?;
-    // The folder goes too when nothing else is in it.
-    let _ = std::fs::remove_dir(&args.pin_dir);
-    if removed == 0 {
-        println!("no pins in {}", args.pin_dir.display());
-    } else {
-        println!(
-            "removed {removed} pins from {}; a running daemon keeps its probe until it stops",
-            args.pin_dir.display()
-        );
+    let dir = &args.pin_dir;
+    let detached = match crate::pins::detach(dir) {
+        Err(err @ crate::pins::PinError::Held { .. }) => return Err(err.into()),
+        other => other.with_context(|| format!("detach (as root?) from {}", dir.display()))?,
+    };
+    match (detached.removed, detached.held_by.as_slice()) {
+        (0, []) => println!("no pins in {}", dir.display()),
+        (n, []) => println!(
+            "removed {n} pins from {}: the probe is detached",
+            dir.display()
+        ),
+        (n, holders) => println!(
+            "removed {n} pins from {}, but the probe is still attached: held by {}",
+            dir.display(),
+            holders.join(", ")
+        ),
     }
     Ok(())
 }

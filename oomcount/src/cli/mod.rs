@@ -45,7 +45,7 @@ pub enum Command {
     Watch(watch::Args),
     /// Print the most recent OOM victims from the daemon's history.
     List(list::Args),
-    /// Remove the probe's pins from bpffs (the probe stops once no daemon holds it).
+    /// Remove the probe's pins from bpffs, detaching it (refused while a daemon holds it).
     Detach(detach::Args),
     /// List the processes the OOM killer would kill next, by oom_score, and the protected ones.
     Next(next::Args),
