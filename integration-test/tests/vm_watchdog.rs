@@ -214,3 +214,63 @@ fn f_a_daemon_restarted_after_the_verdict_does_not_cancel_the_reset() {
     );
     expect_reset_within(timeout + SLACK);
 }
+
+/// The latch when the pins are replaced: an older oomcount (posed by `OOMCOUNT_TEST_PIN_VERSION`)
+/// judges the guest unrecoverable and is SIGKILLed; a newer one replaces its pins and is killed
+/// between pinning the new maps and the links (`OOMCOUNT_TEST_CRASH_AFTER_MAPS`, as a crash or
+/// an OOM kill there would); a third replaces what that one left. Neither may open the device
+/// (opening it pings it): the reset comes within the timeout of the first daemon's death. A
+/// longer timeout here, so that two starts have room before the reset.
+#[test]
+#[ignore = "resets its VM guest: cargo xtask vm-test runs it in a guest of its own"]
+fn g_pins_replaced_after_the_verdict_do_not_cancel_the_reset() {
+    require_root();
+    let timeout = TIMEOUT * 3;
+    let config = config_with(
+        timeout,
+        "max_kills = 100\nconstraint = \"any\"\ncritical = [\"oc-critical\"]",
+    );
+    let pin_dir = OsStr::new("/sys/fs/bpf/oomcount-vmwd-replace");
+    let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--pin-dir"),
+        pin_dir,
+    ];
+    let mut old = Daemon::start_env(&args, &[("OOMCOUNT_TEST_PIN_VERSION", OsStr::new("0"))]);
+    wait_keepalives(&old, 2);
+    let cg = MemCg::new("vmwd-replace", 32 << 20);
+    kill_one(&cg, &["--comm", "oc-critical"]);
+    wait_kills(&old, 1);
+    old.crash();
+    let socket = std::env::temp_dir().join("oomcount-vmwd-dying.sock");
+    let dying = std::process::Command::new(oomcount_integration_test::locate::oomcount())
+        .arg("daemon")
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .env("OOMCOUNT_TEST_CRASH_AFTER_MAPS", "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("run the daemon that dies between maps and links");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&dying),
+        Some(libc::SIGKILL),
+        "{dying}"
+    );
+    let again = Daemon::start_with(&args);
+    assert!(
+        again
+            .log()
+            .contains("replacing pins of layout version 0 without links"),
+        "{}",
+        again.log()
+    );
+    assert_eq!(
+        check(again.socket(), &[]).code,
+        Some(255),
+        "{}",
+        again.log()
+    );
+    expect_reset_within(timeout + SLACK);
+}
