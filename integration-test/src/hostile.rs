@@ -14,22 +14,17 @@ use crate::{unique_name, watchdog::Run};
 /// The attacker's uid and gid.
 pub const NOBODY: u32 = 65534;
 
-/// Runs `program args` as nobody, with no supplementary groups (`setpriv`, from util-linux).
-pub fn as_nobody(program: &str, args: &[&OsStr]) -> Run {
-    let nobody = NOBODY.to_string();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &nobody,
-            "--regid",
-            &nobody,
-            "--clear-groups",
-            program,
-        ])
+/// Runs one step as nobody (uid 65534, no groups): `oomcount-hog nobody STEP ARGS`, which needs
+/// no tool of the machine's (the VM guest has none). Steps: `mkdir`, `rm`, `ln`, `ls`,
+/// `forge-sigkill N`.
+pub fn as_nobody(step: &str, args: &[&OsStr]) -> Run {
+    let hog = crate::locate::hog();
+    let out = Command::new(&hog)
+        .args(["nobody", step])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|err| panic!("run setpriv {program} {args:?}: {err}"));
+        .unwrap_or_else(|err| panic!("run {} nobody {step} {args:?}: {err}", hog.display()));
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -39,10 +34,7 @@ pub fn as_nobody(program: &str, args: &[&OsStr]) -> Run {
 
 /// `ln -s target link` as nobody; panics unless it worked.
 pub fn plant_link(target: &Path, link: &Path) {
-    let run = as_nobody(
-        "/bin/ln",
-        &[OsStr::new("-s"), target.as_os_str(), link.as_os_str()],
-    );
+    let run = as_nobody("ln", &[target.as_os_str(), link.as_os_str()]);
     assert_eq!(
         run.code,
         Some(0),

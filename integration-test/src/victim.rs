@@ -358,3 +358,39 @@ fn wait_pid_flags(pid: libc::pid_t, flags: libc::c_int) -> libc::c_int {
         );
     }
 }
+
+/// `n` children, one after another, each sending itself SIGKILL through `rt_sigqueueinfo` with
+/// `si_code` SI_KERNEL (the kernel lets a process send itself any code): what a forged "kernel"
+/// SIGKILL looks like. Each must die of it.
+pub fn forge_sigkills(n: u32) -> Result<(), String> {
+    for _ in 0..n {
+        // SAFETY: the child only makes system calls and exits; the hog has one thread.
+        match unsafe { libc::fork() } {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                info.si_signo = libc::SIGKILL;
+                info.si_code = libc::SI_KERNEL;
+                libc::syscall(
+                    libc::SYS_rt_sigqueueinfo,
+                    libc::getpid(),
+                    libc::SIGKILL,
+                    &info as *const libc::siginfo_t,
+                );
+                // Only reached when the signal was refused.
+                libc::_exit(3);
+            },
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL) {
+                    return Err(format!(
+                        "the forged SIGKILL was refused (status {status:#x})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

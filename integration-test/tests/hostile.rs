@@ -7,6 +7,7 @@ use std::{path::Path, time::Duration};
 use oomcount_integration_test::{
     EventCounts, MemCg,
     events::Paused,
+    hostile::as_nobody,
     kernel_release,
     producer::{self, kill_one},
     require_root,
@@ -91,24 +92,6 @@ fn a_renamed_process_does_not_fire_a_unit_rule_but_its_cgroup_does() {
     }
 }
 
-/// A process that sends itself SIGKILL through `rt_sigqueueinfo` with `si_code` SI_KERNEL, as
-/// any process may, `n` times (one child each, which the signal ends).
-const FORGER: &str = r#"
-import ctypes, os, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-n = int(sys.argv[1])
-for _ in range(n):
-    pid = os.fork()
-    if pid == 0:
-        info = ctypes.create_string_buffer(struct.pack("iii", 9, 0, 0x80) + bytes(116), 128)
-        libc.syscall(129, os.getpid(), 9, info)  # rt_sigqueueinfo(self, SIGKILL, SI_KERNEL)
-        os._exit(3)
-    _, status = os.waitpid(pid, 0)
-    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9):
-        sys.exit("the forged SIGKILL was refused: status %d" % status)
-print("forged", n)
-"#;
-
 #[test]
 fn forged_kernel_sigkills_are_not_the_oom_killers() {
     require_root();
@@ -123,21 +106,10 @@ fn forged_kernel_sigkills_are_not_the_oom_killers() {
     }
     let scratch = Scratch::new("oomcount-forged");
     let daemon = scratch.daemon("", &[]);
-    let script = scratch.dir().join("forge.py");
-    std::fs::write(&script, FORGER).expect("write the forger");
     let before = signals(&daemon);
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg("/usr/bin/python3")
-        .arg(&script)
-        .arg("50")
-        .output()
-        .expect("run the forger as uid 65534");
-    assert!(
-        out.status.success(),
-        "the forger failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // 50 processes of nobody's, each sending itself SIGKILL with si_code SI_KERNEL.
+    let run = as_nobody("forge-sigkill", &["50".as_ref()]);
+    assert_eq!(run.code, Some(0), "the forger failed: {run:?}");
     let after_forged = signals(&daemon);
     assert_eq!(
         after_forged, before,

@@ -152,7 +152,7 @@ fn a_folder_on_the_way_that_another_user_controls_is_refused_in_one_line() {
     let link = shared.path().join("evil");
     plant_link(precious.folder.path(), &link);
     let mine = shared.path().join("mine");
-    let made = as_nobody("/bin/mkdir", &[mine.as_os_str()]);
+    let made = as_nobody("mkdir", &[mine.as_os_str()]);
     assert_eq!(made.code, Some(0), "{made:?}");
     let socket = link.join("oc.sock");
     let run = refused(&["--no-pin".as_ref(), "--socket".as_ref(), socket.as_os_str()]);
@@ -237,7 +237,7 @@ fn a_pin_folder_another_user_made_is_refused_and_the_daemons_own_is_out_of_their
     // bpffs as mounted without a mode (as the issue found /sys/fs/bpf): world-writable, sticky.
     let bpffs = Bpffs::mount("mode=1777");
     let theirs = bpffs.path().join("oomcount-x");
-    let made = as_nobody("/bin/mkdir", &[theirs.as_os_str()]);
+    let made = as_nobody("mkdir", &[theirs.as_os_str()]);
     assert_eq!(made.code, Some(0), "{made:?}");
     let scratch = Folder::new("oomcount-pinsock", 0o755);
     let socket = scratch.path().join("oc.sock");
@@ -268,10 +268,10 @@ fn a_pin_folder_another_user_made_is_refused_and_the_daemons_own_is_out_of_their
     let meta = fs::symlink_metadata(&ours).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
     let link = ours.join("link_mark_victim");
-    let rm = as_nobody("/bin/rm", &["-f".as_ref(), link.as_os_str()]);
+    let rm = as_nobody("rm", &[link.as_os_str()]);
     assert_ne!(rm.code, Some(0), "nobody removed a pin: {rm:?}");
     assert!(link.exists());
-    let ls = as_nobody("/bin/ls", &[ours.as_os_str()]);
+    let ls = as_nobody("ls", &[ours.as_os_str()]);
     assert_ne!(ls.code, Some(0), "nobody listed the pins: {ls:?}");
     drop(daemon);
 }

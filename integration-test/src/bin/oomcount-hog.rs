@@ -8,6 +8,13 @@
 //!     oomcount-hog vmshare --cgroup DIR                                clone(CLONE_VM) pair
 //!     oomcount-hog storm   --cgroup DIR... --kills-each K              forking producers
 //!     oomcount-hog dying   --cgroup DIR --mb N                         the already-dying victim
+//!     oomcount-hog nobody  OP ARGS...                                  another user's steps
+//!
+//! `nobody` runs one step as uid and gid 65534 without groups, with no tool of the machine's
+//! (the VM guest has none): `mkdir PATH`, `rm PATH`, `ln TARGET LINK`, `ls DIR`, and
+//! `forge-sigkill N` (N children, each sending itself SIGKILL through `rt_sigqueueinfo` with
+//! `si_code` SI_KERNEL, as any process may). It exits 0 when the step worked, 1 with the error
+//! when it did not.
 //!
 //! Anything that touches memory without bound needs a cgroup (whose limit ends it), or
 //! `--global` together with `OOMCOUNT_VM=1`: a global OOM is allowed only in the VM guest.
@@ -41,7 +48,10 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let (mode, rest) = args
         .split_first()
-        .ok_or("name a mode: alloc, threads, vmshare or storm")?;
+        .ok_or("name a mode: alloc, threads, vmshare, storm, dying or nobody")?;
+    if mode == "nobody" {
+        return nobody(rest);
+    }
     let (count, rest) = match (mode.as_str(), rest.split_first()) {
         ("threads", Some((n, rest))) => (
             Some(
@@ -131,4 +141,37 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
     value
         .parse()
         .map_err(|_| format!("{flag} {value:?} is not a number"))
+}
+
+/// `nobody OP ARGS`: one step as uid 65534 (see the module doc).
+fn nobody(args: &[String]) -> Result<ExitCode, String> {
+    victim::become_user(65534);
+    let arg = |i: usize| {
+        args.get(i)
+            .ok_or_else(|| format!("nobody {args:?}: too few arguments"))
+    };
+    let done = match args.first().map(String::as_str) {
+        Some("mkdir") => std::fs::create_dir(arg(1)?),
+        Some("rm") => std::fs::remove_file(arg(1)?),
+        Some("ln") => std::os::unix::fs::symlink(arg(1)?, arg(2)?),
+        Some("ls") => std::fs::read_dir(arg(1)?).map(|entries| {
+            for entry in entries.flatten() {
+                println!("{}", entry.file_name().to_string_lossy());
+            }
+        }),
+        Some("forge-sigkill") => {
+            let n: u32 = number("forge-sigkill", arg(1)?)?;
+            victim::forge_sigkills(n).map_err(|err| format!("forge-sigkill: {err}"))?;
+            println!("forged {n}");
+            Ok(())
+        }
+        other => return Err(format!("nobody: unknown step {other:?}")),
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("oomcount-hog nobody {args:?}: {err}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
