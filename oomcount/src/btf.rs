@@ -17,6 +17,10 @@ use std::{
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+/// Members one lookup may look at. Kernels nest a few anonymous structs and unions a few levels
+/// deep; a malformed file whose anonymous types contain each other many times over would
+/// otherwise make a lookup take exponential time.
+const LOOKUP_BUDGET: usize = 4096;
 /// Bytes read at a time (sysfs hands out a page per read whatever is asked; files, more).
 const BUFFER: usize = 64 * 1024;
 
@@ -84,7 +88,7 @@ impl Btf {
         Self::read(File::open(path)?, structs, members, enumerators)
     }
 
-    fn read<R: Read + Seek>(
+    pub(crate) fn read<R: Read + Seek>(
         mut file: R,
         structs: &[&str],
         members: &[&str],
@@ -204,21 +208,23 @@ impl Btf {
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
         let members = self.structs.get(self.strings.get(name)?)?;
         let wanted = *self.strings.get(member)?;
-        self.find(members, wanted, 0).map(|bits| bits / 8)
+        let mut budget = LOOKUP_BUDGET;
+        self.find(members, wanted, 0, &mut budget)
+            .map(|bits| bits / 8)
     }
 
-    fn find(&self, members: &[Member], wanted: u32, depth: u32) -> Option<u32> {
-        if depth > 8 {
+    fn find(&self, members: &[Member], wanted: u32, depth: u32, budget: &mut usize) -> Option<u32> {
+        if depth > 8 || *budget < members.len() {
             return None;
         }
-        for m in members {
-            if m.name == wanted {
-                return (!m.bitfield && m.bit_offset % 8 == 0).then_some(m.bit_offset);
-            }
+        *budget -= members.len();
+        if let Some(m) = members.iter().find(|m| m.name == wanted) {
+            return (!m.bitfield && m.bit_offset % 8 == 0).then_some(m.bit_offset);
         }
         members.iter().filter(|m| m.name == 0).find_map(|m| {
             let inner = self.anonymous.get(&m.type_id)?;
-            Some(m.bit_offset + self.find(inner, wanted, depth + 1)?)
+            m.bit_offset
+                .checked_add(self.find(inner, wanted, depth + 1, budget)?)
         })
     }
 
@@ -298,49 +304,117 @@ fn skip(reader: &mut impl BufRead, mut n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// BTF blobs for tests, built type by type.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{MAGIC, kind};
+
+    pub struct Blob {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        offsets: std::collections::HashMap<String, u32>,
+        count: u32,
+    }
+
+    impl Default for Blob {
+        fn default() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                offsets: [(String::new(), 0)].into(),
+                count: 0,
+            }
+        }
+    }
+
+    impl Blob {
+        /// The offset of `name` in the string section, added if new.
+        pub fn name(&mut self, name: &str) -> u32 {
+            if let Some(offset) = self.offsets.get(name) {
+                return *offset;
+            }
+            let offset = self.strings.len() as u32;
+            self.strings.extend(name.as_bytes());
+            self.strings.push(0);
+            self.offsets.insert(name.to_owned(), offset);
+            offset
+        }
+
+        /// A type's 12-byte header; its id.
+        pub fn push(&mut self, header: &[u32; 3]) -> u32 {
+            self.words(header);
+            self.count += 1;
+            self.count
+        }
+
+        /// The words that follow a header (members, enumerators).
+        pub fn words(&mut self, words: &[u32]) {
+            words
+                .iter()
+                .for_each(|w| self.types.extend(w.to_le_bytes()));
+        }
+
+        /// `int`.
+        pub fn int(&mut self) -> u32 {
+            let name = self.name("int");
+            let id = self.push(&[name, kind::INT << 24, 4]);
+            self.words(&[32]);
+            id
+        }
+
+        /// A struct of `int` members (after [`Blob::int`], type 1) at byte offsets.
+        pub fn structure(&mut self, name: &str, size: u32, members: &[(&str, u32)]) -> u32 {
+            let name = self.name(name);
+            let id = self.push(&[name, (kind::STRUCT << 24) | members.len() as u32, size]);
+            for (member, offset) in members {
+                let member = self.name(member);
+                self.words(&[member, 1, offset * 8]);
+            }
+            id
+        }
+
+        pub fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
+            let name = self.name(name);
+            let id = self.push(&[name, (kind::ENUM << 24) | values.len() as u32, 4]);
+            for (enumerator, value) in values {
+                let enumerator = self.name(enumerator);
+                self.words(&[enumerator, *value as u32]);
+            }
+            id
+        }
+
+        pub fn bytes(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend(MAGIC.to_le_bytes());
+            out.extend([1u8, 0]);
+            let (types, strings) = (self.types.len() as u32, self.strings.len() as u32);
+            for w in [24u32, 0, types, types, strings] {
+                out.extend(w.to_le_bytes());
+            }
+            out.extend(&self.types);
+            out.extend(&self.strings);
+            out
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{testing::Blob, *};
 
     /// Builds a tiny BTF blob: `struct outer { int a; union { int b; int c; }; }`, and
     /// `enum e { x = 3 }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0e\0x\0";
-        let s = |name: &str| {
-            let pos = strings
-                .windows(name.len() + 2)
-                .position(|w| {
-                    w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0
-                })
-                .unwrap();
-            (pos + 1) as u32
-        };
-        let mut types = Vec::new();
-        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
-        push(&[s("int"), kind::INT << 24, 4, 32]); // 1: int
-        push(&[0, (kind::UNION << 24) | 2, 4]); // 2: anonymous union
-        push(&[s("b"), 1, 0]);
-        push(&[s("c"), 1, 0]);
-        push(&[s("outer"), (kind::STRUCT << 24) | 2, 8]); // 3: struct outer
-        push(&[s("a"), 1, 0]);
-        push(&[0, 2, 32]);
-        push(&[s("e"), (kind::ENUM << 24) | 1, 4]); // 4: enum e
-        push(&[s("x"), 3]);
-        let mut out = Vec::new();
-        out.extend(MAGIC.to_le_bytes());
-        out.extend([1u8, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend(w.to_le_bytes());
-        }
-        out.extend(&types);
-        out.extend(strings);
-        out
+        let mut blob = Blob::default();
+        let int = blob.int(); // 1
+        let union = blob.push(&[0, (kind::UNION << 24) | 2, 4]); // 2: anonymous union
+        let (b, c) = (blob.name("b"), blob.name("c"));
+        blob.words(&[b, int, 0, c, int, 0]);
+        let (outer, a) = (blob.name("outer"), blob.name("a"));
+        blob.push(&[outer, (kind::STRUCT << 24) | 2, 8]); // 3: struct outer
+        blob.words(&[a, int, 0, 0, union, 32]);
+        blob.enumeration("e", &[("x", 3)]); // 4: enum e
+        blob.bytes()
     }
 
     #[test]
@@ -351,6 +425,47 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "b"), None, "not asked for");
         assert_eq!(btf.struct_size("outer"), Some(8));
         assert_eq!(btf.enum_value("x"), Some(3));
+    }
+
+    /// Found by the `btf` fuzz target: an anonymous member's offset plus the offset inside it
+    /// overflowed.
+    #[test]
+    fn offsets_past_u32_are_absent() {
+        let mut blob = Blob::default();
+        let int = blob.int();
+        let inner = blob.push(&[0, (kind::STRUCT << 24) | 1, 8]);
+        let a = blob.name("a");
+        blob.words(&[a, int, 64]);
+        let outer = blob.name("outer");
+        blob.push(&[outer, (kind::STRUCT << 24) | 1, 8]);
+        blob.words(&[0, inner, u32::MAX - 7]);
+        let btf = Btf::read(io::Cursor::new(blob.bytes()), &["outer"], &["a"], &[]).unwrap();
+        assert_eq!(btf.member_offset("outer", "a"), None);
+    }
+
+    /// Anonymous structs that hold each other many times over (no kernel has them): a lookup
+    /// of a member that is not there gives up after [`LOOKUP_BUDGET`] members, where it
+    /// would otherwise look at 64^9 of them.
+    #[test]
+    fn nested_anonymous_loops_end() {
+        let mut blob = Blob::default();
+        let int = blob.int();
+        let a = blob.name("a");
+        let anonymous = blob.push(&[0, (kind::STRUCT << 24) | 64, 8]);
+        for _ in 0..64 {
+            blob.words(&[0, anonymous, 0]);
+        }
+        let outer = blob.name("outer");
+        blob.push(&[outer, (kind::STRUCT << 24) | 2, 8]);
+        blob.words(&[0, anonymous, 0, a, int, 32]);
+        blob.name("b");
+        let btf = Btf::read(io::Cursor::new(blob.bytes()), &["outer"], &["a", "b"], &[]).unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(btf.member_offset("outer", "b")).unwrap());
+        let found = wait
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a lookup in looping anonymous structs ends");
+        assert_eq!(found, None);
     }
 
     #[test]

@@ -397,10 +397,24 @@ fn invalid(path: &Path, text: &str, at: usize, message: &str) -> ConfigError {
         key: if key.is_empty() {
             String::new()
         } else {
-            format!("{key}: ")
+            format!("{}: ", printable(&key))
         },
-        message,
+        message: printable(&message),
     }
+}
+
+/// `text` with its control characters escaped: the key and toml's message quote the file, and a
+/// carriage return or an escape sequence from it must not rewrite the line an operator reads.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The dotted key written on the line that holds byte `at`: its table plus its own name.
@@ -535,6 +549,19 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         assert_eq!(config.rules.window, Duration::from_secs(300));
         assert_eq!(config.rules.critical, ["xenstored"]);
         assert_eq!(config.rules.mem_available_min, 32 * 1024 * 1024);
+    }
+
+    /// Found by the `config` fuzz target: the key quoted from the file brought its control
+    /// characters (a carriage return, NULs) into the one-line error.
+    #[test]
+    fn errors_escape_control_characters() {
+        let err = parse("[r\rui\0\u{1}\t\0\u{1}\n").unwrap_err();
+        assert!(!err.contains(char::is_control), "{err:?}");
+        assert!(err.contains(r"r\rui\u{0}\u{1}\t"), "{err}");
+        // toml's message quotes the file too.
+        let err = parse("[rules]\n\"a\\u001b[2J\" = 1\n").unwrap_err();
+        assert!(!err.contains(char::is_control), "{err:?}");
+        assert!(err.contains(r"a\u{1b}[2J"), "{err}");
     }
 
     #[test]

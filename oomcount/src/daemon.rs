@@ -525,15 +525,10 @@ async fn serve_client(stream: UnixStream, shared: &Shared) -> io::Result<()> {
             let error = Response::Error(format!("request longer than {MAX_LINE} bytes"));
             return write.write_all(&line(&error)).await;
         }
-        match serde_json::from_slice::<Request>(&request) {
+        match crate::protocol::parse_request(&request) {
             Ok(Request::Watch) => return watch(write, shared).await,
             Ok(request) => write.write_all(&line(&answer(&request, shared))).await?,
-            Err(err) => {
-                let error = Response::Error(format!(
-                    "bad request ({err}): send one JSON object per line, such as {{\"request\":\"count\"}}"
-                ));
-                write.write_all(&line(&error)).await?;
-            }
+            Err(error) => write.write_all(&line(&Response::Error(error))).await?,
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keeper;
 pub mod logger;
 pub mod offsets;

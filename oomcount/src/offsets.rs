@@ -136,14 +136,14 @@ fn gives(feature: u32) -> &'static str {
 }
 
 /// The names the BTF reader keeps, from [`TABLE`].
-struct Names {
-    structs: Vec<&'static str>,
-    members: Vec<&'static str>,
-    enumerators: Vec<&'static str>,
+pub(crate) struct Names {
+    pub(crate) structs: Vec<&'static str>,
+    pub(crate) members: Vec<&'static str>,
+    pub(crate) enumerators: Vec<&'static str>,
 }
 
 impl Names {
-    fn of_table() -> Names {
+    pub(crate) fn of_table() -> Names {
         let mut names = Names {
             structs: Vec::new(),
             members: Vec::new(),
@@ -210,10 +210,25 @@ pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
         }
     };
     if let Some((stride, within)) = layout {
-        let counter = |i: u32| found.rss_stat + stride * i + within;
-        found.config.mm.rss_anon = counter(found.mm_anonpages);
-        found.config.mm.rss_file = counter(found.mm_filepages);
-        found.config.mm.rss_shmem = counter(found.mm_shmempages);
+        // Past u32 only in a malformed BTF.
+        let counter = |i: u32| {
+            stride
+                .checked_mul(i)?
+                .checked_add(found.rss_stat)?
+                .checked_add(within)
+        };
+        match (
+            counter(found.mm_anonpages),
+            counter(found.mm_filepages),
+            counter(found.mm_shmempages),
+        ) {
+            (Some(anon), Some(file), Some(shmem)) => {
+                found.config.mm.rss_anon = anon;
+                found.config.mm.rss_file = file;
+                found.config.mm.rss_shmem = shmem;
+            }
+            _ => absent.push((MM, "mm counters at offsets that fit in 32 bits".to_owned())),
+        }
     }
     // The programs copy at most OC_BYTES of a candidate `oom_control` and read its members at
     // these offsets: 8-byte members 8-aligned, 4-byte ones 4-aligned, all inside the copy.
@@ -304,6 +319,94 @@ mod tests {
             feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL | feature::MM;
         assert_eq!(config.features, all, "{config:?}");
         assert_eq!(config.task.tgid, config.task.pid + 4);
+    }
+
+    #[test]
+    fn the_fuzz_seed_holds_every_feature() {
+        // The `btf` fuzz target's seed, a slice of Linux 6.18's BTF: it must hold every name of
+        // the table, or the fuzzer starts far from what the daemon reads.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/btf/vmlinux-6.18-slice"
+        );
+        let names = Names::of_table();
+        let btf = Btf::from_path(
+            std::path::Path::new(path),
+            &names.structs,
+            &names.members,
+            &names.enumerators,
+        )
+        .unwrap_or_else(|err| panic!("{path}: {err}"));
+        let mut config = Config::default();
+        fill_from(&mut config, &btf, 16384);
+        let all =
+            feature::TASK | feature::CRED | feature::CGROUP | feature::OOM_CONTROL | feature::MM;
+        assert_eq!(
+            config.features, all,
+            "{path} lacks names of the table: make it again with fuzz/btf_slice.py"
+        );
+        assert_eq!((config.task.pid, config.task.tgid), (1264, 1268));
+    }
+
+    /// Found by the `btf` fuzz target: an enumerator's index times the counters' stride
+    /// overflowed.
+    #[test]
+    fn counters_past_u32_leave_mm_off() {
+        let blob = |shmem_index: i32| {
+            let mut blob = crate::btf::testing::Blob::default();
+            blob.int();
+            let members: [(&str, &[&str]); 5] = [
+                (
+                    "task_struct",
+                    &[
+                        "pid",
+                        "tgid",
+                        "comm",
+                        "group_leader",
+                        "signal",
+                        "real_cred",
+                        "mm",
+                    ],
+                ),
+                ("signal_struct", &["oom_mm", "oom_score_adj"]),
+                ("cred", &["uid"]),
+                ("mm_struct", &["total_vm", "rss_stat", "pgtables_bytes"]),
+                ("mm_rss_stat", &["count"]),
+            ];
+            for (name, members) in members {
+                let at: Vec<(&str, u32)> = (0..)
+                    .step_by(8)
+                    .zip(members.iter().copied())
+                    .map(|(o, m)| (m, o))
+                    .collect();
+                blob.structure(name, 64, &at);
+            }
+            blob.enumeration(
+                "",
+                &[
+                    ("MM_FILEPAGES", 0),
+                    ("MM_ANONPAGES", 1),
+                    ("MM_SHMEMPAGES", shmem_index),
+                ],
+            );
+            let names = Names::of_table();
+            let btf = Btf::read(
+                std::io::Cursor::new(blob.bytes()),
+                &names.structs,
+                &names.members,
+                &names.enumerators,
+            )
+            .unwrap();
+            let mut config = Config::default();
+            fill_from(&mut config, &btf, 16384);
+            config
+        };
+        let sane = blob(3);
+        assert_eq!(sane.features & feature::MM, feature::MM, "{sane:?}");
+        assert_eq!(sane.mm.rss_shmem, 8 + 3 * 8);
+        let huge = blob(i32::MAX);
+        assert_eq!(huge.features & feature::CRED, feature::CRED, "{huge:?}");
+        assert_eq!(huge.features & feature::MM, 0, "{huge:?}");
     }
 
     #[test]

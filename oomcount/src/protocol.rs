@@ -101,6 +101,16 @@ pub struct CountReply {
     pub source: String,
 }
 
+/// Parses one request line as the daemon reads it (its newline included or not); the error is
+/// the [`Response::Error`] to answer, which says what a request looks like.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line).map_err(|err| {
+        format!(
+            "bad request ({err}): send one JSON object per line, such as {{\"request\":\"count\"}}"
+        )
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -317,6 +327,23 @@ mod tests {
         );
         server.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_line_is_answered_with_what_a_request_looks_like() {
+        assert_eq!(
+            parse_request(b"{\"request\":\"verdict\"}\n"),
+            Ok(Request::Verdict)
+        );
+        let message = parse_request(b"{\"request\":\"reboot\"}\n").unwrap_err();
+        assert!(
+            message.starts_with("bad request (unknown variant"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(r#"such as {"request":"count"}"#),
+            "{message}"
+        );
     }
 
     #[test]

@@ -283,6 +283,42 @@ fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<()> {
     }
 }
 
+/// Makes sure the project's own cargo-fuzz, pinned, is installed beside bpf-linker (building it
+/// when missing), and returns its binary. Only `cargo xtask fuzz` and `cargo xtask test` need it.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<std::path::PathBuf> {
+    const VERSION: &str = "0.13.2";
+    let Some(root) = bpf_linker_root()
+        .and_then(|linker| Some(linker.parent()?.join(format!("cargo-fuzz-{VERSION}"))))
+    else {
+        bail!("neither XDG_CACHE_HOME nor HOME is set: setup needs one to keep cargo-fuzz in");
+    };
+    let bin = root.join("bin").join("cargo-fuzz");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "setup: building cargo-fuzz {VERSION} into {} (cargo install, a few minutes)",
+        root.display()
+    );
+    check(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            // Only to spare cargo's advice to put the folder on the PATH: nothing runs it from there.
+            .env("PATH", path_with(&root.join("bin")))
+            .arg("install")
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "--force",
+                "--locked",
+                "cargo-fuzz",
+                "--version",
+                &format!("={VERSION}"),
+            ]),
+    )
+    .with_context(|| format!("building cargo-fuzz {VERSION} failed"))?;
+    Ok(bin)
+}
+
 /// The PATH with `dir` in front.
 fn path_with(dir: &std::path::Path) -> std::ffi::OsString {
     let rest = std::env::var_os("PATH").unwrap_or_default();

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test, in the order that fails fastest.
 //!
 //! 1. rustfmt and clippy (`-D warnings`) on the host crates and on the eBPF crate;
-//! 2. unit tests of every host crate;
+//! 2. unit tests of every host crate, then each fuzz target for a few seconds from its seeds
+//!    (`cargo xtask fuzz`);
 //! 3. the privileged integration tests on this machine's kernel (real eBPF, real OOM kills in a
 //!    memory cgroup), one at a time because they compare against machine-wide counters;
 //! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`).
@@ -17,6 +18,9 @@ pub struct TestArgs {
     /// Skip rustfmt and clippy.
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the short fuzzing run after the unit tests.
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Only integration tests whose name contains this filter.
     pub filter: Option<String>,
 }
@@ -32,6 +36,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !args.no_lint {
         eprintln!("test: rustfmt and clippy");
         check(cargo().args(["fmt", "--all", "--check"]))?;
+        // The fuzz targets are a workspace of their own (fuzz/Cargo.toml says why).
+        check(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
         check(
             cargo()
                 .arg("clippy")
@@ -53,6 +59,10 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     eprintln!("test: unit tests");
     check(cargo().arg("test").args(HOST).args(["--lib", "--bins"]))?;
+    if !args.no_fuzz {
+        eprintln!("test: fuzzing, {FUZZ_SECONDS} s per target");
+        crate::fuzz::fuzz(FUZZ_SECONDS, None)?;
+    }
     eprintln!("test: privileged integration tests on this kernel");
     // The tests start the daemon binary, which `cargo test` of another package does not build.
     check(cargo().args(["build", "--package", "oomcount", "--bin", "oomcount"]))?;
@@ -137,6 +147,9 @@ fn verify_unit() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Seconds of fuzzing per target in a test run: the seeds, and a little more, every time.
+const FUZZ_SECONDS: u32 = 8;
 
 /// Where the privileged tests of every clone on this machine take turns.
 const MACHINE_LOCK: &str = "/run/lock/oomcount-tests.lock";
