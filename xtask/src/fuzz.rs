@@ -86,6 +86,11 @@ pub fn fuzz(seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         if !status.success() {
             eprintln!("{}", failure(&text));
+            eprintln!(
+                "(`cargo fuzz` is {} fuzz, or `cargo fuzz` with {} on the PATH)",
+                bin.display(),
+                bin.parent().unwrap_or(&root).display()
+            );
             bail!(
                 "fuzz target `{target}` failed ({status}); its output is in {}",
                 log_path.display()
@@ -151,15 +156,17 @@ fn failure(log: &str) -> String {
         out.extend(lines[at..].iter().take(2));
     }
     out.extend(lines.iter().filter(|l| {
-        l.contains("==ERROR: libFuzzer")
+        l.contains("ERROR: libFuzzer")
             || l.starts_with("ALARM:")
             || l.starts_with("SUMMARY:")
             || l.contains("Test unit written to")
     }));
     if let Some(at) = lines.iter().position(|l| l.contains("Failing input:")) {
+        // Up to cargo-fuzz's own error and backtrace, which say only that the target failed.
         out.extend(
             lines[at..]
                 .iter()
+                .take_while(|l| !l.starts_with("Error: "))
                 .filter(|l| !l.trim_start().starts_with('─')),
         );
     }
@@ -205,7 +212,8 @@ mod tests {
                    ==2782== ERROR: libFuzzer: deadly signal\nSUMMARY: libFuzzer: deadly signal\n\
                    artifact_prefix='a/'; Test unit written to a/crash-1\n\
                    ────────────\n\nFailing input:\n\n\ta/crash-1\n\nReproduce with:\n\n\
-                   \tcargo fuzz run --sanitizer=none btf a/crash-1\n";
+                   \tcargo fuzz run --sanitizer=none btf a/crash-1\n\n\
+                   Error: Fuzz target exited with exit status: 77\n\nStack backtrace:\n";
         let text = failure(log);
         assert!(text.contains("attempt to add with overflow"), "{text}");
         assert!(text.contains("Test unit written to a/crash-1"), "{text}");
@@ -213,6 +221,14 @@ mod tests {
             text.contains("cargo fuzz run --sanitizer=none btf a/crash-1"),
             "{text}"
         );
+        assert!(
+            text.contains("==2782== ERROR: libFuzzer: deadly signal"),
+            "{text}"
+        );
         assert!(!text.contains("frame") && !text.contains('─'), "{text}");
+        assert!(
+            !text.contains("Error: ") && !text.contains("Stack"),
+            "{text}"
+        );
     }
 }
