@@ -5,9 +5,16 @@
 //! clients, bounded request lines, a bounded history and per-watcher queue), and it never exits
 //! because of a client or an event it cannot read: those are logged and dropped. It exits 0 on
 //! SIGINT or SIGTERM.
+//!
+//! The socket is open to every user, and the keepalive and root's `oomcount check` share the
+//! one thread with every client; so that no client can hold them up, whatever it sends or fails
+//! to read:
+//!
+//! - connections are limited per uid, with slots of root's own ([`crate::slots`]).
 use std::{
     collections::VecDeque,
-    fs, io,
+    fs,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
@@ -20,7 +27,7 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, broadcast},
+    sync::broadcast,
 };
 
 use crate::{
@@ -30,11 +37,10 @@ use crate::{
     probe::{Origin, Probe, ProbeError},
     protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
     rules::{Kill, Unseen},
+    slots::{RefusalLog, Slot, Slots},
     system,
 };
 
-/// Clients served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 16;
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
 /// Events a watcher may fall behind before it is told it missed some.
@@ -242,7 +248,8 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             })
             .ok()
     });
-    let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Slots::new();
+    let mut refusals = RefusalLog::default();
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
     let mut keepalive = lock_keeper(&shared).interval().map(|period| {
         let mut timer = tokio::time::interval(period);
@@ -262,18 +269,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                 keep_latch(&shared, &mut keeper);
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match clients.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            if let Err(err) = serve_client(stream, &shared).await {
-                                log::debug!("client: {err}");
-                            }
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => log::warn!("{MAX_CLIENTS} clients already connected; refusing one"),
-                },
+                Ok((stream, _)) => admit(stream, &shared, &slots, &mut refusals),
                 Err(err) => log::warn!("accept: {err}"),
             },
             changed = pins_changed(&mut pin_watch) => {
@@ -285,6 +281,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                     pin_watch = None;
                 }
             }
+            _ = refusals_due(&refusals) => {
+                if let Some(line) = refusals.flush(std::time::Instant::now()) {
+                    log::warn!("{line}");
+                }
+            },
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
                     let seen = drain(guard.get_inner_mut(), &shared);
@@ -312,6 +313,42 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     drop(lock);
     Ok(())
+}
+
+/// Serves a new connection in a slot of its uid's, or refuses it with one line that says why.
+fn admit(stream: UnixStream, shared: &Arc<Shared>, slots: &Slots, refusals: &mut RefusalLog) {
+    // A credential the kernel cannot give (it always can for a unix socket) counts as a user's.
+    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+    match slots.take(uid) {
+        Ok(slot) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(err) = serve_client(stream, &shared, slot).await {
+                    log::debug!("client: {err}");
+                }
+            });
+        }
+        Err(refusal) => {
+            // The uid is known only once accepted: the connection is told why and closed at
+            // once, so that its slot in the listen backlog goes to the next one (root's
+            // `check` among them). The socket is new and its buffer empty: the write cannot
+            // block.
+            if let Ok(stream) = stream.into_std() {
+                let _ = (&stream).write(&line(&Response::Error(refusal.to_string())));
+            }
+            if let Some(line) = refusals.refused(std::time::Instant::now(), refusal) {
+                log::warn!("{line}");
+            }
+        }
+    }
+}
+
+/// When the refusals counted so far are due to be logged.
+async fn refusals_due(refusals: &RefusalLog) {
+    match refusals.due() {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -505,8 +542,9 @@ fn line(response: &Response) -> Arc<[u8]> {
     out.into()
 }
 
-/// Serves one client's requests until it closes, idles or misbehaves.
-async fn serve_client(stream: UnixStream, shared: &Shared) -> io::Result<()> {
+/// Serves one client's requests until it closes, idles or misbehaves; its slot is given back
+/// at the end.
+async fn serve_client(stream: UnixStream, shared: &Shared, _slot: Slot) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut request = Vec::with_capacity(128);
