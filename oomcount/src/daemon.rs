@@ -10,11 +10,17 @@
 //! one thread with every client; so that no client can hold them up, whatever it sends or fails
 //! to read:
 //!
-//! - connections are limited per uid, with slots of root's own ([`crate::slots`]).
+//! - connections are limited per uid, with slots of root's own ([`crate::slots`]);
+//! - each client task answers one request per turn, then lets the others (and the keepalive)
+//!   run;
+//! - every write to a client has a deadline ([`WRITE_DEADLINE`], [`WATCH_DEADLINE`] for a
+//!   watcher's events), and a request client that sends nothing for `CLIENT_IDLE` is let go;
+//!   a watcher is let go as soon as it closes its end (it sends nothing after its request: its
+//!   end reading EOF means it is gone).
 use std::{
     collections::VecDeque,
     fs,
-    io::{self, Write as _},
+    io::{self, ErrorKind, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
@@ -25,7 +31,10 @@ use oomcount_common::{Event, counter};
 use tokio::{
     io::unix::AsyncFd,
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    net::{
+        UnixListener, UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
     signal::unix::{SignalKind, signal},
     sync::broadcast,
 };
@@ -43,6 +52,15 @@ use crate::{
 
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
+/// A client that has not taken a line of its answer within this long is disconnected: one that
+/// never reads cannot hold a task, a slot or a buffer for long.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// The same for a watcher's events, longer: a watcher may stop reading for a while (a pager, a
+/// stopped terminal job) and then be told how many events it missed, since its queue is bounded
+/// (and shared) whatever it does.
+pub const WATCH_DEADLINE: Duration = Duration::from_secs(60);
+/// A client's read buffer: a request is a few dozen bytes (at most [`MAX_LINE`]).
+const READ_BUFFER: usize = 1024;
 /// Events a watcher may fall behind before it is told it missed some.
 const WATCH_QUEUE: usize = 256;
 /// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
@@ -542,11 +560,25 @@ fn line(response: &Response) -> Arc<[u8]> {
     out.into()
 }
 
+/// Writes `bytes` to a client within `deadline`.
+async fn send(write: &mut OwnedWriteHalf, bytes: &[u8], deadline: Duration) -> io::Result<()> {
+    match tokio::time::timeout(deadline, write.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "took no line within {}",
+                humantime::format_duration(deadline)
+            ),
+        )),
+    }
+}
+
 /// Serves one client's requests until it closes, idles or misbehaves; its slot is given back
 /// at the end.
 async fn serve_client(stream: UnixStream, shared: &Shared, _slot: Slot) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut request = Vec::with_capacity(128);
     loop {
         request.clear();
@@ -561,33 +593,55 @@ async fn serve_client(stream: UnixStream, shared: &Shared, _slot: Slot) -> io::R
         }
         if !request.ends_with(b"\n") && n >= MAX_LINE {
             let error = Response::Error(format!("request longer than {MAX_LINE} bytes"));
-            return write.write_all(&line(&error)).await;
+            return send(&mut write, &line(&error), WRITE_DEADLINE).await;
         }
         match crate::protocol::parse_request(&request) {
-            Ok(Request::Watch) => return watch(write, shared).await,
-            Ok(request) => write.write_all(&line(&answer(&request, shared))).await?,
-            Err(error) => write.write_all(&line(&Response::Error(error))).await?,
+            Ok(Request::Watch) => return watch(reader, write, shared).await,
+            Ok(request) => {
+                send(&mut write, &line(&answer(&request, shared)), WRITE_DEADLINE).await?
+            }
+            Err(error) => {
+                send(&mut write, &line(&Response::Error(error)), WRITE_DEADLINE).await?
+            }
         }
+        // One request per turn: a client pipelining requests as fast as it can gets its
+        // share of the thread, no more; the keepalive and the other clients get theirs.
+        tokio::task::yield_now().await;
     }
 }
 
-/// Streams events to a watcher until it goes away.
-async fn watch(mut write: OwnedWriteHalf, shared: &Shared) -> io::Result<()> {
+/// Streams events to a watcher until it goes away: until its end reads EOF (it closed the
+/// connection, or its sending half: a watcher sends nothing after its request), or it does not
+/// take an event within [`WATCH_DEADLINE`]. Anything it sends is read and ignored.
+async fn watch(
+    mut reader: BufReader<OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    shared: &Shared,
+) -> io::Result<()> {
     let mut events = shared.watchers.subscribe();
-    write
-        .write_all(&line(&Response::Watching(count_reply(shared)?)))
-        .await?;
+    let watching = line(&Response::Watching(count_reply(shared)?));
+    send(&mut write, &watching, WRITE_DEADLINE).await?;
     loop {
-        match events.recv().await {
-            Ok(event) => write.write_all(&event).await?,
-            Err(broadcast::error::RecvError::Lagged(count)) => {
-                let dropped = Response::Dropped(Dropped {
-                    count,
-                    by: "watcher".to_owned(),
-                });
-                write.write_all(&line(&dropped)).await?;
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => send(&mut write, &event, WATCH_DEADLINE).await?,
+                Err(broadcast::error::RecvError::Lagged(count)) => {
+                    let dropped = Response::Dropped(Dropped {
+                        count,
+                        by: "watcher".to_owned(),
+                    });
+                    send(&mut write, &line(&dropped), WATCH_DEADLINE).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            read = reader.fill_buf() => {
+                let n = read?.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.consume(n);
+                tokio::task::yield_now().await;
             }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }

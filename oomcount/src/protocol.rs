@@ -34,7 +34,9 @@ pub enum Request {
     Count,
     /// The last `n` events of the daemon's history, oldest first.
     List { n: usize },
-    /// Every event from now on: a [`Response::Watching`] line, then one line per event.
+    /// Every event from now on: a [`Response::Watching`] line, then one line per event. The
+    /// client sends nothing more: the watch ends when it closes the connection or shuts down
+    /// its sending half, or when it does not take a line within the daemon's write deadline.
     Watch,
     /// The watchdog rules' verdict, judged now, and the keepalive's state.
     Verdict,
