@@ -1,10 +1,11 @@
 //! `oomcount daemon`: holds the probe, serves queries on a unix socket, logs each kill.
 //!
-//! Built for starved machines: one thread (tokio's current-thread runtime), no timers or polling
-//! (it wakes only for a ring-buffer event, a client or a signal), bounded memory (a fixed number of
-//! clients, bounded request lines, a bounded history and per-watcher queue), and it never exits
-//! because of a client or an event it cannot read: those are logged and dropped. It exits 0 on
-//! SIGINT or SIGTERM.
+//! Built for starved machines: one thread (tokio's current-thread runtime; a second only to rank
+//! the likely next victims where `critical_top` asks for them), no timers or polling (it wakes
+//! only for a ring-buffer event, a client, a signal or the keepalive), bounded memory (a fixed
+//! number of clients, bounded request lines, a bounded history and per-watcher queue), and it
+//! never exits because of a client or an event it cannot read: those are logged and dropped. It
+//! exits 0 on SIGINT or SIGTERM.
 //!
 //! The socket is open to every user, and the keepalive and root's `oomcount check` share the
 //! one thread with every client; so that no client can hold them up, whatever it sends or fails
@@ -16,7 +17,10 @@
 //! - every write to a client has a deadline ([`WRITE_DEADLINE`], [`WATCH_DEADLINE`] for a
 //!   watcher's events), and a request client that sends nothing for `CLIENT_IDLE` is let go;
 //!   a watcher is let go as soon as it closes its end (it sends nothing after its request: its
-//!   end reading EOF means it is gone).
+//!   end reading EOF means it is gone);
+//! - the one slow part of a judgement, ranking the likely next victims for `critical_top` (a
+//!   scan of /proc), runs on a blocking thread of its own, at most once per [`RANK_EVERY`],
+//!   and the verdict uses the last ranking: a flood of verdict requests costs no scan.
 use std::{
     collections::VecDeque,
     fs,
@@ -61,6 +65,8 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 pub const WATCH_DEADLINE: Duration = Duration::from_secs(60);
 /// A client's read buffer: a request is a few dozen bytes (at most [`MAX_LINE`]).
 const READ_BUFFER: usize = 1024;
+/// The likely next victims are ranked at most this often.
+pub const RANK_EVERY: Duration = Duration::from_secs(1);
 /// Events a watcher may fall behind before it is told it missed some.
 const WATCH_QUEUE: usize = 256;
 /// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
@@ -119,6 +125,16 @@ struct Shared {
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
     keeper: Mutex<Keeper>,
+    ranking: Mutex<Ranking>,
+}
+
+/// The ranking of the likely next victims, done off the runtime's thread.
+#[derive(Default)]
+struct Ranking {
+    /// When the last ranking finished.
+    at: Option<std::time::Instant>,
+    /// One is under way.
+    running: bool,
 }
 
 struct History {
@@ -168,6 +184,11 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // For the ranking of likely victims only (one at a time): the thread is started for the
+        // first and ends after a while without one. It never runs at the real-time priority
+        // the daemon may have, which it would otherwise inherit.
+        .max_blocking_threads(1)
+        .on_thread_start(system::ordinary_thread)
         .build()
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(serve(options))
@@ -227,6 +248,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
         keeper: Mutex::new(keeper),
+        ranking: Mutex::new(Ranking::default()),
     });
     publish_stat(&shared);
     let how = match (origin, &options.pin_dir) {
@@ -268,6 +290,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     });
     let slots = Slots::new();
     let mut refusals = RefusalLog::default();
+    rank_likely(&shared);
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
     let mut keepalive = lock_keeper(&shared).interval().map(|period| {
         let mut timer = tokio::time::interval(period);
@@ -282,6 +305,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             _ = sigint.recv() => break,
             _ = tick(&mut keepalive) => {
                 weigh_unseen(&shared);
+                rank_likely(&shared);
                 let mut keeper = lock_keeper(&shared);
                 keeper.tick();
                 keep_latch(&shared, &mut keeper);
@@ -367,6 +391,51 @@ async fn refusals_due(refusals: &RefusalLog) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Ranks the likely next victims on a blocking thread, when the rules need them and the last
+/// ranking is older than [`RANK_EVERY`]; the judgements use it once done. Never waits.
+fn rank_likely(shared: &Arc<Shared>) {
+    let n = lock_keeper(shared).likely_needed();
+    if n == 0 {
+        return;
+    }
+    {
+        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
+        if ranking.running || ranking.at.is_some_and(|at| at.elapsed() < RANK_EVERY) {
+            return;
+        }
+        ranking.running = true;
+    }
+    let scan = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let ranked = crate::victims::rank(n);
+        (ranked, started.elapsed())
+    });
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let likely = match scan.await {
+            Ok((Ok(ranking), took)) => {
+                log::debug!(
+                    "ranked the likely next victims in {took:.1?}: {} processes unreadable",
+                    ranking.unreadable
+                );
+                ranking.likely.into_iter().map(|c| c.comm).collect()
+            }
+            Ok((Err(err), _)) => {
+                log::debug!("ranking likely victims: {err}");
+                Vec::new()
+            }
+            Err(err) => {
+                log::warn!("ranking likely victims: {err}");
+                Vec::new()
+            }
+        };
+        lock_keeper(&shared).set_likely(likely);
+        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
+        ranking.running = false;
+        ranking.at = Some(std::time::Instant::now());
+    });
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -576,7 +645,7 @@ async fn send(write: &mut OwnedWriteHalf, bytes: &[u8], deadline: Duration) -> i
 
 /// Serves one client's requests until it closes, idles or misbehaves; its slot is given back
 /// at the end.
-async fn serve_client(stream: UnixStream, shared: &Shared, _slot: Slot) -> io::Result<()> {
+async fn serve_client(stream: UnixStream, shared: &Arc<Shared>, _slot: Slot) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut request = Vec::with_capacity(128);
@@ -646,7 +715,7 @@ async fn watch(
     }
 }
 
-fn answer(request: &Request, shared: &Shared) -> Response {
+fn answer(request: &Request, shared: &Arc<Shared>) -> Response {
     match request {
         Request::Count => match count_reply(shared) {
             Ok(reply) => Response::Count(reply),
@@ -667,6 +736,7 @@ fn answer(request: &Request, shared: &Shared) -> Response {
         Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
         Request::Verdict => {
             weigh_unseen(shared);
+            rank_likely(shared);
             let mut keeper = lock_keeper(shared);
             let verdict = keeper.judge();
             keep_latch(shared, &mut keeper);
