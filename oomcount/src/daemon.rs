@@ -669,9 +669,7 @@ async fn serve_client(stream: UnixStream, shared: &Arc<Shared>, _slot: Slot) -> 
             Ok(request) => {
                 send(&mut write, &line(&answer(&request, shared)), WRITE_DEADLINE).await?
             }
-            Err(error) => {
-                send(&mut write, &line(&Response::Error(error)), WRITE_DEADLINE).await?
-            }
+            Err(error) => send(&mut write, &line(&Response::Error(error)), WRITE_DEADLINE).await?,
         }
         // One request per turn: a client pipelining requests as fast as it can gets its
         // share of the thread, no more; the keepalive and the other clients get theirs.
