@@ -2,13 +2,10 @@
 //! as `nobody` (uid 65534), a folder like /tmp for them to plant things in, and the sysctls that
 //! would otherwise protect root from what they plant, set for the test and put back after.
 //!
-//! A hostile user of the daemon's socket is [`Hostile`]: `hostile.py` run as nobody, which
-//! holds connections of one kind, fills its slots, or stalls a connection (see the script's
-//! head). The script is written to a folder of the test's own that nobody may read, and run with
-//! `setpriv --reuid 65534 --regid 65534 --clear-groups /usr/bin/python3` (the python3 on root's
-//! PATH may be a shim that nobody cannot run). It prints one line per step; [`Hostile::line`]
-//! waits for the next with a deadline. Dropping a [`Hostile`] ends it (SIGKILL, by its pid) and
-//! reaps it.
+//! Every step runs as `oomcount-hog nobody STEP ARGS`, which needs no tool of the machine's (the
+//! VM guests have no python, setpriv or coreutils): [`as_nobody`] for a step that ends, and
+//! [`Hostile`] for one that goes on while the test works (a hostile user of the daemon's socket,
+//! the library's `attacker` module), whose lines are read as they come.
 use std::{
     ffi::OsStr,
     fs,
@@ -108,70 +105,35 @@ impl Drop for Folder {
     }
 }
 
-const PYTHON: &str = "/usr/bin/python3";
-const SCRIPT: &str = include_str!("hostile.py");
-
-/// Whether the attacker can run here; where it cannot (the VM guest has neither python3 nor
-/// setpriv), says so loudly.
-pub fn possible() -> bool {
-    let missing: Vec<&str> = [PYTHON, "/usr/bin/setpriv"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED the hostile-user test on kernel {}: {} not here",
-        crate::kernel_release(),
-        missing.join(" and ")
-    );
-    false
-}
-
-/// `hostile.py` running as nobody.
+/// A step of nobody's that goes on while the test works: `oomcount-hog nobody STEP ARGS`, which
+/// prints one line per stage; [`Hostile::line`] waits for the next with a deadline. Dropping it
+/// ends it (SIGKILL, by its pid) and reaps it.
 pub struct Hostile {
     child: Child,
     lines: mpsc::Receiver<String>,
-    dir: PathBuf,
 }
 
 impl Hostile {
-    /// Starts `hostile.py SOCKET ARGS` as nobody.
-    pub fn start(socket: &Path, args: &[&str]) -> Hostile {
-        let dir = std::env::temp_dir().join(unique_name("oomcount-hostile"));
-        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let script = dir.join("hostile.py");
-        fs::write(&script, SCRIPT)
-            .unwrap_or_else(|err| panic!("write {}: {err}", script.display()));
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
-        let mut child = Command::new("setpriv")
-            .args([
-                "--reuid",
-                &NOBODY.to_string(),
-                "--regid",
-                &NOBODY.to_string(),
-            ])
-            .args(["--clear-groups", PYTHON])
-            .arg(&script)
-            .arg(socket)
+    pub fn start(step: &str, args: &[&OsStr]) -> Hostile {
+        let hog = crate::locate::hog();
+        let mut child = Command::new(&hog)
+            .args(["nobody", step])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|err| panic!("run hostile.py as nobody: {err}"));
+            .unwrap_or_else(|err| panic!("run {} nobody {step} {args:?}: {err}", hog.display()));
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || forward(stdout, tx));
-        Hostile { child, lines, dir }
+        Hostile { child, lines }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// The script's next line, within `within` (scaled like every deadline).
+    /// The step's next line, within `within` (scaled like every deadline).
     pub fn line(&mut self, within: Duration) -> String {
         let until = deadline(within);
         let left = until.saturating_duration_since(Instant::now());
@@ -179,16 +141,9 @@ impl Hostile {
             Ok(line) => line,
             Err(_) => {
                 let status = self.child.try_wait().ok().flatten();
-                panic!("hostile.py said nothing within {within:?} (exited: {status:?})")
+                panic!("nobody's step said nothing within {within:?} (exited: {status:?})")
             }
         }
-    }
-
-    /// SIGTERM, then its last line (the figures of `hold`).
-    pub fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.line(Duration::from_secs(10))
     }
 }
 
@@ -205,6 +160,5 @@ impl Drop for Hostile {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,6 +1,8 @@
-//! A local user without privileges against the daemon's socket (uid 65534, `hostile.py`): it
-//! must not keep root's `oomcount check` (watchdog(8)'s test) from an answer, nor delay a
-//! keepalive, nor hold a slot it no longer uses, nor flood the log.
+//! A local user without privileges against the daemon's socket (uid 65534, `oomcount-hog
+//! nobody`, which needs no tool of the machine's, so these run in the VM guests too): it must not
+//! keep root's `oomcount check` (watchdog(8)'s test) from an answer, nor delay a keepalive, nor
+//! hold a slot it no longer uses, nor flood the log; and a command it runs over its limit says
+//! so in one line.
 //!
 //! The daemon pings a FIFO standing in for `/dev/watchdog` every 200 ms, and its rules rank the
 //! likely next victims (`critical_top`), the scan of /proc that every verdict request used to
@@ -21,8 +23,9 @@ use std::{
 };
 
 use oomcount_integration_test::{
-    Daemon, hostile,
-    hostile::Hostile,
+    Daemon,
+    attacker::Kind,
+    hostile::{Hostile, as_nobody},
     locate, require_root,
     wait::{deadline, time_scale, wait_until},
     watchdog::StandIn,
@@ -95,9 +98,6 @@ fn verdict_round_trip(daemon: &Daemon) -> Duration {
 #[test]
 fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
     require_root();
-    if !hostile::possible() {
-        return;
-    }
     let device = StandIn::new();
     let config = device.config(
         "interval = \"200ms\"\nrealtime = true",
@@ -108,8 +108,19 @@ fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
     device.wait_pings(3, "keepalives before the attacks");
     let rss_before = vm_rss(daemon.pid());
     let began = Instant::now();
-    for kind in ["idle", "watch", "half", "flood", "stall"] {
-        let mut attacker = Hostile::start(daemon.socket(), &["hold", kind, "1000"]);
+    for kind in Kind::ALL {
+        let kind = kind.name();
+        // Held a little longer than root asks: the last round of root's commands meets it too.
+        let hold = format!("{}", (ATTACK + Duration::from_secs(1)).as_secs_f64());
+        let mut attacker = Hostile::start(
+            "connect",
+            &[
+                daemon.socket().as_os_str(),
+                OsStr::new("1000"),
+                OsStr::new(kind),
+                OsStr::new(&hold),
+            ],
+        );
         let ready = attacker.line(Duration::from_secs(30));
         assert_eq!(ready, "ready 1000", "{kind}");
         let from = Instant::now();
@@ -138,9 +149,10 @@ fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
         let cpu = cpu_ticks(daemon.pid()) - cpu_before;
         let cpu_share = cpu as f64 / 100.0 / from.elapsed().as_secs_f64();
         let gap = device.longest_gap_since(from);
-        let figures = attacker.stop();
+        let figures = attacker.line(ATTACK + Duration::from_secs(30));
+        assert!(figures.starts_with("figures "), "{kind}: {figures}");
         let line = format!(
-            "{kind:5}: longest keepalive gap {gap:.0?}; root's check/count x{asked}, slowest {slowest:.0?} (connect to answer {round_trip:.0?}); daemon VmRSS {rss} kB (before {rss_before} kB), CPU {:.0}%; attacker {figures}",
+            "{kind:21}: longest keepalive gap {gap:.0?}; root's check/count x{asked}, slowest {slowest:.0?} (connect to answer {round_trip:.0?}); daemon VmRSS {rss} kB (before {rss_before} kB), CPU {:.0}%; attacker {figures}",
             cpu_share * 100.0
         );
         eprintln!("{line}");
@@ -202,12 +214,9 @@ fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
 #[test]
 fn a_watcher_that_goes_away_frees_its_slot_at_once() {
     require_root();
-    if !hostile::possible() {
-        return;
-    }
     let daemon = Daemon::start();
     let marked = daemon.count().marked;
-    let mut attacker = Hostile::start(daemon.socket(), &["slots"]);
+    let mut attacker = Hostile::start("slots", &[daemon.socket().as_os_str()]);
     let limit = attacker.line(Duration::from_secs(30));
     // The connection over the limit is told why, in one line that says what to do.
     assert!(
@@ -231,11 +240,8 @@ fn a_watcher_that_goes_away_frees_its_slot_at_once() {
 #[test]
 fn a_client_that_never_reads_is_let_go_at_the_write_deadline() {
     require_root();
-    if !hostile::possible() {
-        return;
-    }
     let daemon = Daemon::start();
-    let mut attacker = Hostile::start(daemon.socket(), &["stall"]);
+    let mut attacker = Hostile::start("stall", &[daemon.socket().as_os_str()]);
     assert_eq!(attacker.line(Duration::from_secs(30)), "stalled");
     // The daemon's write blocked before the client's own buffer filled and it stopped sending.
     let closed = attacker.line(Duration::from_secs(30));
@@ -243,7 +249,7 @@ fn a_client_that_never_reads_is_let_go_at_the_write_deadline() {
     assert_eq!(words.next(), Some("closed"), "{closed}");
     assert_eq!(
         words.next(),
-        Some("True"),
+        Some("true"),
         "still open after 60 s: {closed}"
     );
     let secs: f64 = words.next().unwrap().parse().unwrap();
@@ -253,4 +259,46 @@ fn a_client_that_never_reads_is_let_go_at_the_write_deadline() {
     wait_until(deadline(Duration::from_secs(5)), "count to answer", || {
         daemon.try_count()
     });
+}
+
+#[test]
+fn a_command_over_its_users_limit_says_so_in_one_line() {
+    require_root();
+    let daemon = Daemon::start();
+    let socket = daemon.socket().as_os_str();
+    // Nobody's eight: the most one user may hold.
+    let mut attacker = Hostile::start(
+        "connect",
+        &[
+            socket,
+            OsStr::new("8"),
+            OsStr::new("watch-never-read"),
+            OsStr::new("60"),
+        ],
+    );
+    assert_eq!(attacker.line(Duration::from_secs(30)), "ready 8");
+    let oomcount = locate::oomcount();
+    for (subcommand, code) in [("count", 1), ("status", 1), ("watch", 1), ("check", 71)] {
+        let run = as_nobody(
+            "exec",
+            &[
+                oomcount.as_os_str(),
+                OsStr::new(subcommand),
+                OsStr::new("--socket"),
+                socket,
+            ],
+        );
+        let what = format!("nobody's `oomcount {subcommand}` over the limit: {run:?}");
+        assert_eq!(run.code, Some(code), "{what}");
+        assert_eq!(run.stdout, "", "{what}");
+        assert_eq!(run.stderr.lines().count(), 1, "{what}");
+        assert!(
+            run.stderr.contains(
+                "refused the request: uid 65534 already holds 8 connections to the daemon, the most one user may hold: close one and try again"
+            ),
+            "{what}"
+        );
+    }
+    // Root is not refused meanwhile.
+    daemon.count();
 }
