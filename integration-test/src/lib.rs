@@ -6,6 +6,7 @@
 //! Nothing here may cause a global OOM: every allocation without a bound happens inside a memory
 //! cgroup with a small limit, except in the VM guest's global-OOM test (`OOMCOUNT_VM=1`).
 //! The library panics with a message instead of returning errors: its callers are tests.
+pub mod attacker;
 pub mod cgroup;
 pub mod daemon;
 pub mod events;

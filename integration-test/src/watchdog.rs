@@ -47,6 +47,12 @@ impl StandIn {
             let (path, seen) = (path.clone(), seen.clone());
             // Opening a FIFO to read waits for its writer: the daemon, when it arms the device.
             std::thread::spawn(move || {
+                // At real-time priority where it may (as root), so that the time of each
+                // keepalive is when the daemon wrote it, not when a busy machine got round to
+                // this thread.
+                let param = libc::sched_param { sched_priority: 1 };
+                // SAFETY: sets this thread's own policy from a parameter it owns.
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
                 let Ok(mut fifo) = fs::File::open(&path) else {
                     return;
                 };
@@ -90,6 +96,30 @@ impl StandIn {
             .iter()
             .map(|&(_, b)| b)
             .collect()
+    }
+
+    /// When each keepalive came, in order.
+    pub fn ping_times(&self) -> Vec<Instant> {
+        let seen = self.seen.lock().unwrap();
+        seen.bytes
+            .iter()
+            .filter(|&&(_, b)| b == 0)
+            .map(|&(at, _)| at)
+            .collect()
+    }
+
+    /// The longest wait for a keepalive between `from` and now: between two keepalives, the
+    /// last one before `from` included, and from the last one until now.
+    pub fn longest_gap_since(&self, from: Instant) -> std::time::Duration {
+        let times = self.ping_times();
+        let first = times.iter().rposition(|&at| at < from).unwrap_or(0);
+        let mut times = times[first..].to_vec();
+        times.push(Instant::now());
+        times
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default()
     }
 
     /// When the last keepalive came.

@@ -1,13 +1,30 @@
 //! `oomcount daemon`: holds the probe, serves queries on a unix socket, logs each kill.
 //!
-//! Built for starved machines: one thread (tokio's current-thread runtime), no timers or polling
-//! (it wakes only for a ring-buffer event, a client or a signal), bounded memory (a fixed number of
-//! clients, bounded request lines, a bounded history and per-watcher queue), and it never exits
-//! because of a client or an event it cannot read: those are logged and dropped. It exits 0 on
-//! SIGINT or SIGTERM.
+//! Built for starved machines: one thread (tokio's current-thread runtime; a second only to rank
+//! the likely next victims where `critical_top` asks for them), no timers or polling (it wakes
+//! only for a ring-buffer event, a client, a signal or the keepalive), bounded memory (a fixed
+//! number of clients, bounded request lines, a bounded history and per-watcher queue), and it
+//! never exits because of a client or an event it cannot read: those are logged and dropped. It
+//! exits 0 on SIGINT or SIGTERM.
+//!
+//! The socket is open to every user, and the keepalive and root's `oomcount check` share the
+//! one thread with every client; so that no client can hold them up, whatever it sends or fails
+//! to read:
+//!
+//! - connections are limited per uid, with slots of root's own ([`crate::slots`]);
+//! - each client task answers one request per turn, then lets the others (and the keepalive)
+//!   run;
+//! - every write to a client has a deadline ([`WRITE_DEADLINE`], [`WATCH_DEADLINE`] for a
+//!   watcher's events), and a request client that sends nothing for `CLIENT_IDLE` is let go;
+//!   a watcher is let go as soon as it closes its end (it sends nothing after its request: its
+//!   end reading EOF means it is gone);
+//! - the one slow part of a judgement, ranking the likely next victims for `critical_top` (a
+//!   scan of /proc), runs on a blocking thread of its own, at most once per [`RANK_EVERY`],
+//!   and the verdict uses the last ranking: a flood of verdict requests costs no scan.
 use std::{
     collections::VecDeque,
-    fs, io,
+    fs,
+    io::{self, ErrorKind, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, UNIX_EPOCH},
@@ -18,9 +35,12 @@ use oomcount_common::{Event, counter};
 use tokio::{
     io::unix::AsyncFd,
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    net::{
+        UnixListener, UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, broadcast},
+    sync::broadcast,
 };
 
 use crate::{
@@ -30,13 +50,23 @@ use crate::{
     probe::{Origin, Probe, ProbeError},
     protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
     rules::{Kill, Unseen},
+    slots::{RefusalLog, Slot, Slots},
     system,
 };
 
-/// Clients served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 16;
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
+/// A client that has not taken a line of its answer within this long is disconnected: one that
+/// never reads cannot hold a task, a slot or a buffer for long.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// The same for a watcher's events, longer: a watcher may stop reading for a while (a pager, a
+/// stopped terminal job) and then be told how many events it missed, since its queue is bounded
+/// (and shared) whatever it does.
+pub const WATCH_DEADLINE: Duration = Duration::from_secs(60);
+/// A client's read buffer: a request is a few dozen bytes (at most [`MAX_LINE`]).
+const READ_BUFFER: usize = 1024;
+/// The likely next victims are ranked at most this often.
+pub const RANK_EVERY: Duration = Duration::from_secs(1);
 /// Events a watcher may fall behind before it is told it missed some.
 const WATCH_QUEUE: usize = 256;
 /// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
@@ -95,6 +125,16 @@ struct Shared {
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
     keeper: Mutex<Keeper>,
+    ranking: Mutex<Ranking>,
+}
+
+/// The ranking of the likely next victims, done off the runtime's thread.
+#[derive(Default)]
+struct Ranking {
+    /// When the last ranking finished.
+    at: Option<std::time::Instant>,
+    /// One is under way.
+    running: bool,
 }
 
 struct History {
@@ -144,6 +184,11 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // For the ranking of likely victims only (one at a time): the thread is started for the
+        // first and ends after a while without one. It never runs at the real-time priority
+        // the daemon may have, which it would otherwise inherit.
+        .max_blocking_threads(1)
+        .on_thread_start(system::ordinary_thread)
         .build()
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(serve(options))
@@ -203,6 +248,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
         keeper: Mutex::new(keeper),
+        ranking: Mutex::new(Ranking::default()),
     });
     publish_stat(&shared);
     let how = match (origin, &options.pin_dir) {
@@ -242,7 +288,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             })
             .ok()
     });
-    let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Slots::new();
+    let mut refusals = RefusalLog::default();
+    rank_likely(&shared);
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
     let mut keepalive = lock_keeper(&shared).interval().map(|period| {
         let mut timer = tokio::time::interval(period);
@@ -257,23 +305,13 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             _ = sigint.recv() => break,
             _ = tick(&mut keepalive) => {
                 weigh_unseen(&shared);
+                rank_likely(&shared);
                 let mut keeper = lock_keeper(&shared);
                 keeper.tick();
                 keep_latch(&shared, &mut keeper);
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match clients.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            if let Err(err) = serve_client(stream, &shared).await {
-                                log::debug!("client: {err}");
-                            }
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => log::warn!("{MAX_CLIENTS} clients already connected; refusing one"),
-                },
+                Ok((stream, _)) => admit(stream, &shared, &slots, &mut refusals),
                 Err(err) => log::warn!("accept: {err}"),
             },
             changed = pins_changed(&mut pin_watch) => {
@@ -285,6 +323,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                     pin_watch = None;
                 }
             }
+            _ = refusals_due(&refusals) => {
+                if let Some(line) = refusals.flush(std::time::Instant::now()) {
+                    log::warn!("{line}");
+                }
+            },
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
                     let seen = drain(guard.get_inner_mut(), &shared);
@@ -312,6 +355,87 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     drop(lock);
     Ok(())
+}
+
+/// Serves a new connection in a slot of its uid's, or refuses it with one line that says why.
+fn admit(stream: UnixStream, shared: &Arc<Shared>, slots: &Slots, refusals: &mut RefusalLog) {
+    // A credential the kernel cannot give (it always can for a unix socket) counts as a user's.
+    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+    match slots.take(uid) {
+        Ok(slot) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(err) = serve_client(stream, &shared, slot).await {
+                    log::debug!("client: {err}");
+                }
+            });
+        }
+        Err(refusal) => {
+            // The uid is known only once accepted: the connection is told why and closed at
+            // once, so that its slot in the listen backlog goes to the next one (root's
+            // `check` among them). The socket is new and its buffer empty: the write cannot
+            // block.
+            if let Ok(stream) = stream.into_std() {
+                let _ = (&stream).write(&line(&Response::Error(refusal.to_string())));
+            }
+            if let Some(line) = refusals.refused(std::time::Instant::now(), refusal) {
+                log::warn!("{line}");
+            }
+        }
+    }
+}
+
+/// When the refusals counted so far are due to be logged.
+async fn refusals_due(refusals: &RefusalLog) {
+    match refusals.due() {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ranks the likely next victims on a blocking thread, when the rules need them and the last
+/// ranking is older than [`RANK_EVERY`]; the judgements use it once done. Never waits.
+fn rank_likely(shared: &Arc<Shared>) {
+    let n = lock_keeper(shared).likely_needed();
+    if n == 0 {
+        return;
+    }
+    {
+        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
+        if ranking.running || ranking.at.is_some_and(|at| at.elapsed() < RANK_EVERY) {
+            return;
+        }
+        ranking.running = true;
+    }
+    let scan = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let ranked = crate::victims::rank(n);
+        (ranked, started.elapsed())
+    });
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let likely = match scan.await {
+            Ok((Ok(ranking), took)) => {
+                log::debug!(
+                    "ranked the likely next victims in {took:.1?}: {} processes unreadable",
+                    ranking.unreadable
+                );
+                ranking.likely.into_iter().map(|c| c.comm).collect()
+            }
+            Ok((Err(err), _)) => {
+                log::debug!("ranking likely victims: {err}");
+                Vec::new()
+            }
+            Err(err) => {
+                log::warn!("ranking likely victims: {err}");
+                Vec::new()
+            }
+        };
+        lock_keeper(&shared).set_likely(likely);
+        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
+        ranking.running = false;
+        ranking.at = Some(std::time::Instant::now());
+    });
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -505,10 +629,25 @@ fn line(response: &Response) -> Arc<[u8]> {
     out.into()
 }
 
-/// Serves one client's requests until it closes, idles or misbehaves.
-async fn serve_client(stream: UnixStream, shared: &Shared) -> io::Result<()> {
+/// Writes `bytes` to a client within `deadline`.
+async fn send(write: &mut OwnedWriteHalf, bytes: &[u8], deadline: Duration) -> io::Result<()> {
+    match tokio::time::timeout(deadline, write.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            ErrorKind::TimedOut,
+            format!(
+                "took no line within {}",
+                humantime::format_duration(deadline)
+            ),
+        )),
+    }
+}
+
+/// Serves one client's requests until it closes, idles or misbehaves; its slot is given back
+/// at the end.
+async fn serve_client(stream: UnixStream, shared: &Arc<Shared>, _slot: Slot) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut request = Vec::with_capacity(128);
     loop {
         request.clear();
@@ -523,38 +662,58 @@ async fn serve_client(stream: UnixStream, shared: &Shared) -> io::Result<()> {
         }
         if !request.ends_with(b"\n") && n >= MAX_LINE {
             let error = Response::Error(format!("request longer than {MAX_LINE} bytes"));
-            return write.write_all(&line(&error)).await;
+            return send(&mut write, &line(&error), WRITE_DEADLINE).await;
         }
         match crate::protocol::parse_request(&request) {
-            Ok(Request::Watch) => return watch(write, shared).await,
-            Ok(request) => write.write_all(&line(&answer(&request, shared))).await?,
-            Err(error) => write.write_all(&line(&Response::Error(error))).await?,
-        }
-    }
-}
-
-/// Streams events to a watcher until it goes away.
-async fn watch(mut write: OwnedWriteHalf, shared: &Shared) -> io::Result<()> {
-    let mut events = shared.watchers.subscribe();
-    write
-        .write_all(&line(&Response::Watching(count_reply(shared)?)))
-        .await?;
-    loop {
-        match events.recv().await {
-            Ok(event) => write.write_all(&event).await?,
-            Err(broadcast::error::RecvError::Lagged(count)) => {
-                let dropped = Response::Dropped(Dropped {
-                    count,
-                    by: "watcher".to_owned(),
-                });
-                write.write_all(&line(&dropped)).await?;
+            Ok(Request::Watch) => return watch(reader, write, shared).await,
+            Ok(request) => {
+                send(&mut write, &line(&answer(&request, shared)), WRITE_DEADLINE).await?
             }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            Err(error) => send(&mut write, &line(&Response::Error(error)), WRITE_DEADLINE).await?,
+        }
+        // One request per turn: a client pipelining requests as fast as it can gets its
+        // share of the thread, no more; the keepalive and the other clients get theirs.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Streams events to a watcher until it goes away: until its end reads EOF (it closed the
+/// connection, or its sending half: a watcher sends nothing after its request), or it does not
+/// take an event within [`WATCH_DEADLINE`]. Anything it sends is read and ignored.
+async fn watch(
+    mut reader: BufReader<OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut events = shared.watchers.subscribe();
+    let watching = line(&Response::Watching(count_reply(shared)?));
+    send(&mut write, &watching, WRITE_DEADLINE).await?;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => send(&mut write, &event, WATCH_DEADLINE).await?,
+                Err(broadcast::error::RecvError::Lagged(count)) => {
+                    let dropped = Response::Dropped(Dropped {
+                        count,
+                        by: "watcher".to_owned(),
+                    });
+                    send(&mut write, &line(&dropped), WATCH_DEADLINE).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            read = reader.fill_buf() => {
+                let n = read?.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.consume(n);
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
 
-fn answer(request: &Request, shared: &Shared) -> Response {
+fn answer(request: &Request, shared: &Arc<Shared>) -> Response {
     match request {
         Request::Count => match count_reply(shared) {
             Ok(reply) => Response::Count(reply),
@@ -575,6 +734,7 @@ fn answer(request: &Request, shared: &Shared) -> Response {
         Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
         Request::Verdict => {
             weigh_unseen(shared);
+            rank_likely(shared);
             let mut keeper = lock_keeper(shared);
             let verdict = keeper.judge();
             keep_latch(shared, &mut keeper);

@@ -101,6 +101,9 @@ pub struct Keeper {
     /// When this daemon latched the unrecoverable verdict, until the daemon has kept it with
     /// the pins ([`Keeper::take_newly_latched`]).
     newly_latched: Option<SystemTime>,
+    /// The likely next victims' names, most likely first, as last ranked
+    /// ([`Keeper::set_likely`]): judging never scans /proc itself.
+    likely: Vec<String>,
 }
 
 impl Keeper {
@@ -187,6 +190,7 @@ impl Keeper {
             last_keepalive: None,
             ping_error: None,
             newly_latched: None,
+            likely: Vec::new(),
         })
     }
 
@@ -196,7 +200,7 @@ impl Keeper {
     }
 
     /// How many likely next victims the rules look at (0: no need to rank processes).
-    fn likely_needed(&self) -> usize {
+    pub fn likely_needed(&self) -> usize {
         let rules = self.monitor.rules();
         if rules.critical.is_empty() {
             0
@@ -216,12 +220,23 @@ impl Keeper {
         self.monitor.fault(reason);
     }
 
-    /// Judges now, from memory and processes as they are now, logging each change of health
-    /// once.
+    /// The likely next victims' names, most likely first, for the judgements from now on.
+    ///
+    /// Ranking them is a scan of /proc, which takes milliseconds to seconds with the number of
+    /// processes: the daemon does it on a thread of its own, at most once a second, and hands
+    /// the result in here, so that neither a keepalive nor an answer to `check` waits for one.
+    pub fn set_likely(&mut self, likely: Vec<String>) {
+        self.likely = likely;
+    }
+
+    /// Judges now, from memory as it is now and the likely victims as last ranked, logging each
+    /// change of health once.
     pub fn judge(&mut self) -> Verdict {
         let pressure = pressure();
-        let likely = likely(self.likely_needed());
-        self.judge_with(monotonic(), pressure, &likely)
+        let likely = std::mem::take(&mut self.likely);
+        let verdict = self.judge_with(monotonic(), pressure, &likely);
+        self.likely = likely;
+        verdict
     }
 
     fn judge_with(&mut self, now: Duration, pressure: Pressure, likely: &[String]) -> Verdict {
@@ -373,21 +388,6 @@ fn pressure() -> Pressure {
         Err(err) => {
             log::debug!("memory figures: {err}");
             Pressure::default()
-        }
-    }
-}
-
-/// The names of the `n` likely next victims, most likely first (a scan of /proc: only when a
-/// rule needs it).
-fn likely(n: usize) -> Vec<String> {
-    if n == 0 {
-        return Vec::new();
-    }
-    match crate::victims::rank(n) {
-        Ok(ranking) => ranking.likely.into_iter().map(|c| c.comm).collect(),
-        Err(err) => {
-            log::debug!("ranking likely victims: {err}");
-            Vec::new()
         }
     }
 }

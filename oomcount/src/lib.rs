@@ -18,6 +18,7 @@ pub mod pins;
 pub mod probe;
 pub mod protocol;
 pub mod rules;
+pub mod slots;
 pub mod stat;
 pub mod system;
 pub mod tracefs;

@@ -2,7 +2,9 @@
 //!
 //! A client writes a [`Request`] line and reads one [`Response`] line; a connection may carry
 //! several requests. Lines are bounded ([`MAX_LINE`]) so that a misbehaving client cannot make
-//! the daemon grow; garbage gets an error response and costs the daemon nothing else.
+//! the daemon grow; garbage gets an error response and costs the daemon nothing else. A
+//! connection over the daemon's limits ([`crate::slots`]) gets one error line, before any
+//! request, and is closed.
 use std::{
     io::{self, BufRead, BufReader, Read as _, Write},
     os::unix::net::UnixStream,
@@ -32,7 +34,9 @@ pub enum Request {
     Count,
     /// The last `n` events of the daemon's history, oldest first.
     List { n: usize },
-    /// Every event from now on: a [`Response::Watching`] line, then one line per event.
+    /// Every event from now on: a [`Response::Watching`] line, then one line per event. The
+    /// client sends nothing more: the watch ends when it closes the connection or shuts down
+    /// its sending half, or when it does not take a line within the daemon's write deadline.
     Watch,
     /// The watchdog rules' verdict, judged now, and the keepalive's state.
     Verdict,
@@ -194,8 +198,18 @@ impl Client {
 
     /// Sends one request and reads its answer; a connection closed before the answer is an
     /// error ([`ClientError::Closed`]).
+    ///
+    /// A daemon that refuses a connection (too many from this user) writes why and closes it,
+    /// possibly before the request could be sent (the send fails with EPIPE): what it wrote is
+    /// read all the same, and the refusal ([`ClientError::Refused`]) is the error, which says
+    /// what to do, never a hang-up without an answer.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        self.send(request)?;
+        if let Err(err) = self.send(request) {
+            return match (err, self.receive()) {
+                (ClientError::Closed(_), Err(refused @ ClientError::Refused(..))) => Err(refused),
+                (err, _) => Err(err),
+            };
+        }
         self.receive()?
             .ok_or_else(|| ClientError::Closed(self.path.clone()))
     }
@@ -344,6 +358,36 @@ mod tests {
             message.ends_with(r#"such as {"request":"count"}"#),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_refusal_written_before_the_request_could_be_sent_is_read() {
+        let (daemon, client) = UnixStream::pair().unwrap();
+        // The daemon side: why, then gone, without reading (the client's send fails: EPIPE).
+        daemon.shutdown(std::net::Shutdown::Read).unwrap();
+        (&daemon)
+            .write_all(b"{\"error\":\"uid 65534 already holds 8 connections\"}\n")
+            .unwrap();
+        drop(daemon);
+        let mut client = Client {
+            path: PathBuf::from("test.sock"),
+            reader: BufReader::new(client),
+        };
+        match client.call(&Request::Verdict) {
+            Err(ClientError::Refused(_, why)) => {
+                assert_eq!(why, "uid 65534 already holds 8 connections")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without anything written, the failed send is the error: a hang-up.
+        let (daemon, client) = UnixStream::pair().unwrap();
+        drop(daemon);
+        let mut client = Client {
+            path: PathBuf::from("test.sock"),
+            reader: BufReader::new(client),
+        };
+        let err = client.call(&Request::Verdict).unwrap_err();
+        assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
     }
 
     #[test]

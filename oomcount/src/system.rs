@@ -88,6 +88,18 @@ pub fn realtime() {
     }
 }
 
+/// Runs the calling thread at the ordinary policy (SCHED_OTHER), whatever the process runs at:
+/// for a helper thread whose work must never hold up the real-time one (a helper at the same
+/// SCHED_FIFO priority would run until it blocks, ahead of the keepalive, on a single CPU).
+pub fn ordinary_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a parameter we own.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+        let err = std::io::Error::last_os_error();
+        log::debug!("cannot lower a helper thread to SCHED_OTHER ({err})");
+    }
+}
+
 /// Gives back what loading the probe left mapped, before memory is locked.
 ///
 /// Loading reads the whole embedded eBPF object (about 0.5 MB with its BTF and debug info) and

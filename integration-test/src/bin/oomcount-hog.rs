@@ -13,14 +13,20 @@
 //! `nobody` runs one step as uid and gid 65534 without groups, with no tool of the machine's
 //! (the VM guest has none): `mkdir PATH`, `rm PATH`, `ln TARGET LINK`, `ls DIR`, and
 //! `forge-sigkill N` (N children, each sending itself SIGKILL through `rt_sigqueueinfo` with
-//! `si_code` SI_KERNEL, as any process may). It exits 0 when the step worked, 1 with the error
-//! when it did not.
+//! `si_code` SI_KERNEL, as any process may); against the daemon's socket (the library's
+//! `attacker` module) `connect SOCKET N KIND SECONDS` (N connections of KIND held SECONDS after
+//! `ready N`: idle, watch-never-read, half-closed, pipelining, pipelining-never-read), `slots
+//! SOCKET` and `stall SOCKET`; and `exec PROGRAM ARGS...` (runs PROGRAM as nobody). It exits 0
+//! when the step worked, 1 with the error when it did not.
 //!
 //! Anything that touches memory without bound needs a cgroup (whose limit ends it), or
 //! `--global` together with `OOMCOUNT_VM=1`: a global OOM is allowed only in the VM guest.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use oomcount_integration_test::{victim, wait::in_vm};
+use oomcount_integration_test::{attacker, victim, wait::in_vm};
 
 #[derive(Default)]
 struct Options {
@@ -159,6 +165,26 @@ fn nobody(args: &[String]) -> Result<ExitCode, String> {
                 println!("{}", entry.file_name().to_string_lossy());
             }
         }),
+        Some("connect") => {
+            let n: usize = number("connect N", arg(2)?)?;
+            let kind: attacker::Kind = arg(3)?.parse()?;
+            let secs: f64 = number("connect SECONDS", arg(4)?)?;
+            let hold = std::time::Duration::try_from_secs_f64(secs)
+                .map_err(|err| format!("connect SECONDS {secs}: {err}"))?;
+            attacker::hold(Path::new(arg(1)?), n, kind, hold).map(|f| {
+                println!(
+                    "figures connects={} closed_by_daemon={} sent={} read={}",
+                    f.connects, f.closed_by_daemon, f.sent, f.read
+                )
+            })
+        }
+        Some("slots") => attacker::slots(Path::new(arg(1)?)),
+        Some("stall") => attacker::stall(Path::new(arg(1)?)),
+        Some("exec") => {
+            use std::os::unix::process::CommandExt as _;
+            // Returns only when it could not run PROGRAM.
+            Err(std::process::Command::new(arg(1)?).args(&args[2..]).exec())
+        }
         Some("forge-sigkill") => {
             let n: u32 = number("forge-sigkill", arg(1)?)?;
             victim::forge_sigkills(n).map_err(|err| format!("forge-sigkill: {err}"))?;

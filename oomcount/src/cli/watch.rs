@@ -20,10 +20,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    client.send(&Request::Watch)?;
+    // The first line (watching, or why the daemon refused the connection), then the events,
+    // which can be days apart.
+    let mut first = Some(client.call(&Request::Watch)?);
     client.wait_forever()?;
     let mut out = std::io::stdout().lock();
-    while let Some(response) = client.receive()? {
+    while let Some(response) = match first.take() {
+        Some(response) => Some(response),
+        None => client.receive()?,
+    } {
         match response {
             Response::Watching(counts) => {
                 if args.json {
