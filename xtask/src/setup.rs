@@ -250,19 +250,9 @@ fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<()> {
         ),
     }
     check(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        cargo_install(&root, "bpf-linker", BPF_LINKER_VERSION)
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
-            // Only to spare cargo's advice to put the folder on the PATH: nothing runs it from there.
-            .env("PATH", path_with(&root.join("bin")))
-            .arg("install")
-            .arg("--root")
-            .arg(&root)
             .args([
-                "--force",
-                "--locked",
-                "bpf-linker",
-                "--version",
-                &format!("={BPF_LINKER_VERSION}"),
                 "--no-default-features",
                 "--features",
                 &format!("llvm-{llvm}"),
@@ -300,23 +290,28 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<std::path::PathBuf> {
         "setup: building cargo-fuzz {VERSION} into {} (cargo install, a few minutes)",
         root.display()
     );
-    check(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            // Only to spare cargo's advice to put the folder on the PATH: nothing runs it from there.
-            .env("PATH", path_with(&root.join("bin")))
-            .arg("install")
-            .arg("--root")
-            .arg(&root)
-            .args([
-                "--force",
-                "--locked",
-                "cargo-fuzz",
-                "--version",
-                &format!("={VERSION}"),
-            ]),
-    )
-    .with_context(|| format!("building cargo-fuzz {VERSION} failed"))?;
+    check(&mut cargo_install(&root, "cargo-fuzz", VERSION))
+        .with_context(|| format!("building cargo-fuzz {VERSION} failed"))?;
     Ok(bin)
+}
+
+/// `cargo install --force --locked CRATE --version =VERSION` into `root`: a tool of the
+/// project's own, never one of the user's.
+fn cargo_install(root: &std::path::Path, krate: &str, version: &str) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Only to spare cargo's advice to put the folder on the PATH: nothing runs it from there.
+    cmd.env("PATH", path_with(&root.join("bin")))
+        .arg("install")
+        .arg("--root")
+        .arg(root)
+        .args([
+            "--force",
+            "--locked",
+            krate,
+            "--version",
+            &format!("={version}"),
+        ]);
+    cmd
 }
 
 /// The PATH with `dir` in front.
