@@ -288,6 +288,15 @@ fn bpffs_mounted_by_the_daemon_is_mode_0700() {
     let socket = scratch.path().join("oc.sock");
     let log = scratch.path().join("daemon.log");
     let out = fs::File::create(&log).unwrap();
+    if Command::new("unshare").arg("--version").output().is_err() {
+        // The VM guests carry no util-linux; whether the daemon mounts bpffs 0700 does not
+        // depend on the kernel, and the host's run checks it.
+        eprintln!(
+            "skipped: no unshare (util-linux) here ({}) to give the daemon a mount namespace without bpffs",
+            oomcount_integration_test::kernel_release()
+        );
+        return;
+    }
     let mut child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg("while umount -l /sys/fs/bpf 2>/dev/null; do :; done; exec \"$0\" \"$@\"")

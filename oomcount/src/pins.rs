@@ -540,8 +540,15 @@ pub fn detach(dir: &Path) -> Result<Detached, PinError> {
     let removed = remove(dir)?;
     // The folder goes too when nothing else is in it.
     let _ = fs::remove_dir(dir);
+    // bpffs lets go of a pin's object only after an RCU grace period: a link outlives its pin
+    // by a moment (seen on 5.10). Wait for that, briefly, before saying it stays.
+    let attached = || links.iter().any(|&id| sys::link_exists(id));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while attached() && link_holders(&links).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Attached still if a process took hold of a link meanwhile (a daemon that just started).
-    let held_by = if links.iter().any(|&id| sys::link_exists(id)) {
+    let held_by = if attached() {
         let holders = link_holders(&links);
         if holders.is_empty() {
             vec!["a process that could not be found".to_owned()]
