@@ -8,7 +8,7 @@
 //! 3. `oomcount-bench` runs (about two minutes; progress on stderr) and prints its figures;
 //! 4. each figure is held against its goal ([`table`]): the table is printed and written, with
 //!    every figure and note, to `target/bench/bench.json`.
-mod install;
+pub(crate) mod install;
 mod table;
 
 use std::process::{Command, Stdio};
@@ -34,7 +34,7 @@ pub struct BenchArgs {
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    setup::run(setup::Needs::Build)?;
+    setup::run(setup::Needs::Test)?;
     let absent = if args.no_install {
         Vec::new()
     } else {

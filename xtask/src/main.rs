@@ -49,7 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(setup::Needs::Build),
+        Command::Setup => setup::run(setup::Needs::Vm),
         Command::Run { release, args } => {
             setup::run(setup::Needs::Build).and_then(|()| run(release, &args))
         }

@@ -15,11 +15,14 @@ use crate::check;
 include!("../../oomcount-ebpf/toolchain.rs");
 
 /// What the task at hand needs.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Needs {
     /// Building the eBPF object and the daemon.
     Build,
-    /// Building, plus booting kernels under QEMU.
+    /// Building, plus the tools the tests and benchmarks compare against (Prometheus, promtool,
+    /// node_exporter, lintian).
+    Test,
+    /// All of that, plus booting kernels under QEMU.
     Vm,
 }
 
@@ -27,6 +30,9 @@ pub enum Needs {
 const BUILD_PACKAGES: &[&str] = &["zlib1g-dev", "libzstd-dev"];
 /// Debian packages the VM matrix needs besides QEMU (which comes from bookworm-backports).
 const VM_PACKAGES: &[&str] = &["cpio", "xz-utils", "zstd", "kmod", "libc6-dev"];
+/// Debian packages the tests and benchmarks run for real: a Prometheus server and promtool, the
+/// node_exporter that reads the textfile, lintian for the package.
+const TEST_PACKAGES: &[&str] = &["prometheus", "prometheus-node-exporter", "lintian"];
 
 pub fn run(needs: Needs) -> anyhow::Result<()> {
     let llvm = ebpf_toolchain_llvm()?;
@@ -37,6 +43,9 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
         .chain(BUILD_PACKAGES.iter().copied())
         .filter(|p| !dpkg_installed(p))
         .collect();
+    if needs >= Needs::Test {
+        missing.extend(TEST_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)));
+    }
     if needs == Needs::Vm {
         missing.extend(VM_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)));
     }
@@ -72,7 +81,10 @@ fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
             packages.join(" ")
         );
     }
-    eprintln!("setup: installing {} (apt-get)", packages.join(" "));
+    eprintln!("setup: installing {} (apt-get, services not started)", packages.join(" "));
+    // Debian would start prometheus and node_exporter on their public ports: the tests start
+    // their own, on loopback.
+    let _policy = crate::bench::install::PolicyGuard::deny_all().map_err(anyhow::Error::msg)?;
     check(Command::new("apt-get").args(["update", "-q"]))?;
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive").args([

@@ -27,7 +27,7 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     setup::run(if args.no_vm {
-        setup::Needs::Build
+        setup::Needs::Test
     } else {
         setup::Needs::Vm
     })?;

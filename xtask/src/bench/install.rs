@@ -88,13 +88,13 @@ fn apt(args: &[&str]) -> Result<(), String> {
 }
 
 /// `/usr/sbin/policy-rc.d` that denies every start, put back as it was on drop.
-struct PolicyGuard {
+pub(crate) struct PolicyGuard {
     previous: Option<(Vec<u8>, u32)>,
     changed: bool,
 }
 
 impl PolicyGuard {
-    fn deny_all() -> Result<PolicyGuard, String> {
+    pub(crate) fn deny_all() -> Result<PolicyGuard, String> {
         let previous = std::fs::read(POLICY).ok().map(|text| {
             let mode = std::fs::metadata(POLICY).map_or(0o755, |m| m.permissions().mode());
             (text, mode)
