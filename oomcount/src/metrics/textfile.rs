@@ -1,0 +1,115 @@
+//! The exposition as a file for node_exporter's textfile collector.
+//!
+//! node_exporter reads every `*.prom` file of its `--collector.textfile.directory` at each scrape,
+//! whenever that happens, so the file must never be seen half written: it is written beside
+//! (`<path>.tmp`, which the collector ignores, not ending in `.prom`) and renamed over the old one,
+//! as the stat file is ([`crate::files::write_atomic`]: never through a link, mode 0644).
+//!
+//! The folder is the collector's, which the daemon does not create: a folder that does not
+//! exist is a mistake in the configuration (a typo, node_exporter not installed), said before
+//! the daemon attaches ([`check`]), rather than a file that nobody reads.
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+/// Why the textfile cannot be written where the configuration says.
+#[derive(Debug, thiserror::Error)]
+pub enum TextfileError {
+    #[error(
+        "{0}: the folder does not exist (create it, or install node_exporter's textfile collector)"
+    )]
+    NoFolder(PathBuf),
+    #[error("{0} is not a folder")]
+    NotFolder(PathBuf),
+    #[error("{0} must end in .prom, the names node_exporter's textfile collector reads")]
+    NotProm(PathBuf),
+    #[error("{0}")]
+    Unsafe(#[from] crate::files::Unsafe),
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+/// Checks that `path` can be the textfile: named `*.prom`, in an existing folder that is safe for
+/// root to write in.
+pub fn check(path: &Path) -> Result<(), TextfileError> {
+    if path.extension().is_none_or(|ext| ext != "prom") {
+        return Err(TextfileError::NotProm(path.to_path_buf()));
+    }
+    let folder = crate::files::parent(path);
+    match std::fs::metadata(folder) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(TextfileError::NotFolder(folder.to_path_buf())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(TextfileError::NoFolder(folder.to_path_buf()));
+        }
+        Err(err) => return Err(TextfileError::Io(folder.to_path_buf(), err)),
+    }
+    crate::files::check_folder(folder)?;
+    Ok(())
+}
+
+/// Replaces the textfile at `path` with `text`, atomically.
+pub fn write(path: &Path, text: &str) -> io::Result<()> {
+    crate::files::write_atomic(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("oomcount-textfile-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_missing_folder_or_name_is_said() {
+        let dir = scratch("check");
+        assert!(matches!(
+            check(&dir.join("absent/oomcount.prom")),
+            Err(TextfileError::NoFolder(_))
+        ));
+        assert!(matches!(
+            check(&dir.join("oomcount.txt")),
+            Err(TextfileError::NotProm(_))
+        ));
+        fs::write(dir.join("file"), "").unwrap();
+        assert!(matches!(
+            check(&dir.join("file/oomcount.prom")),
+            Err(TextfileError::NotFolder(_))
+        ));
+        let said = check(&dir.join("absent/oomcount.prom"))
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("does not exist"), "{said}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn replaced_whole_and_nothing_left_beside() {
+        let dir = scratch("write");
+        let path = dir.join("oomcount.prom");
+        if check(&path).is_err() {
+            // The temporary folder is not root's where the tests run unprivileged.
+            eprintln!(
+                "{} is not safe for root's files here; write only",
+                dir.display()
+            );
+        }
+        write(&path, "a 1\n").unwrap();
+        write(&path, "a 2\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a 2\n");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["oomcount.prom"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
