@@ -1,8 +1,9 @@
 //! `cargo xtask test`: every test, in the order that fails fastest.
 //!
 //! 1. rustfmt and clippy (`-D warnings`) on the host crates and on the eBPF crate;
-//! 2. unit tests of every host crate, then each fuzz target for a few seconds from its seeds
-//!    (`cargo xtask fuzz`);
+//! 2. unit tests of every host crate (`promtool check metrics` on the expositions among them),
+//!    `promtool check rules` and `test rules` on the alerting rules, then each fuzz target for a
+//!    few seconds from its seeds (`cargo xtask fuzz`);
 //! 3. the privileged integration tests on this machine's kernel (real eBPF, real OOM kills in a
 //!    memory cgroup), one at a time because they compare against machine-wide counters;
 //! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`).
@@ -59,6 +60,18 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     eprintln!("test: unit tests");
     check(cargo().arg("test").args(HOST).args(["--lib", "--bins"]))?;
+    eprintln!("test: promtool check rules, test rules (contrib/prometheus)");
+    for args in [
+        ["check", "rules", "oomcount-rules.yml"],
+        ["test", "rules", "oomcount-rules.test.yml"],
+    ] {
+        let mut promtool = std::process::Command::new("promtool");
+        check(
+            promtool
+                .current_dir(crate::workspace_root().join("contrib/prometheus"))
+                .args(args),
+        )?;
+    }
     if !args.no_fuzz {
         eprintln!("test: fuzzing, {FUZZ_SECONDS} s per target");
         crate::fuzz::fuzz(FUZZ_SECONDS, None)?;
