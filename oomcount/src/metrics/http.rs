@@ -28,8 +28,9 @@ use std::{
 };
 
 use tokio::{
+    io::unix::AsyncFd,
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     task::{AbortHandle, JoinSet},
 };
 
@@ -90,30 +91,68 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
 /// What renders the exposition for each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `listener` until the task is dropped. Call from the daemon's runtime (`tokio::spawn`).
-pub async fn serve(listener: TcpListener, render: Render, limits: Limits) {
+/// Connections accepted in one turn before the thread is given to other tasks.
+const ACCEPTS_PER_TURN: usize = 32;
+
+/// Serves `listener` (from [`bind`]) until the task is dropped. Call from the daemon's runtime
+/// (`tokio::spawn`).
+///
+/// A request whose head has arrived by the time its connection is accepted (a scraper's, which
+/// sends it with the connection) is answered then and there, without a task; only the others
+/// wait in a task, and those are the ones a flood of connections pushes out.
+pub async fn serve(listener: std::net::TcpListener, render: Render, limits: Limits) {
+    // SAFETY: the AsyncFd owns the listener, hence its descriptor, until it is dropped.
+    let listener = match unsafe { AsyncFd::register(listener) } {
+        Ok(listener) => listener,
+        Err(err) => {
+            let err = err.into_parts().1;
+            log::error!("metrics port: cannot watch the listening socket ({err}): not served");
+            return;
+        }
+    };
     let mut clients: JoinSet<()> = JoinSet::new();
     // Oldest first.
     let mut held: VecDeque<AbortHandle> = VecDeque::with_capacity(limits.clients);
     let mut failing = AcceptErrors::default();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if held.len() >= limits.clients.max(1)
-                        && let Some(oldest) = held.pop_front()
-                    {
-                        oldest.abort();
+            ready = listener.readable() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(err) => {
+                        failing.failed(err).await;
+                        continue;
                     }
-                    let render = render.clone();
-                    held.push_back(clients.spawn(async move {
-                        if let Err(err) = client(stream, &render, limits).await {
-                            log::debug!("metrics client: {err}");
+                };
+                for _ in 0..ACCEPTS_PER_TURN {
+                    match guard.try_io(|listener| listener.get_ref().accept()) {
+                        Ok(Ok((stream, _))) => {
+                            let Some(waiting) = answer_at_once(stream, &render, limits) else {
+                                continue;
+                            };
+                            if held.len() >= limits.clients.max(1)
+                                && let Some(oldest) = held.pop_front()
+                            {
+                                oldest.abort();
+                            }
+                            let render = render.clone();
+                            held.push_back(clients.spawn(async move {
+                                if let Err(err) = waiting.finish(&render, limits).await {
+                                    log::debug!("metrics client: {err}");
+                                }
+                            }));
                         }
-                    }));
+                        Ok(Err(err)) => {
+                            failing.failed(err).await;
+                            break;
+                        }
+                        // Nothing more to accept: readiness cleared.
+                        Err(_would_block) => break,
+                    }
                 }
-                Err(err) => failing.failed(err).await,
-            },
+                // A flood of connections must not hold the thread: the keepalives go first.
+                tokio::task::yield_now().await;
+            }
             Some(done) = clients.join_next_with_id(), if !clients.is_empty() => {
                 let id = match done {
                     Ok((id, ())) => id,
@@ -215,70 +254,186 @@ fn plain(status: &str, extra: &str, body: &str) -> Vec<u8> {
     answer(status, extra, "text/plain; charset=utf-8", body, false)
 }
 
-/// Reads one request head within the deadline and answers it.
-async fn client(mut stream: TcpStream, render: &Render, limits: Limits) -> io::Result<()> {
-    let mut buf = vec![0u8; limits.request];
-    let mut len = 0;
-    let read = async {
-        loop {
-            if len == buf.len() {
-                return Ok(None);
-            }
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            // The blank line may straddle two reads.
-            let from = len.saturating_sub(3);
-            len += n;
-            if let Some(end) = head_end(&buf[from..len]) {
-                return Ok(Some(from + end));
-            }
+/// How far reading a head got.
+enum Head {
+    /// It ends here (its length).
+    Whole(usize),
+    TooLarge,
+    /// More to come.
+    More,
+}
+
+/// Reads what has arrived, without waiting (the socket is non-blocking).
+fn read_ready(
+    mut stream: &std::net::TcpStream,
+    buf: &mut [u8],
+    len: &mut usize,
+) -> io::Result<Head> {
+    use std::io::Read as _;
+    loop {
+        if *len == buf.len() {
+            return Ok(Head::TooLarge);
         }
-    };
-    let reply = match tokio::time::timeout(limits.read, read).await {
-        Err(_) => {
-            let _ = stream.try_write(&plain(
-                "408 Request Timeout",
-                "",
-                "the request did not arrive in time\n",
-            ));
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not read in time",
-            ));
+        match stream.read(&mut buf[*len..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => {
+                // The blank line may straddle two reads.
+                let from = len.saturating_sub(3);
+                *len += n;
+                if let Some(end) = head_end(&buf[from..*len]) {
+                    return Ok(Head::Whole(from + end));
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Head::More),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
         }
-        Ok(Err(err)) => return Err(err),
-        Ok(Ok(None)) => plain(
+    }
+}
+
+/// The answer to a head read whole, or too large.
+fn reply(head: &Head, buf: &[u8], render: &Render, limits: Limits) -> Vec<u8> {
+    let Head::Whole(end) = *head else {
+        return plain(
             "431 Request Header Fields Too Large",
             "",
             &format!("the request head is longer than {} bytes\n", limits.request),
-        ),
-        Ok(Ok(Some(end))) => match parse(&buf[..end]) {
-            Asked::Metrics { head } => answer("200 OK", "", CONTENT_TYPE, &render(), head),
-            Asked::NotFound => plain("404 Not Found", "", "only /metrics is served here\n"),
-            Asked::Method => plain(
-                "405 Method Not Allowed",
-                "Allow: GET, HEAD\r\n",
-                "/metrics answers GET and HEAD only\n",
-            ),
-            Asked::Bad => plain("400 Bad Request", "", "not an HTTP/1.x request\n"),
-        },
+        );
     };
-    drop(buf);
-    match tokio::time::timeout(limits.write, stream.write_all(&reply)).await {
-        Ok(written) => written?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the answer was not taken in time",
-            ));
-        }
+    match parse(&buf[..end]) {
+        Asked::Metrics { head } => answer("200 OK", "", CONTENT_TYPE, &render(), head),
+        Asked::NotFound => plain("404 Not Found", "", "only /metrics is served here\n"),
+        Asked::Method => plain(
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "/metrics answers GET and HEAD only\n",
+        ),
+        Asked::Bad => plain("400 Bad Request", "", "not an HTTP/1.x request\n"),
     }
-    // The end of the answer; the close that follows may be abrupt (a reset) if the client sent
-    // more than its head, which it has no business doing.
-    let _ = tokio::time::timeout(limits.write, stream.shutdown()).await;
-    Ok(())
+}
+
+/// A connection that needs a task: its head has not arrived whole, or its answer did not fit in
+/// the socket's buffer at once.
+struct Waiting {
+    stream: std::net::TcpStream,
+    /// The head so far (`len` bytes of it), or the answer's rest.
+    buf: Vec<u8>,
+    len: usize,
+    answering: bool,
+    accepted: tokio::time::Instant,
+}
+
+/// Answers a new connection if its head is there, writing as much as the socket takes; what is
+/// left to do comes back as a [`Waiting`].
+fn answer_at_once(stream: std::net::TcpStream, render: &Render, limits: Limits) -> Option<Waiting> {
+    let accepted = tokio::time::Instant::now();
+    stream.set_nonblocking(true).ok()?;
+    let mut buf = vec![0u8; limits.request];
+    let mut len = 0;
+    match read_ready(&stream, &mut buf, &mut len) {
+        Ok(Head::More) => Some(Waiting {
+            stream,
+            buf,
+            len,
+            answering: false,
+            accepted,
+        }),
+        Ok(head) => {
+            let reply = reply(&head, &buf, render, limits);
+            write_ready(stream, reply, accepted)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Writes `reply` as far as the socket takes it now; the rest comes back as a [`Waiting`].
+fn write_ready(
+    mut stream: std::net::TcpStream,
+    reply: Vec<u8>,
+    accepted: tokio::time::Instant,
+) -> Option<Waiting> {
+    use std::io::Write as _;
+    let written = loop {
+        match stream.write(&reply) {
+            Ok(n) => break n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break 0,
+            Err(_) => return None,
+        }
+    };
+    if written == reply.len() {
+        // Closed on drop, after the answer (the kernel sends what it holds).
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        return None;
+    }
+    Some(Waiting {
+        stream,
+        len: 0,
+        buf: reply[written..].to_vec(),
+        answering: true,
+        accepted,
+    })
+}
+
+impl Waiting {
+    /// Reads the rest of the head by the read deadline and answers it by the write deadline.
+    async fn finish(self, render: &Render, limits: Limits) -> io::Result<()> {
+        let Waiting {
+            stream,
+            mut buf,
+            mut len,
+            answering,
+            accepted,
+        } = self;
+        let mut stream = TcpStream::from_std(stream)?;
+        let reply = if answering {
+            buf
+        } else {
+            let read = async {
+                loop {
+                    if len == buf.len() {
+                        return Ok(Head::TooLarge);
+                    }
+                    let n = stream.read(&mut buf[len..]).await?;
+                    if n == 0 {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
+                    // The blank line may straddle two reads.
+                    let from = len.saturating_sub(3);
+                    len += n;
+                    if let Some(end) = head_end(&buf[from..len]) {
+                        return Ok(Head::Whole(from + end));
+                    }
+                }
+            };
+            match tokio::time::timeout_at(accepted + limits.read, read).await {
+                Err(_) => {
+                    let _ = stream.try_write(&plain(
+                        "408 Request Timeout",
+                        "",
+                        "the request did not arrive in time\n",
+                    ));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not read in time",
+                    ));
+                }
+                Ok(Err(err)) => return Err(err),
+                Ok(Ok(head)) => reply(&head, &buf, render, limits),
+            }
+        };
+        match tokio::time::timeout(limits.write, stream.write_all(&reply)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the answer was not taken in time",
+                ));
+            }
+        }
+        let _ = tokio::time::timeout(limits.write, stream.shutdown()).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +486,10 @@ mod tests {
 
     impl Server {
         fn start(limits: Limits) -> Self {
+            Self::serving(limits, Arc::new(|| "a_total 1\n".to_owned()))
+        }
+
+        fn serving(limits: Limits, render: Render) -> Self {
             let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = listener.local_addr().unwrap();
             let gaps = Arc::new(std::sync::Mutex::new(Duration::ZERO));
@@ -342,8 +501,6 @@ mod tests {
                     .build()
                     .unwrap();
                 runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener).unwrap();
-                    let render: Render = Arc::new(|| "a_total 1\n".to_owned());
                     let server = tokio::spawn(serve(listener, render, limits));
                     let mut ticker = tokio::time::interval(TICK);
                     ticker.tick().await;
@@ -417,6 +574,31 @@ mod tests {
         assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
         let bad = server.ask(b"hello\r\n\r\n");
         assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    }
+
+    /// An answer larger than the socket takes at once is finished by a task.
+    #[test]
+    fn a_large_answer_arrives_whole() {
+        let body = "x".repeat(8 << 20) + "\n";
+        let expected = body.clone();
+        let server = Server::serving(Limits::default(), Arc::new(move || body.clone()));
+        let answer = server.ask(b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(answer.ends_with(&expected), "{} bytes", answer.len());
+    }
+
+    /// A head in pieces, within the deadline, is answered.
+    #[test]
+    fn a_head_in_pieces_is_answered() {
+        let server = Server::start(Limits::default());
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        for piece in [&b"GET /met"[..], b"rics HTTP/1.1\r", b"\n\r", b"\n"] {
+            stream.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with("\r\n\r\na_total 1\n"), "{answer}");
     }
 
     #[test]
