@@ -20,10 +20,10 @@ pub const DEFAULT_PATH: &str = "/etc/oomcount/oomcount.toml";
 /// The shortest keepalive `interval`: drivers count their timeouts in seconds, so pinging more
 /// often than this buys nothing and costs CPU (`interval = "1ns"` made the daemon write 51k
 /// keepalives in 4 s).
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest `timeout`: WDIOC_SETTIMEOUT takes a C `int` of seconds (a larger value would be
 /// cut to its low bits: `"4294967306s"` became 10 s).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(libc::c_int::MAX as u64);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(libc::c_int::MAX as u64);
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,7 +103,7 @@ pub enum Scope {
 impl Scope {
     /// Whether a kill with this constraint (`None`: unknown) counts. A kill whose constraint
     /// could not be read (a `memory.oom.group` member, a lost event) counts only for `any`.
-    pub fn counts(self, constraint: Option<&str>) -> bool {
+    pub(crate) fn counts(self, constraint: Option<&str>) -> bool {
         match self {
             Scope::Any => true,
             Scope::Global => constraint == Some("global"),
@@ -135,7 +135,7 @@ pub struct Rules {
     /// `constraint`, default `global`: which kills `max_kills` counts.
     pub constraint: Scope,
     /// `critical`, default none: one kill of a process matching one of these is unrecoverable:
-    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::rules::Critical`]).
+    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::watchdog::rules::Critical`]).
     pub critical: Vec<String>,
     /// `critical_top`, default 0 (off): degraded while a critical process is among this many
     /// likely next victims (by `oom_score`).
@@ -285,13 +285,13 @@ impl Config {
             }
         }
         let rules = &self.rules;
-        if rules.max_kills as usize >= crate::rules::MAX_REMEMBERED {
+        if rules.max_kills as usize >= crate::watchdog::rules::MAX_REMEMBERED {
             return fail(
                 "rules",
                 "max_kills",
                 format!(
                     "must be below {} (the kills the rules remember)",
-                    crate::rules::MAX_REMEMBERED
+                    crate::watchdog::rules::MAX_REMEMBERED
                 ),
             );
         }
@@ -308,7 +308,7 @@ impl Config {
         if let Some(err) = rules
             .critical
             .iter()
-            .find_map(|entry| crate::rules::Critical::parse(entry).err())
+            .find_map(|entry| crate::watchdog::rules::Critical::parse(entry).err())
         {
             return fail("rules", "critical", err);
         }
@@ -321,7 +321,11 @@ impl Config {
     /// against the timeout the driver reports (WDIOC_GETTIMEOUT), which the file cannot know
     /// when `timeout` is unset, or when the driver took another timeout than asked. The error
     /// names the file, the line and the keys, as a parse error does.
-    pub fn check_driver_timeout(&self, device: &Path, driver: Duration) -> Result<(), ConfigError> {
+    pub(crate) fn check_driver_timeout(
+        &self,
+        device: &Path,
+        driver: Duration,
+    ) -> Result<(), ConfigError> {
         let Some(watchdog) = &self.watchdog else {
             return Ok(());
         };

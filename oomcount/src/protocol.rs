@@ -3,7 +3,7 @@
 //! A client writes a [`Request`] line and reads one [`Response`] line; a connection may carry
 //! several requests. Lines are bounded ([`MAX_LINE`]) so that a misbehaving client cannot make
 //! the daemon grow; garbage gets an error response and costs the daemon nothing else. A
-//! connection over the daemon's limits ([`crate::slots`]) gets one error line, before any
+//! connection over the daemon's limits ([`crate::daemon::slots`]) gets one error line, before any
 //! request, and is closed.
 use std::{
     io::{self, BufRead, BufReader, Read as _, Write},
@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::VictimEvent;
+use crate::probe::event::VictimEvent;
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
@@ -22,7 +22,7 @@ pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
 /// The longest request line accepted, newline included.
 pub const MAX_LINE: usize = 4096;
 /// The longest response line a client accepts (a full `list`).
-pub const MAX_RESPONSE: usize = 8 << 20;
+pub(crate) const MAX_RESPONSE: usize = 8 << 20;
 
 /// How long a client waits for the daemon's answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,10 +61,10 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictReply {
     /// `healthy`, `degraded` (recoverable: keepalives go on) or `unrecoverable`.
-    pub health: crate::rules::Health,
+    pub health: crate::watchdog::rules::Health,
     /// Why, in one line; empty when healthy.
     pub reason: String,
-    pub watchdog: crate::keeper::KeeperState,
+    pub watchdog: crate::watchdog::keeper::KeeperState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +215,7 @@ impl Client {
     }
 
     /// Sends a request.
-    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+    pub(crate) fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests always serialize");
         line.push(b'\n');
         self.reader

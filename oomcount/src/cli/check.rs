@@ -6,9 +6,9 @@
 //! reboot at once. The verdict is the daemon's own, the one its pinger acts on.
 use std::io::Write as _;
 
-use crate::{
+use oomcount::{
     protocol::{self, ClientError, Request, Response, VerdictReply},
-    rules::Health,
+    watchdog::rules::Health,
 };
 
 /// Unrecoverable: watchdog(8)'s "reboot" code.

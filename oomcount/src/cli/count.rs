@@ -1,8 +1,8 @@
 //! `oomcount count`: the body count, from the daemon.
 use std::{io::Write as _, path::Path};
 
-use crate::{
-    pins::Pinned,
+use oomcount::{
+    probe::pins::Pinned,
     protocol::{self, ClientError, CountReply, Request, Response},
 };
 
@@ -33,7 +33,7 @@ pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
         events_received: 0,
         kill_events_received: 0,
         attached_at: humantime::format_rfc3339_seconds(attached).to_string(),
-        kernel_oom_kill: crate::system::kernel_oom_kill(),
+        kernel_oom_kill: oomcount::host::system::kernel_oom_kill(),
         source: "pins".to_owned(),
     })
 }

@@ -1,7 +1,7 @@
 //! `oomcount list`: the most recent victims, from the daemon's history.
 use std::io::Write as _;
 
-use crate::protocol::{self, Request, Response};
+use oomcount::protocol::{self, Request, Response};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

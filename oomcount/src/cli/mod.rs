@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::protocol::DEFAULT_SOCKET;
+use oomcount::protocol::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,7 +72,7 @@ pub struct CountSource {
     pub socket: SocketArg,
     /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
     /// answers.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -216,11 +216,11 @@ mod tests {
                 false,
             ),
             (
-                crate::protocol::ClientError::Closed(socket.clone()).into(),
+                oomcount::protocol::ClientError::Closed(socket.clone()).into(),
                 false,
             ),
             (
-                crate::protocol::ClientError::Io {
+                oomcount::protocol::ClientError::Io {
                     path: socket,
                     source: Error::from(ErrorKind::BrokenPipe),
                 }

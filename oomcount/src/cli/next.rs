@@ -3,7 +3,7 @@ use std::{fmt::Write as _, io::Write as _};
 
 use anyhow::Context as _;
 
-use crate::victims::{self, Ranking};
+use oomcount::host::victims::{self, Ranking};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -80,7 +80,7 @@ fn kb(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::victims::Candidate;
+    use oomcount::host::victims::Candidate;
 
     fn candidate(pid: i32, comm: &str, oom_score: u32, adj: i32) -> Candidate {
         Candidate {

@@ -11,9 +11,9 @@ use std::{fmt::Write as _, io::Write as _};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{
+use oomcount::{
+    host::vitals::{self, MemoryPsi, Psi, Vitals},
     protocol::{Client, ClientError, CountReply, Request, Response, VerdictReply},
-    vitals::{self, MemoryPsi, Psi, Vitals},
 };
 
 #[derive(Debug, clap::Args)]
@@ -166,7 +166,7 @@ fn human(status: &Status) -> String {
     }
     if let Some(verdict) = &status.verdict {
         let _ = match verdict.health {
-            crate::rules::Health::Healthy => writeln!(text, "verdict    healthy"),
+            oomcount::watchdog::rules::Health::Healthy => writeln!(text, "verdict    healthy"),
             _ => writeln!(text, "verdict    {}: {}", verdict.health, verdict.reason),
         };
         let _ = writeln!(text, "watchdog   {}", verdict.watchdog);
@@ -257,10 +257,10 @@ mod tests {
             }),
             count_error: None,
             verdict: Some(VerdictReply {
-                health: crate::rules::Health::Degraded,
+                health: oomcount::watchdog::rules::Health::Degraded,
                 reason: "memcg OOM kill of hog (pid 7) 3s ago; healthy after 10m without one"
                     .into(),
-                watchdog: crate::keeper::KeeperState {
+                watchdog: oomcount::watchdog::keeper::KeeperState {
                     device: Some("/dev/watchdog".into()),
                     identity: Some("Software Watchdog".into()),
                     timeout_secs: Some(60),

@@ -3,7 +3,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::protocol::{Client, Request, Response};
+use oomcount::protocol::{Client, Request, Response};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -11,7 +11,7 @@
 //! one thread with every client; so that no client can hold them up, whatever it sends or fails
 //! to read:
 //!
-//! - connections are limited per uid, with slots of root's own ([`crate::slots`]);
+//! - connections are limited per uid, with slots of root's own ([`crate::daemon::slots`]);
 //! - each client task answers one request per turn, then lets the others (and the keepalive)
 //!   run;
 //! - every write to a client has a deadline ([`WRITE_DEADLINE`], [`WATCH_DEADLINE`] for a
@@ -21,6 +21,10 @@
 //! - the one slow part of a judgement, ranking the likely next victims for `critical_top` (a
 //!   scan of /proc), runs on a blocking thread of its own, at most once per [`RANK_EVERY`],
 //!   and the verdict uses the last ranking: a flood of verdict requests costs no scan.
+pub(crate) mod slots;
+pub mod stat;
+
+use slots::{RefusalLog, Slot, Slots};
 use std::{
     collections::VecDeque,
     fs,
@@ -45,28 +49,31 @@ use tokio::{
 
 use crate::{
     config::Config,
-    event::{Clock, VictimEvent},
-    keeper::Keeper,
-    probe::{Origin, Probe, ProbeError},
+    host::system,
+    probe::{
+        Origin, Probe, ProbeError,
+        event::{Clock, VictimEvent},
+    },
     protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
-    rules::{Kill, Unseen},
-    slots::{RefusalLog, Slot, Slots},
-    system,
+    watchdog::{
+        keeper::Keeper,
+        rules::{Kill, Unseen},
+    },
 };
 
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
 /// A client that has not taken a line of its answer within this long is disconnected: one that
 /// never reads cannot hold a task, a slot or a buffer for long.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// The same for a watcher's events, longer: a watcher may stop reading for a while (a pager, a
 /// stopped terminal job) and then be told how many events it missed, since its queue is bounded
 /// (and shared) whatever it does.
-pub const WATCH_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const WATCH_DEADLINE: Duration = Duration::from_secs(60);
 /// A client's read buffer: a request is a few dozen bytes (at most [`MAX_LINE`]).
 const READ_BUFFER: usize = 1024;
 /// The likely next victims are ranked at most this often.
-pub const RANK_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const RANK_EVERY: Duration = Duration::from_secs(1);
 /// Events a watcher may fall behind before it is told it missed some.
 const WATCH_QUEUE: usize = 256;
 /// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
@@ -98,7 +105,7 @@ pub enum DaemonError {
     #[error("cannot start the runtime")]
     Runtime(#[source] io::Error),
     #[error(transparent)]
-    Watchdog(#[from] crate::watchdog::WatchdogError),
+    Watchdog(#[from] crate::watchdog::device::WatchdogError),
 }
 
 pub struct Options {
@@ -259,7 +266,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     };
     log::info!(
         "{how}: oom/mark_victim on Linux {}, counting since {}; serving on {}",
-        crate::tracefs::kernel_release(),
+        crate::probe::tracefs::kernel_release(),
         humantime::format_rfc3339_seconds(lock_probe(&shared).attached_at()),
         socket.display()
     );
@@ -279,7 +286,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     };
     // Pins removed or replaced under the daemon are noticed as it happens (inotify).
     let mut pin_watch = lock_probe(&shared).pin_dir().and_then(|dir| {
-        crate::pins::Watch::new(dir)
+        crate::probe::pins::Watch::new(dir)
             .inspect_err(|err| {
                 log::warn!(
                     "cannot watch {} ({err}): pins removed while the daemon runs are not pinned again",
@@ -409,7 +416,7 @@ fn rank_likely(shared: &Arc<Shared>) {
     }
     let scan = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let ranked = crate::victims::rank(n);
+        let ranked = crate::host::victims::rank(n);
         (ranked, started.elapsed())
     });
     let shared = shared.clone();
@@ -447,7 +454,7 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn pins_changed(watch: &mut Option<crate::pins::Watch>) -> io::Result<()> {
+async fn pins_changed(watch: &mut Option<crate::probe::pins::Watch>) -> io::Result<()> {
     match watch {
         Some(watch) => watch.changed().await,
         None => std::future::pending().await,
@@ -551,7 +558,7 @@ fn feed_unseen(history: &mut History, keeper: &mut Keeper, counters: &crate::pro
     let unseen = history.unseen.take(counters);
     if unseen != Unseen::default() {
         log::debug!("kills weighed without their events: {unseen:?}");
-        for kill in unseen.kills(crate::event::monotonic()) {
+        for kill in unseen.kills(crate::probe::event::monotonic()) {
             keeper.kill(kill);
         }
     }
@@ -615,8 +622,9 @@ fn lock_keeper(shared: &Shared) -> std::sync::MutexGuard<'_, Keeper> {
 /// Rewrites the stat file; a failure is logged, never fatal.
 fn publish_stat(shared: &Shared) {
     let Some(path) = &shared.stat else { return };
-    let written = count_reply(shared)
-        .and_then(|counts| crate::stat::write_atomic(path, &crate::stat::render(&counts)));
+    let written = count_reply(shared).and_then(|counts| {
+        crate::daemon::stat::write_atomic(path, &crate::daemon::stat::render(&counts))
+    });
     if let Err(err) = written {
         log::warn!("cannot write {} ({err})", path.display());
     }

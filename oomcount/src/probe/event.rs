@@ -65,26 +65,26 @@ pub struct VictimEvent {
 
 /// Converts kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     /// Wall-clock time at monotonic zero.
     boot: SystemTime,
 }
 
 impl Clock {
     /// Reads both clocks now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             boot: SystemTime::now() - monotonic(),
         }
     }
 
-    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+    pub(crate) fn wall(&self, ktime_ns: u64) -> SystemTime {
         self.boot + Duration::from_nanos(ktime_ns)
     }
 }
 
 /// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`bpf_ktime_get_ns`).
-pub fn monotonic() -> Duration {
+pub(crate) fn monotonic() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
         .unwrap_or_default()
@@ -96,7 +96,7 @@ fn text(bytes: &[u8]) -> String {
 
 impl VictimEvent {
     /// Decodes a kernel record; `seq` is the daemon's.
-    pub fn decode(event: &Event, seq: u64, clock: &Clock) -> Self {
+    pub(crate) fn decode(event: &Event, seq: u64, clock: &Clock) -> Self {
         let has = |flag: u32| event.flags & flag != 0;
         fn when<T>(event: &Event, flag: u32, value: T) -> Option<T> {
             (event.flags & flag != 0).then_some(value)

@@ -4,16 +4,16 @@
 //!
 //! The object is embedded in the binary (built by `build.rs`). It is loaded without aya's parse
 //! of the kernel's BTF: the few kernel-structure offsets the programs need come from
-//! [`crate::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
+//! [`crate::probe::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
@@ -22,7 +22,13 @@ use oomcount_common::{
     PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature, pin,
 };
 
-use crate::{pins, system, tracefs};
+use crate::host::system;
+
+pub(crate) mod btf;
+pub(crate) mod event;
+pub(crate) mod offsets;
+pub mod pins;
+pub(crate) mod tracefs;
 
 /// The eBPF object, as `build.rs` left it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomcount"));
@@ -87,7 +93,7 @@ pub struct Counters {
 
 /// How the probe came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Attached now, and pinned.
     Attached,
     /// Attached now, not pinned (`--no-pin`, or a kernel whose attachments cannot be pinned).
@@ -99,7 +105,7 @@ pub enum Origin {
 }
 
 /// oomcount's programs, attached. Dropping it detaches them unless they are pinned.
-pub struct Probe {
+pub(crate) struct Probe {
     /// The loaded object, when loaded by this process (not when adopted).
     _ebpf: Option<Ebpf>,
     /// Links taken from their programs but not pinned: dropping them detaches.
@@ -117,7 +123,7 @@ impl Probe {
     /// Attaches the programs, pinning them under `pin_dir` when given: adopts the pins found
     /// there when their version is this one's, replaces them (keeping their counts and the
     /// watchdog's latch) when not, or when their links are missing.
-    pub fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
+    pub(crate) fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
         if !system::may_load_bpf() {
             return Err(ProbeError::NotPrivileged);
         }
@@ -170,7 +176,7 @@ impl Probe {
     fn load(pin_dir: Option<&Path>, replacing: Option<pins::Pinned>) -> Result<Self, ProbeError> {
         let tracefs = tracefs::ensure_mounted()?;
         let mut config = tracefs::load_config(&tracefs)?;
-        crate::offsets::fill(&mut config);
+        crate::probe::offsets::fill(&mut config);
         // Raw `mark_victim` arguments: `(task, uid)` on the new layout, `(pid)` on the old.
         config.mark_raw_task = u32::from(config.mark_victim.total_vm != ABSENT);
         // Both programs go on raw tracepoints wherever BTF gives the task's offsets. A classic
@@ -310,44 +316,44 @@ impl Probe {
     }
 
     /// The pin folder this probe is pinned in, if pinned.
-    pub fn pin_dir(&self) -> Option<&Path> {
+    pub(crate) fn pin_dir(&self) -> Option<&Path> {
         self.held.as_ref().map(pins::Held::dir)
     }
 
     /// Looks at the pins after a change in their folder: pins again what was removed, reports
     /// pins that are not this probe's (see [`pins::Held::check`]).
-    pub fn check_pins(&mut self) {
+    pub(crate) fn check_pins(&mut self) {
         if let Some(held) = &mut self.held {
             held.check();
         }
     }
 
     /// When the programs were attached: counts start there.
-    pub fn attached_at(&self) -> SystemTime {
+    pub(crate) fn attached_at(&self) -> SystemTime {
         self.attached_at
     }
 
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         self.origin
     }
 
     /// The counters, each summed over all CPUs.
-    pub fn counters(&self) -> Result<Counters, ProbeError> {
+    pub(crate) fn counters(&self) -> Result<Counters, ProbeError> {
         read_counters(&self.counters)
     }
 
     /// A user-side slot ([`counter::SEQ`], ...).
-    pub fn slot(&self, index: u32) -> Result<u64, ProbeError> {
+    pub(crate) fn slot(&self, index: u32) -> Result<u64, ProbeError> {
         Ok(self.counters.get(&index, 0)?.iter().sum())
     }
 
     /// Sets a user-side slot, kept with the pins.
-    pub fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+    pub(crate) fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
         set_slot(&mut self.counters, index, value)
     }
 
     /// The event ring buffer; `None` once taken.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    pub(crate) fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
 }
@@ -363,10 +369,10 @@ fn pin_version() -> u64 {
 }
 
 /// Counter values by index, carried from old pins to new ones.
-pub type PerCpuValuesByIndex = Vec<(u32, u64)>;
+pub(crate) type PerCpuValuesByIndex = Vec<(u32, u64)>;
 
 /// Sums each counter over all CPUs.
-pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
+pub(crate) fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
     let read = |index: u32| -> Result<u64, ProbeError> { Ok(map.get(&index, 0)?.iter().sum()) };
     Ok(Counters {
         kills: read(counter::KILLS)?,
@@ -522,15 +528,4 @@ fn set_kill_program(
         .ok_or(ProbeError::Missing(MAP_KILL_PROG))?
         .try_into()?;
     Ok(array.set(0, &fd, 0)?)
-}
-
-/// The pin folder used unless told otherwise.
-pub fn default_pin_dir() -> PathBuf {
-    PathBuf::from(pins::DEFAULT_DIR)
-}
-
-/// Opens a pinned counter map.
-pub fn open_counters(path: &Path) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
-    let map = Map::from_map_data(MapData::from_pin(path)?)?;
-    Ok(map.try_into()?)
 }

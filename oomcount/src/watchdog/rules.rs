@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Rules;
 
 /// Kills remembered at most: the window's worth, bounded for a storm (`max_kills` stays below).
-pub const MAX_REMEMBERED: usize = 4096;
+pub(crate) const MAX_REMEMBERED: usize = 4096;
 
 /// One OOM kill as the rules see it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Kill {
+pub(crate) struct Kill {
     /// When the kernel marked the victim (CLOCK_MONOTONIC).
     pub at: Duration,
     pub pid: u32,
@@ -47,14 +47,14 @@ pub struct Kill {
 /// - `unit:NAME.service` (or `.scope`): a system unit, i.e. `cgroup:/system.slice/NAME.service`.
 ///   A unit of the same name under a user's slice does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Critical {
+pub(crate) enum Critical {
     Comm(String),
     Cgroup(String),
 }
 
 impl Critical {
     /// Parses one `critical` entry, or says what is wrong with it.
-    pub fn parse(entry: &str) -> Result<Critical, String> {
+    pub(crate) fn parse(entry: &str) -> Result<Critical, String> {
         if let Some(path) = entry.strip_prefix("cgroup:") {
             let path = path.trim_end_matches('/');
             if !path.starts_with('/') || path.contains("//") || path.contains('\0') {
@@ -85,7 +85,7 @@ impl Critical {
     }
 
     /// Whether a victim with this comm and memory cgroup matches.
-    pub fn matches(&self, comm: Option<&str>, cgroup: Option<&str>) -> bool {
+    pub(crate) fn matches(&self, comm: Option<&str>, cgroup: Option<&str>) -> bool {
         match self {
             Critical::Comm(name) => comm == Some(name.as_str()),
             Critical::Cgroup(path) => cgroup.is_some_and(|cgroup| {
@@ -101,7 +101,7 @@ impl Critical {
 /// reading of their constraint (its `oom_control`): the rules weigh them as they would the
 /// events, so that lost events never make the verdict fail open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Unseen {
+pub(crate) struct Unseen {
     pub memcg: u64,
     /// Not a memory cgroup's limit: the whole machine, or (rarely) a cpuset or memory policy,
     /// which the kernel-side split does not tell apart; weighed as `global`.
@@ -114,7 +114,7 @@ impl Unseen {
     /// The growth between two readings of a (total, memcg, global) triple of kernel counters:
     /// the lost kill events and their split, or where no event arrives at all (the ring buffer
     /// failed), the kills and theirs. The split never claims more than the total grew.
-    pub fn between(before: [u64; 3], after: [u64; 3]) -> Unseen {
+    pub(crate) fn between(before: [u64; 3], after: [u64; 3]) -> Unseen {
         let grew = |i: usize| after[i].saturating_sub(before[i]);
         let total = grew(0);
         let memcg = grew(1).min(total);
@@ -127,7 +127,7 @@ impl Unseen {
     }
 
     /// One [`Kill`] each, at `at`, without a name or pid.
-    pub fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
+    pub(crate) fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
         let kill = move |constraint: Option<&str>| Kill {
             at,
             pid: 0,
@@ -146,7 +146,7 @@ impl Unseen {
 
 /// Memory as sampled at one keepalive; `None` where the kernel does not say.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Pressure {
+pub(crate) struct Pressure {
     /// MemAvailable, bytes.
     pub mem_available: Option<u64>,
     /// `/proc/pressure/memory` `full avg10`, percent.
@@ -179,7 +179,7 @@ impl fmt::Display for Health {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub health: Health,
     /// Why, in one line; empty when healthy.
     pub reason: String,
@@ -203,7 +203,7 @@ impl Verdict {
 
 /// The rules' memory: recent kills, the last strain, and a latched unrecoverable verdict.
 #[derive(Debug)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     rules: Rules,
     /// `rules.critical`, parsed (the config was validated: an entry that does not parse is
     /// left out).
@@ -218,7 +218,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(rules: Rules) -> Self {
+    pub(crate) fn new(rules: Rules) -> Self {
         let critical = rules
             .critical
             .iter()
@@ -235,16 +235,16 @@ impl Monitor {
     }
 
     /// States a fault: the verdict is at least degraded, with `reason`, from now on.
-    pub fn fault(&mut self, reason: String) {
+    pub(crate) fn fault(&mut self, reason: String) {
         self.fault = Some(reason);
     }
 
-    pub fn rules(&self) -> &Rules {
+    pub(crate) fn rules(&self) -> &Rules {
         &self.rules
     }
 
     /// Records a kill; the next [`Monitor::judge`] weighs it.
-    pub fn kill(&mut self, kill: Kill) {
+    pub(crate) fn kill(&mut self, kill: Kill) {
         if self.kills.len() == MAX_REMEMBERED {
             // Room is made at the expense of the kills the rules do not count, oldest first, so
             // that a burst of them never pushes a counted kill out of the window.
@@ -273,7 +273,12 @@ impl Monitor {
 
     /// The verdict at `now` (CLOCK_MONOTONIC), given memory now and the likely next victims'
     /// names, most likely first.
-    pub fn judge(&mut self, now: Duration, pressure: Pressure, likely: &[String]) -> Verdict {
+    pub(crate) fn judge(
+        &mut self,
+        now: Duration,
+        pressure: Pressure,
+        likely: &[String],
+    ) -> Verdict {
         if let Some(latched) = &self.latched {
             return latched.clone();
         }
@@ -394,7 +399,7 @@ impl Monitor {
     }
 
     /// Latches the unrecoverable verdict with `reason`: every later judgement is this one.
-    pub fn latch(&mut self, reason: String) -> Verdict {
+    pub(crate) fn latch(&mut self, reason: String) -> Verdict {
         let verdict = Verdict {
             health: Health::Unrecoverable,
             reason,
