@@ -165,7 +165,7 @@ enum UnseenSource {
 }
 
 impl UnseenSource {
-    fn read(self, c: &crate::probe::Counters) -> [u64; 3] {
+    fn read(self, c: &crate::probe::counters::Counters) -> [u64; 3] {
         match self {
             UnseenSource::Dropped(_) => [
                 c.kill_events_dropped,
@@ -177,7 +177,7 @@ impl UnseenSource {
     }
 
     /// The kills counted since the last look, and the source moved past them.
-    fn take(&mut self, c: &crate::probe::Counters) -> Unseen {
+    fn take(&mut self, c: &crate::probe::counters::Counters) -> Unseen {
         let now = self.read(c);
         let (UnseenSource::Dropped(last) | UnseenSource::AllKills(last)) = self;
         let unseen = Unseen::between(*last, now);
@@ -554,7 +554,11 @@ fn settle(shared: &Shared) {
 
 /// Hands the rules the kills the kernel counted that reached the daemon only as counts (their
 /// events lost), with the constraint the kernel's split gives them.
-fn feed_unseen(history: &mut History, keeper: &mut Keeper, counters: &crate::probe::Counters) {
+fn feed_unseen(
+    history: &mut History,
+    keeper: &mut Keeper,
+    counters: &crate::probe::counters::Counters,
+) {
     let unseen = history.unseen.take(counters);
     if unseen != Unseen::default() {
         log::debug!("kills weighed without their events: {unseen:?}");

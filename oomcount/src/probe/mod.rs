@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
+    maps::{MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
@@ -23,8 +23,10 @@ use oomcount_common::{
 };
 
 use crate::host::system;
+use counters::{CounterMap, Counters};
 
 pub(crate) mod btf;
+pub mod counters;
 pub(crate) mod event;
 pub(crate) mod offsets;
 pub mod pins;
@@ -76,21 +78,6 @@ pub enum ProbeError {
     Map(#[from] aya::maps::MapError),
 }
 
-/// The counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub kills: u64,
-    pub marked: u64,
-    pub events_dropped: u64,
-    pub kill_events_dropped: u64,
-    pub oom_signals: u64,
-    pub kills_memcg: u64,
-    pub kills_global: u64,
-    /// Of `kill_events_dropped`, those the kernel split as memcg and as other (global) kills.
-    pub kill_events_dropped_memcg: u64,
-    pub kill_events_dropped_global: u64,
-}
-
 /// How the probe came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -113,7 +100,7 @@ pub(crate) struct Probe {
     /// This process's own descriptors of its pinned maps and links, when pinned: the probe
     /// stays attached while they are held, whatever becomes of the pins.
     held: Option<pins::Held>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: CounterMap,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
     origin: Origin,
@@ -208,10 +195,11 @@ impl Probe {
                 dir.display()
             );
         }
-        let mut counters: PerCpuArray<MapData, u64> = ebpf
+        let counters: PerCpuArray<MapData, u64> = ebpf
             .take_map(MAP_COUNTERS)
             .ok_or(ProbeError::Missing(MAP_COUNTERS))?
             .try_into()?;
+        let mut counters = CounterMap::new(counters);
         let events: RingBuf<MapData> = ebpf
             .take_map(MAP_EVENTS)
             .ok_or(ProbeError::Missing(MAP_EVENTS))?
@@ -242,7 +230,7 @@ impl Probe {
         let mut carried_attach = None;
         if let Some(old) = replacing {
             for (index, value) in old.carry_over()? {
-                set_slot(&mut counters, index, value)?;
+                counters.set(index, value)?;
                 if index == counter::ATTACHED_AT_NS && value != 0 {
                     carried_attach = Some(UNIX_EPOCH + Duration::from_nanos(value));
                 }
@@ -259,7 +247,7 @@ impl Probe {
             }
         }
         if let Some(dir) = pinning {
-            pins::pin_maps(dir, pins::map_fd(&counters), events.as_fd())?;
+            pins::pin_maps(dir, counters.fd(), events.as_fd())?;
             // The tests' stand-in for a crash between pinning the maps and the links.
             if std::env::var_os("OOMCOUNT_TEST_CRASH_AFTER_MAPS").is_some() {
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
@@ -281,8 +269,8 @@ impl Probe {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        set_slot(&mut counters, counter::VERSION, pin_version())?;
-        set_slot(&mut counters, counter::ATTACHED_AT_NS, attached_ns as u64)?;
+        counters.set(counter::VERSION, pin_version())?;
+        counters.set(counter::ATTACHED_AT_NS, attached_ns as u64)?;
 
         let mut origin = Origin::Unpinned;
         let mut links = Vec::new();
@@ -295,7 +283,7 @@ impl Probe {
                         .map_err(|err| pins::PinError::Pin(dir.join(name), err))
                 };
                 let maps = [
-                    (pin::COUNTERS, dup(pins::map_fd(&counters), pin::COUNTERS)?),
+                    (pin::COUNTERS, dup(counters.fd(), pin::COUNTERS)?),
                     (pin::EVENTS, dup(events.as_fd(), pin::EVENTS)?),
                 ];
                 held = Some(pins::Held::new(dir, maps.into_iter().chain(links))?);
@@ -339,17 +327,17 @@ impl Probe {
 
     /// The counters, each summed over all CPUs.
     pub(crate) fn counters(&self) -> Result<Counters, ProbeError> {
-        read_counters(&self.counters)
+        Ok(self.counters.counters()?)
     }
 
     /// A user-side slot ([`counter::SEQ`], ...).
     pub(crate) fn slot(&self, index: u32) -> Result<u64, ProbeError> {
-        Ok(self.counters.get(&index, 0)?.iter().sum())
+        Ok(self.counters.get(index)?)
     }
 
     /// Sets a user-side slot, kept with the pins.
     pub(crate) fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
-        set_slot(&mut self.counters, index, value)
+        Ok(self.counters.set(index, value)?)
     }
 
     /// The event ring buffer; `None` once taken.
@@ -366,35 +354,6 @@ fn pin_version() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(PIN_VERSION)
-}
-
-/// Counter values by index, carried from old pins to new ones.
-pub(crate) type PerCpuValuesByIndex = Vec<(u32, u64)>;
-
-/// Sums each counter over all CPUs.
-pub(crate) fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
-    let read = |index: u32| -> Result<u64, ProbeError> { Ok(map.get(&index, 0)?.iter().sum()) };
-    Ok(Counters {
-        kills: read(counter::KILLS)?,
-        marked: read(counter::MARKED)?,
-        events_dropped: read(counter::EVENTS_DROPPED)?,
-        kill_events_dropped: read(counter::KILL_EVENTS_DROPPED)?,
-        oom_signals: read(counter::OOM_SIGNALS)?,
-        kills_memcg: read(counter::KILLS_MEMCG)?,
-        kills_global: read(counter::KILLS_GLOBAL)?,
-        kill_events_dropped_memcg: read(counter::KILL_EVENTS_DROPPED_MEMCG)?,
-        kill_events_dropped_global: read(counter::KILL_EVENTS_DROPPED_GLOBAL)?,
-    })
-}
-
-/// Writes `value` to CPU 0's copy of slot `index` and zero to the others, so that the sum is
-/// `value`.
-fn set_slot(map: &mut PerCpuArray<MapData, u64>, index: u32, value: u64) -> Result<(), ProbeError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, err)| aya::maps::MapError::IoError(err))?;
-    let mut values = vec![0u64; cpus];
-    values[0] = value;
-    let values = PerCpuValues::try_from(values).map_err(aya::maps::MapError::IoError)?;
-    Ok(map.set(index, values, 0)?)
 }
 
 /// What a failure of `program` on Linux `kernel` is reported as.

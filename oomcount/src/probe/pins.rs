@@ -37,7 +37,7 @@ use oomcount_common::{counter, pin};
 
 use crate::{
     files::{self, Unsafe},
-    probe::{Counters, PerCpuValuesByIndex, read_counters},
+    probe::counters::{CounterMap, Counters, ValuesByIndex},
 };
 
 /// Where the pins live unless told otherwise.
@@ -68,7 +68,7 @@ pub enum PinError {
     #[error("cannot remove the pin {0}")]
     Remove(PathBuf, #[source] io::Error),
     #[error("cannot read the pinned counters")]
-    Read(#[source] Box<crate::probe::ProbeError>),
+    Read(#[source] aya::maps::MapError),
     #[error(
         "the probe pinned in {dir} is held by {holders}: stop that daemon first (`systemctl stop oomcount`), then detach (a running daemon pins its probe again)"
     )]
@@ -118,12 +118,12 @@ fn remove_leftovers(dir: &Path) -> Result<(), PinError> {
 
 /// What a daemon takes over from pins: the counters, the events, when they were attached (ns),
 /// and its own descriptors of them all.
-pub(crate) type Adopted = (PerCpuArray<MapData, u64>, RingBuf<MapData>, u64, Held);
+pub(crate) type Adopted = (CounterMap, RingBuf<MapData>, u64, Held);
 
 /// Pins found in a folder.
 pub struct Pinned {
     dir: PathBuf,
-    counters: PerCpuArray<MapData, u64>,
+    counters: CounterMap,
     version: u64,
     attached_ns: u64,
 }
@@ -140,13 +140,8 @@ impl Pinned {
         let open = || -> Result<PerCpuArray<MapData, u64>, aya::maps::MapError> {
             Map::from_map_data(MapData::from_pin(&path)?)?.try_into()
         };
-        let counters = open().map_err(|err| PinError::Open(path.clone(), err))?;
-        let slot = |index: u32| -> u64 {
-            counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let counters = CounterMap::new(open().map_err(|err| PinError::Open(path.clone(), err))?);
+        let slot = |index: u32| -> u64 { counters.get(index).unwrap_or(0) };
         let (version, attached_ns) = (slot(counter::VERSION), slot(counter::ATTACHED_AT_NS));
         Ok(Some(Self {
             dir: dir.to_path_buf(),
@@ -174,13 +169,13 @@ impl Pinned {
     }
 
     pub fn counters(&self) -> Result<Counters, PinError> {
-        read_counters(&self.counters).map_err(|err| PinError::Read(Box::new(err)))
+        self.counters.counters().map_err(PinError::Read)
     }
 
     /// The counts to carry into a new probe: every counter the programs keep, the attach time,
     /// the event sequence and the unrecoverable latch, whose indexes are the same in every layout
     /// version.
-    pub(crate) fn carry_over(&self) -> Result<PerCpuValuesByIndex, PinError> {
+    pub(crate) fn carry_over(&self) -> Result<ValuesByIndex, PinError> {
         let mut carried = Vec::new();
         for index in (0..counter::VERSION).chain([
             counter::ATTACHED_AT_NS,
@@ -189,11 +184,7 @@ impl Pinned {
             counter::UNRECOVERABLE_AT,
             counter::KILL_EVENTS_DROPPED_GLOBAL,
         ]) {
-            let value = self
-                .counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0);
+            let value = self.counters.get(index).unwrap_or(0);
             carried.push((index, value));
         }
         Ok(carried)
@@ -211,7 +202,7 @@ impl Pinned {
                 .map_err(|err| PinError::Pin(self.dir.join(name), err))
         };
         let maps = [
-            (pin::COUNTERS, dup(map_fd(&self.counters), pin::COUNTERS)?),
+            (pin::COUNTERS, dup(self.counters.fd(), pin::COUNTERS)?),
             (pin::EVENTS, dup(events.as_fd(), pin::EVENTS)?),
         ];
         let mut links = Vec::new();
@@ -225,12 +216,6 @@ impl Pinned {
         let held = Held::new(&self.dir, maps.into_iter().chain(links))?;
         Ok((self.counters, events, self.attached_ns, held))
     }
-}
-
-/// The descriptor of a counter map (to pin it, or to keep it).
-pub(crate) fn map_fd(map: &PerCpuArray<MapData, u64>) -> BorrowedFd<'_> {
-    use aya::maps::IterableMap as _;
-    map.map().fd().as_fd()
 }
 
 /// Pins a freshly loaded probe's maps, each under a temporary name first, then renamed to its
