@@ -21,4 +21,5 @@ pub mod host;
 pub mod logger;
 pub mod probe;
 pub mod protocol;
+pub(crate) mod units;
 pub mod watchdog;

@@ -71,8 +71,37 @@ pub struct VerdictReply {
 pub struct Dropped {
     /// How many events were lost.
     pub count: u64,
-    /// `kernel` (ring buffer full: see `events_dropped`) or `watcher` (this client was slow).
-    pub by: String,
+    /// Where they were lost.
+    pub by: DropOrigin,
+}
+
+/// Where events were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropOrigin {
+    /// In the kernel: the ring buffer was full (see `events_dropped`).
+    Kernel,
+    /// On the way to this watcher: it was slow, and its queue full.
+    Watcher,
+}
+
+impl std::fmt::Display for DropOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropOrigin::Kernel => "kernel",
+            DropOrigin::Watcher => "watcher",
+        })
+    }
+}
+
+/// Who answered a count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The daemon.
+    Daemon,
+    /// The pins, read without a daemon (as root).
+    Pins,
 }
 
 /// What `oomcount count --json` prints.
@@ -101,8 +130,8 @@ pub struct CountReply {
     pub attached_at: String,
     /// `/proc/vmstat` `oom_kill`: the kernel's count since boot; absent before Linux 4.13.
     pub kernel_oom_kill: Option<u64>,
-    /// Who answered: `daemon`.
-    pub source: String,
+    /// Who answered.
+    pub source: Source,
 }
 
 /// Parses one request line as the daemon reads it (its newline included or not); the error is
@@ -277,6 +306,40 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::event::{Constraint, Kind};
+
+    #[test]
+    fn enums_are_written_as_the_words_users_match_on() {
+        let word = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        let to = |v: &dyn erased::Ser| word(v.json());
+        assert_eq!(to(&Source::Daemon), "daemon");
+        assert_eq!(to(&Source::Pins), "pins");
+        assert_eq!(to(&DropOrigin::Kernel), "kernel");
+        assert_eq!(to(&DropOrigin::Watcher), "watcher");
+        assert_eq!(to(&Kind::Kill), "kill");
+        assert_eq!(to(&Kind::Mark), "mark");
+        for constraint in Constraint::ALL {
+            assert_eq!(to(&constraint), constraint.name());
+            let back: Constraint = serde_json::from_str(&format!("\"{constraint}\"")).unwrap();
+            assert_eq!(back, constraint);
+        }
+        assert_eq!(
+            ["global", "memcg", "cpuset", "mempolicy"],
+            Constraint::ALL.map(Constraint::name)
+        );
+    }
+
+    /// `serde_json::to_value` for the test's table of different types.
+    mod erased {
+        pub(super) trait Ser {
+            fn json(&self) -> serde_json::Value;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn json(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap()
+            }
+        }
+    }
 
     #[test]
     fn requests_are_one_json_line() {
@@ -404,7 +467,7 @@ mod tests {
             kill_events_received: 3,
             attached_at: "2026-11-26T05:00:00Z".into(),
             kernel_oom_kill: Some(7),
-            source: "daemon".into(),
+            source: Source::Daemon,
         });
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.starts_with(r#"{"count":{"kills":3,"#), "{text}");

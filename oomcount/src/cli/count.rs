@@ -3,7 +3,7 @@ use std::{io::Write as _, path::Path};
 
 use oomcount::{
     probe::pins::Pinned,
-    protocol::{self, ClientError, CountReply, Request, Response},
+    protocol::{self, ClientError, CountReply, Request, Response, Source},
 };
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,7 @@ pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
         kill_events_received: 0,
         attached_at: humantime::format_rfc3339_seconds(attached).to_string(),
         kernel_oom_kill: oomcount::host::system::kernel_oom_kill(),
-        source: "pins".to_owned(),
+        source: Source::Pins,
     })
 }
 
@@ -86,7 +86,7 @@ fn human(reply: &CountReply) -> String {
         reply.marked,
         reply.events_dropped,
         kernel,
-        if reply.source == "pins" {
+        if reply.source == Source::Pins {
             "the pinned counters (no daemon is running)"
         } else {
             "the daemon"
@@ -112,7 +112,7 @@ mod tests {
             kill_events_received: 30,
             attached_at: "2026-11-26T05:00:00Z".into(),
             kernel_oom_kill: None,
-            source: "daemon".into(),
+            source: Source::Daemon,
         });
         assert!(
             text.starts_with(

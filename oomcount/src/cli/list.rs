@@ -1,4 +1,5 @@
 //! `oomcount list`: the most recent victims, from the daemon's history.
+use oomcount::probe::event::Kind;
 use std::io::Write as _;
 
 use oomcount::protocol::{self, Request, Response};
@@ -27,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut events: Vec<_> = events
         .into_iter()
-        .filter(|e| args.marks || e.kind == "kill")
+        .filter(|e| args.marks || e.kind == Kind::Kill)
         .collect();
     let skip = events.len().saturating_sub(args.count);
     events.drain(..skip);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use oomcount::{
     host::vitals::{self, MemoryPsi, Psi, Vitals},
-    protocol::{Client, ClientError, CountReply, Request, Response, VerdictReply},
+    protocol::{Client, ClientError, CountReply, Request, Response, Source, VerdictReply},
 };
 
 #[derive(Debug, clap::Args)]
@@ -144,7 +144,7 @@ fn human(status: &Status) -> String {
             let kernel = c
                 .kernel_oom_kill
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-            let source = if c.source == "pins" {
+            let source = if c.source == Source::Pins {
                 "the pinned counters, no daemon running"
             } else {
                 "the daemon"
@@ -253,7 +253,7 @@ mod tests {
                 kill_events_received: 0,
                 attached_at: "2026-11-26T06:12:48Z".into(),
                 kernel_oom_kill: Some(33552),
-                source: "pins".into(),
+                source: Source::Pins,
             }),
             count_error: None,
             verdict: Some(VerdictReply {

@@ -1,4 +1,5 @@
 //! `oomcount watch`: kills as they happen, one line each.
+use oomcount::probe::event::Kind;
 use std::io::Write as _;
 
 use anyhow::Context as _;
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Response::Event(event) => {
-                if event.kind != "kill" && !args.marks {
+                if event.kind != Kind::Kill && !args.marks {
                     continue;
                 }
                 if args.json {

@@ -52,9 +52,11 @@ use crate::{
     host::system,
     probe::{
         Origin, Probe, ProbeError,
-        event::{Clock, VictimEvent},
+        event::{Clock, Kind, VictimEvent},
     },
-    protocol::{CountReply, Dropped, MAX_LINE, Request, Response, VerdictReply},
+    protocol::{
+        CountReply, DropOrigin, Dropped, MAX_LINE, Request, Response, Source, VerdictReply,
+    },
     watchdog::{
         keeper::Keeper,
         rules::{Kill, Unseen},
@@ -490,14 +492,14 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) -> bool {
                 .watchers
                 .send(line(&Response::Event((*event).clone())));
         }
-        if event.kind == "kill" {
+        if event.kind == Kind::Kill {
             history.kills_received += 1;
             log::info!("{}", event.line());
             lock_keeper(shared).kill(Kill {
                 at: Duration::from_nanos(raw.ktime_ns),
                 pid: event.pid,
                 comm: event.comm.clone(),
-                constraint: event.constraint.clone(),
+                constraint: event.constraint,
                 cgroup: event.cgroup.clone(),
             });
         } else {
@@ -540,7 +542,7 @@ fn settle(shared: &Shared) {
         log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
         let dropped = Response::Dropped(Dropped {
             count,
-            by: "kernel".to_owned(),
+            by: DropOrigin::Kernel,
         });
         let _ = shared.watchers.send(line(&dropped));
     }
@@ -707,7 +709,7 @@ async fn watch(
                 Err(broadcast::error::RecvError::Lagged(count)) => {
                     let dropped = Response::Dropped(Dropped {
                         count,
-                        by: "watcher".to_owned(),
+                        by: DropOrigin::Watcher,
                     });
                     send(&mut write, &line(&dropped), WATCH_DEADLINE).await?;
                 }
@@ -777,7 +779,7 @@ fn count_reply(shared: &Shared) -> io::Result<CountReply> {
         kill_events_received: history.kills_received,
         attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
         kernel_oom_kill: system::kernel_oom_kill(),
-        source: "daemon".to_owned(),
+        source: Source::Daemon,
     })
 }
 

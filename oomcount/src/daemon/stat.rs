@@ -61,7 +61,7 @@ mod tests {
             kill_events_received: 3,
             attached_at: "2026-11-26T05:00:00Z".into(),
             kernel_oom_kill: Some(9),
-            source: "daemon".into(),
+            source: crate::protocol::Source::Daemon,
         }
     }
 

@@ -27,7 +27,7 @@ use counters::{CounterMap, Counters};
 
 pub(crate) mod btf;
 pub mod counters;
-pub(crate) mod event;
+pub mod event;
 pub(crate) mod offsets;
 pub mod pins;
 pub(crate) mod tracefs;

@@ -438,7 +438,7 @@ mod tests {
             at: Duration::from_secs(1),
             pid: 42,
             comm: Some("xenstored".into()),
-            constraint: Some("memcg".into()),
+            constraint: Some(crate::probe::event::Constraint::Memcg),
             cgroup: None,
         });
         let verdict = keeper.judge_with(Duration::from_secs(2), Pressure::default(), &[]);

@@ -18,10 +18,100 @@ use std::{collections::VecDeque, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Rules;
+use serde::{Deserializer, de};
+
+use crate::probe::event::Constraint;
 
 /// Kills remembered at most: the window's worth, bounded for a storm (`max_kills` stays below).
 pub(crate) const MAX_REMEMBERED: usize = 4096;
+
+/// Which kills the `max_kills` rule counts: those of one [`Constraint`], or `any`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Kills of this constraint.
+    Only(Constraint),
+    /// Every kill.
+    Any,
+}
+
+impl Scope {
+    /// Whether a kill with this constraint (`None`: unknown) counts. A kill whose constraint
+    /// could not be read (a `memory.oom.group` member, a lost event) counts only for `any`.
+    pub(crate) fn counts(self, constraint: Option<Constraint>) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Only(only) => constraint == Some(only),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["global", "memcg", "cpuset", "mempolicy", "any"];
+        let name = String::deserialize(deserializer)?;
+        if name == "any" {
+            return Ok(Scope::Any);
+        }
+        Constraint::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .map(Scope::Only)
+            .ok_or_else(|| de::Error::unknown_variant(&name, NAMES))
+    }
+}
+
+impl fmt::Display for Scope {
+    /// As an adjective before "OOM kills".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Only(constraint) => write!(f, "{constraint} "),
+            Scope::Any => Ok(()),
+        }
+    }
+}
+
+/// `[rules]`: when OOM activity stops being recoverable.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    /// `max_kills`, default 3: more kills than this within `window` is unrecoverable.
+    pub max_kills: u32,
+    /// `window`, default 5 min.
+    #[serde(deserialize_with = "crate::units::duration")]
+    pub window: Duration,
+    /// `constraint`, default `global`: which kills `max_kills` counts.
+    pub constraint: Scope,
+    /// `critical`, default none: one kill of a process matching one of these is unrecoverable:
+    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::watchdog::rules::Critical`]).
+    pub critical: Vec<String>,
+    /// `critical_top`, default 0 (off): degraded while a critical process is among this many
+    /// likely next victims (by `oom_score`).
+    pub critical_top: usize,
+    /// `quiet`, default 10 min: how long after the last kill or strain things stay degraded.
+    #[serde(deserialize_with = "crate::units::duration")]
+    pub quiet: Duration,
+    /// `mem_available_min`, default 32 MiB: degraded below this MemAvailable; `0` for off.
+    #[serde(deserialize_with = "crate::units::bytes")]
+    pub mem_available_min: u64,
+    /// `psi_full_avg10_max`, default 60.0: degraded above this share of time (%) in which every
+    /// task stalled on memory (where /proc/pressure/memory exists); 100 for off.
+    pub psi_full_avg10_max: f64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            max_kills: 3,
+            window: Duration::from_secs(300),
+            constraint: Scope::Only(Constraint::Global),
+            critical: Vec::new(),
+            critical_top: 0,
+            quiet: Duration::from_secs(600),
+            mem_available_min: 32 << 20,
+            psi_full_avg10_max: 60.0,
+        }
+    }
+}
 
 /// One OOM kill as the rules see it.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,8 +121,8 @@ pub(crate) struct Kill {
     pub pid: u32,
     /// `None` where the event was lost (the count stays exact; the name is unknown).
     pub comm: Option<String>,
-    /// `global`, `memcg`, `cpuset`, `mempolicy`; `None` where unknown.
-    pub constraint: Option<String>,
+    /// `None` where unknown.
+    pub constraint: Option<Constraint>,
     /// The victim's memory cgroup path, as the kernel named it; `None` where unknown.
     pub cgroup: Option<String>,
 }
@@ -128,16 +218,16 @@ impl Unseen {
 
     /// One [`Kill`] each, at `at`, without a name or pid.
     pub(crate) fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
-        let kill = move |constraint: Option<&str>| Kill {
+        let kill = move |constraint: Option<Constraint>| Kill {
             at,
             pid: 0,
             comm: None,
-            constraint: constraint.map(str::to_owned),
+            constraint,
             cgroup: None,
         };
-        std::iter::repeat_n(kill(Some("memcg")), self.memcg as usize)
+        std::iter::repeat_n(kill(Some(Constraint::Memcg)), self.memcg as usize)
             .chain(std::iter::repeat_n(
-                kill(Some("global")),
+                kill(Some(Constraint::Global)),
                 self.global as usize,
             ))
             .chain(std::iter::repeat_n(kill(None), self.unknown as usize))
@@ -262,7 +352,7 @@ impl Monitor {
 
     /// Whether a kill counts toward the rules: the configured constraint, or a critical name.
     fn counted(&self, kill: &Kill) -> bool {
-        self.rules.constraint.counts(kill.constraint.as_deref()) || self.critical(kill)
+        self.rules.constraint.counts(kill.constraint) || self.critical(kill)
     }
 
     fn critical(&self, kill: &Kill) -> bool {
@@ -422,7 +512,6 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scope;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -430,7 +519,7 @@ mod tests {
         Rules {
             max_kills: 3,
             window: 300 * S,
-            constraint: Scope::Global,
+            constraint: Scope::Only(Constraint::Global),
             critical: vec!["xenstored".to_owned()],
             critical_top: 3,
             quiet: 600 * S,
@@ -439,12 +528,12 @@ mod tests {
         }
     }
 
-    fn kill(at_secs: u64, comm: &str, constraint: Option<&str>) -> Kill {
+    fn kill(at_secs: u64, comm: &str, constraint: Option<Constraint>) -> Kill {
         Kill {
             at: Duration::from_secs(at_secs),
             pid: 1000 + at_secs as u32,
             comm: Some(comm.to_owned()),
-            constraint: constraint.map(str::to_owned),
+            constraint,
             cgroup: None,
         }
     }
@@ -483,7 +572,7 @@ mod tests {
     }
 
     fn global(at: u64) -> Kill {
-        kill(at, "hog", Some("global"))
+        kill(at, "hog", Some(Constraint::Global))
     }
 
     #[test]
@@ -519,7 +608,7 @@ mod tests {
             },
             Row {
                 kills: (0..10)
-                    .map(|i| kill(9000 + i, "hog", Some("memcg")))
+                    .map(|i| kill(9000 + i, "hog", Some(Constraint::Memcg)))
                     .collect(),
                 now: 9_010,
                 health: Health::Healthy,
@@ -527,11 +616,11 @@ mod tests {
             },
             Row {
                 rules: Rules {
-                    constraint: Scope::Memcg,
+                    constraint: Scope::Only(Constraint::Memcg),
                     ..rules()
                 },
                 kills: (0..4)
-                    .map(|i| kill(9000 + i, "hog", Some("memcg")))
+                    .map(|i| kill(9000 + i, "hog", Some(Constraint::Memcg)))
                     .collect(),
                 now: 9_010,
                 health: Health::Unrecoverable,
@@ -540,7 +629,7 @@ mod tests {
             },
             Row {
                 rules: Rules {
-                    constraint: Scope::Memcg,
+                    constraint: Scope::Only(Constraint::Memcg),
                     ..rules()
                 },
                 kills: (0..4).map(|i| global(9000 + i)).collect(),
@@ -555,9 +644,9 @@ mod tests {
                 },
                 kills: vec![
                     global(9000),
-                    kill(9001, "a", Some("memcg")),
+                    kill(9001, "a", Some(Constraint::Memcg)),
                     kill(9002, "b", None),
-                    kill(9003, "c", Some("cpuset")),
+                    kill(9003, "c", Some(Constraint::Cpuset)),
                 ],
                 now: 9_010,
                 health: Health::Unrecoverable,
@@ -576,14 +665,14 @@ mod tests {
                 ..row("a kill of unknown constraint does not count for global")
             },
             Row {
-                kills: vec![kill(9000, "xenstored", Some("memcg"))],
+                kills: vec![kill(9000, "xenstored", Some(Constraint::Memcg))],
                 now: 9_001,
                 health: Health::Unrecoverable,
                 reason: "critical process xenstored (pid 10000) was OOM-killed 1s ago",
                 ..row("one critical kill, whatever its constraint")
             },
             Row {
-                kills: vec![kill(9000, "xenstored", Some("memcg"))],
+                kills: vec![kill(9000, "xenstored", Some(Constraint::Memcg))],
                 now: 9_300,
                 health: Health::Degraded,
                 ..row("a critical kill older than the window")
@@ -748,7 +837,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded_in_a_storm() {
         let mut monitor = Monitor::new(Rules {
-            constraint: Scope::Memcg,
+            constraint: Scope::Only(Constraint::Memcg),
             max_kills: u32::MAX,
             ..rules()
         });
@@ -757,7 +846,7 @@ mod tests {
                 at: Duration::from_millis(at),
                 pid: 1,
                 comm: None,
-                constraint: Some("global".to_owned()),
+                constraint: Some(Constraint::Global),
                 cgroup: None,
             });
         }
@@ -793,14 +882,10 @@ mod tests {
             );
             let kills: Vec<Kill> = unseen.kills(Duration::from_secs(1)).collect();
             assert_eq!(kills.len() as u64, memcg + global + unknown);
-            let with = |c: Option<&str>| {
-                kills
-                    .iter()
-                    .filter(|k| k.constraint.as_deref() == c)
-                    .count() as u64
-            };
-            assert_eq!(with(Some("memcg")), memcg);
-            assert_eq!(with(Some("global")), global);
+            let with =
+                |c: Option<Constraint>| kills.iter().filter(|k| k.constraint == c).count() as u64;
+            assert_eq!(with(Some(Constraint::Memcg)), memcg);
+            assert_eq!(with(Some(Constraint::Global)), global);
             assert_eq!(with(None), unknown);
         }
     }
@@ -831,7 +916,7 @@ mod tests {
         assert_eq!(verdict.health, Health::Degraded);
         assert!(verdict.reason.contains("ring buffer"), "{verdict:?}");
         for at in 0..4 {
-            monitor.kill(kill(9_990 + at, "x", Some("global")));
+            monitor.kill(kill(9_990 + at, "x", Some(Constraint::Global)));
         }
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
@@ -910,13 +995,13 @@ mod tests {
         // A user's process renamed xenstored, killed in the user's own cgroup: memcg, no effect.
         monitor.kill(Kill {
             cgroup: Some("/user.slice/user-1000.slice/session-1.scope".into()),
-            ..kill(9_999, "xenstored", Some("memcg"))
+            ..kill(9_999, "xenstored", Some(Constraint::Memcg))
         });
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_ne!(verdict.health, Health::Unrecoverable, "{verdict:?}");
         monitor.kill(Kill {
             cgroup: Some("/system.slice/xenstored.service".into()),
-            ..kill(9_999, "xenstored", Some("memcg"))
+            ..kill(9_999, "xenstored", Some(Constraint::Memcg))
         });
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
@@ -934,12 +1019,12 @@ mod tests {
         // that fills the memory many times over; the four stay and trip the rule.
         let mut monitor = Monitor::new(rules());
         for at in 0..4 {
-            monitor.kill(kill(1_000 + at, "g", Some("global")));
+            monitor.kill(kill(1_000 + at, "g", Some(Constraint::Global)));
         }
         for i in 0..3 * MAX_REMEMBERED as u64 {
             monitor.kill(Kill {
                 at: Duration::from_secs(1_010) + Duration::from_micros(i),
-                ..kill(0, "m", Some("memcg"))
+                ..kill(0, "m", Some(Constraint::Memcg))
             });
         }
         assert_eq!(monitor.kills.len(), MAX_REMEMBERED);
