@@ -9,12 +9,12 @@ use std::{
     io::{self, BufRead, BufReader, Read as _, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::event::VictimEvent;
+use crate::probe::{counters::Counters, event::VictimEvent};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
@@ -132,6 +132,33 @@ pub struct CountReply {
     pub kernel_oom_kill: Option<u64>,
     /// Who answered.
     pub source: Source,
+}
+
+impl CountReply {
+    /// The one way a count is made, from the counters the daemon or the pins hold, with the
+    /// events and kill events received (0 from the pins).
+    pub fn new(
+        counters: &Counters,
+        attached_at: SystemTime,
+        kernel_oom_kill: Option<u64>,
+        source: Source,
+        (events_received, kill_events_received): (u64, u64),
+    ) -> Self {
+        Self {
+            kills: counters.kills,
+            marked: counters.marked,
+            kills_memcg: counters.kills_memcg,
+            kills_global: counters.kills_global,
+            events_dropped: counters.events_dropped,
+            kill_events_dropped: counters.kill_events_dropped,
+            oom_signals: counters.oom_signals,
+            events_received,
+            kill_events_received,
+            attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
+            kernel_oom_kill,
+            source,
+        }
+    }
 }
 
 /// Parses one request line as the daemon reads it (its newline included or not); the error is

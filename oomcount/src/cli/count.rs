@@ -22,20 +22,14 @@ pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
     let pinned = Pinned::open(dir).ok()??;
     let counters = pinned.counters().ok()?;
     let attached = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(pinned.attached_ns());
-    Some(CountReply {
-        kills: counters.kills,
-        marked: counters.marked,
-        kills_memcg: counters.kills_memcg,
-        kills_global: counters.kills_global,
-        events_dropped: counters.events_dropped,
-        kill_events_dropped: counters.kill_events_dropped,
-        oom_signals: counters.oom_signals,
-        events_received: 0,
-        kill_events_received: 0,
-        attached_at: humantime::format_rfc3339_seconds(attached).to_string(),
-        kernel_oom_kill: oomcount::host::system::kernel_oom_kill(),
-        source: Source::Pins,
-    })
+    let kernel = oomcount::host::system::kernel_oom_kill();
+    Some(CountReply::new(
+        &counters,
+        attached,
+        kernel,
+        Source::Pins,
+        (0, 0),
+    ))
 }
 
 /// The counts from the daemon at `socket`, else from the pins in `pin_dir` when no daemon runs.

@@ -14,35 +14,35 @@
 //! - connections are limited per uid, with slots of root's own ([`crate::daemon::slots`]);
 //! - each client task answers one request per turn, then lets the others (and the keepalive)
 //!   run;
-//! - every write to a client has a deadline ([`WRITE_DEADLINE`], [`WATCH_DEADLINE`] for a
+//! - every write to a client has a deadline ([`clients::WRITE_DEADLINE`], [`clients::WATCH_DEADLINE`] for a
 //!   watcher's events), and a request client that sends nothing for `CLIENT_IDLE` is let go;
 //!   a watcher is let go as soon as it closes its end (it sends nothing after its request: its
 //!   end reading EOF means it is gone);
 //! - the one slow part of a judgement, ranking the likely next victims for `critical_top` (a
 //!   scan of /proc), runs on a blocking thread of its own, at most once per [`RANK_EVERY`],
 //!   and the verdict uses the last ranking: a flood of verdict requests costs no scan.
+//!
+//! Its state is one [`State`] behind one lock, never held across an await: the probe, the
+//! books ([`state::Ledger`], where every decision between the kernel's records and the clients
+//! is made, free of I/O), the keeper and the ranking. The runtime has one thread, so the lock is
+//! never contended; it is there for the ranking thread's result and for `Send` tasks.
+mod clients;
 pub(crate) mod slots;
+mod socket;
 pub mod stat;
+pub(crate) mod state;
 
-use slots::{RefusalLog, Slot, Slots};
 use std::{
-    collections::VecDeque,
-    fs,
-    io::{self, ErrorKind, Write as _},
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, UNIX_EPOCH},
+    fs, io,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use oomcount_common::{Event, counter};
+use oomcount_common::counter;
 use tokio::{
     io::unix::AsyncFd,
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{
-        UnixListener, UnixStream,
-        unix::{OwnedReadHalf, OwnedWriteHalf},
-    },
     signal::unix::{SignalKind, signal},
     sync::broadcast,
 };
@@ -52,28 +52,17 @@ use crate::{
     host::system,
     probe::{
         Origin, Probe, ProbeError,
-        event::{Clock, Kind, VictimEvent},
+        event::{Clock, monotonic},
     },
-    protocol::{
-        CountReply, DropOrigin, Dropped, MAX_LINE, Request, Response, Source, VerdictReply,
-    },
+    protocol::{CountReply, DropOrigin, Dropped, Response},
     watchdog::{
         keeper::Keeper,
-        rules::{Kill, Unseen},
+        rules::{Kill, Verdict},
     },
 };
+use slots::{RefusalLog, Slots};
+use state::Ledger;
 
-/// A client that sends nothing for this long is disconnected (watchers excepted).
-const CLIENT_IDLE: Duration = Duration::from_secs(30);
-/// A client that has not taken a line of its answer within this long is disconnected: one that
-/// never reads cannot hold a task, a slot or a buffer for long.
-pub(crate) const WRITE_DEADLINE: Duration = Duration::from_secs(5);
-/// The same for a watcher's events, longer: a watcher may stop reading for a while (a pager, a
-/// stopped terminal job) and then be told how many events it missed, since its queue is bounded
-/// (and shared) whatever it does.
-pub(crate) const WATCH_DEADLINE: Duration = Duration::from_secs(60);
-/// A client's read buffer: a request is a few dozen bytes (at most [`MAX_LINE`]).
-const READ_BUFFER: usize = 1024;
 /// The likely next victims are ranked at most this often.
 pub(crate) const RANK_EVERY: Duration = Duration::from_secs(1);
 /// Events a watcher may fall behind before it is told it missed some.
@@ -124,17 +113,21 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-/// What the daemon's tasks share.
+/// What the daemon's tasks share: its state, and the watchers' queue (which has its own).
 struct Shared {
-    /// Behind a lock because writing the slots kept with the pins needs `&mut`.
-    probe: Mutex<Probe>,
-    /// Where the counts are published for `cat`; `None` when disabled.
-    stat: Option<PathBuf>,
-    history: Mutex<History>,
+    state: Mutex<State>,
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
-    keeper: Mutex<Keeper>,
-    ranking: Mutex<Ranking>,
+}
+
+/// Everything the daemon keeps, in one place.
+struct State {
+    probe: Probe,
+    ledger: Ledger,
+    keeper: Keeper,
+    ranking: Ranking,
+    /// Where the counts are published for `cat`; `None` when disabled.
+    stat: Option<PathBuf>,
 }
 
 /// The ranking of the likely next victims, done off the runtime's thread.
@@ -144,48 +137,6 @@ struct Ranking {
     at: Option<std::time::Instant>,
     /// One is under way.
     running: bool,
-}
-
-struct History {
-    events: VecDeque<Arc<VictimEvent>>,
-    capacity: usize,
-    seq: u64,
-    received: u64,
-    kills_received: u64,
-    drops_seen: u64,
-    /// Where kills that reach the daemon only as counts are read, and the reading last weighed.
-    unseen: UnseenSource,
-}
-
-/// Kills the rules weigh without their events, as a (total, memcg, global) triple of kernel
-/// counters: while events flow, the lost kill events; once the ring buffer has failed, every
-/// kill (no event will come).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UnseenSource {
-    Dropped([u64; 3]),
-    AllKills([u64; 3]),
-}
-
-impl UnseenSource {
-    fn read(self, c: &crate::probe::counters::Counters) -> [u64; 3] {
-        match self {
-            UnseenSource::Dropped(_) => [
-                c.kill_events_dropped,
-                c.kill_events_dropped_memcg,
-                c.kill_events_dropped_global,
-            ],
-            UnseenSource::AllKills(_) => [c.kills, c.kills_memcg, c.kills_global],
-        }
-    }
-
-    /// The kills counted since the last look, and the source moved past them.
-    fn take(&mut self, c: &crate::probe::counters::Counters) -> Unseen {
-        let now = self.read(c);
-        let (UnseenSource::Dropped(last) | UnseenSource::AllKills(last)) = self;
-        let unseen = Unseen::between(*last, now);
-        *last = now;
-        unseen
-    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -210,7 +161,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let socket = options.socket;
-    let lock = lock_socket(&socket)?;
+    let lock = socket::lock_socket(&socket)?;
     if let Some(stat) = &options.stat {
         crate::files::ensure_folder(crate::files::parent(stat), 0o755).map_err(|source| {
             DaemonError::Folder {
@@ -222,44 +173,35 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
-    let listener = bind(&socket)?;
+    let listener = socket::bind(&socket)?;
     // Armed from here, the last step that can fail: an error after it would leave the
     // watchdog armed. The first keepalive goes out as the loop starts.
     // An unrecoverable verdict an earlier daemon kept with the pins still holds.
     let latched = probe
         .slot(counter::UNRECOVERABLE_AT)
         .ok()
-        .filter(|&ns| ns != 0)
-        .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
+        .and_then(state::latched_at);
     let keeper = Keeper::new(&options.config, options.dry_run, latched)?;
-    let start = probe.counters().ok();
-    let unseen = UnseenSource::Dropped([0; 3]);
-    let unseen = match &start {
-        Some(c) => UnseenSource::Dropped(unseen.read(c)),
-        None => unseen,
-    };
     let events = probe.take_events().expect("a fresh probe has its events");
     let origin = probe.origin();
     // The sequence and the drops already reported go on where the previous daemon left them.
-    let seq = probe.slot(counter::SEQ).unwrap_or(0);
-    let drops_seen = probe.slot(counter::DROPS_SEEN).unwrap_or(0);
+    let ledger = Ledger::new(
+        options.history,
+        probe.slot(counter::SEQ).unwrap_or(0),
+        probe.slot(counter::DROPS_SEEN).unwrap_or(0),
+        probe.counters().ok().as_ref(),
+    );
     let shared = Arc::new(Shared {
-        probe: Mutex::new(probe),
-        stat: options.stat,
-        history: Mutex::new(History {
-            events: VecDeque::with_capacity(options.history.min(64)),
-            capacity: options.history,
-            seq,
-            received: 0,
-            kills_received: 0,
-            drops_seen,
-            unseen,
+        state: Mutex::new(State {
+            probe,
+            ledger,
+            keeper,
+            ranking: Ranking::default(),
+            stat: options.stat,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
-        keeper: Mutex::new(keeper),
-        ranking: Mutex::new(Ranking::default()),
     });
-    publish_stat(&shared);
+    shared.lock().publish_stat();
     let how = match (origin, &options.pin_dir) {
         (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
         (Origin::Upgraded, Some(dir)) => format!("replaced older pins in {}", dir.display()),
@@ -269,7 +211,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     log::info!(
         "{how}: oom/mark_victim on Linux {}, counting since {}; serving on {}",
         crate::probe::tracefs::kernel_release(),
-        humantime::format_rfc3339_seconds(lock_probe(&shared).attached_at()),
+        humantime::format_rfc3339_seconds(shared.lock().probe.attached_at()),
         socket.display()
     );
 
@@ -279,15 +221,14 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let mut events = match registered {
         Ok(events) => Some(events),
         Err(err) => {
-            ring_failed(
-                &shared,
-                &format!("cannot watch the event ring buffer ({err})"),
-            );
+            shared
+                .lock()
+                .ring_failed(&format!("cannot watch the event ring buffer ({err})"));
             None
         }
     };
     // Pins removed or replaced under the daemon are noticed as it happens (inotify).
-    let mut pin_watch = lock_probe(&shared).pin_dir().and_then(|dir| {
+    let mut pin_watch = shared.lock().probe.pin_dir().and_then(|dir| {
         crate::probe::pins::Watch::new(dir)
             .inspect_err(|err| {
                 log::warn!(
@@ -299,9 +240,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     });
     let slots = Slots::new();
     let mut refusals = RefusalLog::default();
-    rank_likely(&shared);
+    shared.rank_likely();
     // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
-    let mut keepalive = lock_keeper(&shared).interval().map(|period| {
+    let mut keepalive = shared.lock().keeper.interval().map(|period| {
         let mut timer = tokio::time::interval(period);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
@@ -313,18 +254,15 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick(&mut keepalive) => {
-                weigh_unseen(&shared);
-                rank_likely(&shared);
-                let mut keeper = lock_keeper(&shared);
-                keeper.tick();
-                keep_latch(&shared, &mut keeper);
+                shared.rank_likely();
+                shared.lock().tick();
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => admit(stream, &shared, &slots, &mut refusals),
+                Ok((stream, _)) => clients::admit(stream, &shared, &slots, &mut refusals),
                 Err(err) => log::warn!("accept: {err}"),
             },
             changed = pins_changed(&mut pin_watch) => {
-                lock_probe(&shared).check_pins();
+                shared.lock().probe.check_pins();
                 if let Some(watch) = &mut pin_watch
                     && let Err(err) = changed.and_then(|()| watch.rewatch())
                 {
@@ -332,24 +270,24 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                     pin_watch = None;
                 }
             }
-            _ = refusals_due(&refusals) => {
+            _ = clients::refusals_due(&refusals) => {
                 if let Some(line) = refusals.flush(std::time::Instant::now()) {
                     log::warn!("{line}");
                 }
             },
             ready = readable(&mut events) => match ready {
                 Ok(mut guard) => {
-                    let seen = drain(guard.get_inner_mut(), &shared);
+                    let seen = shared.drain(guard.get_inner_mut());
                     guard.clear_ready();
                     if seen {
                         // The watchers' lines are queued: let them go out before the
                         // bookkeeping (counters, verdict, pins' slots, stat file).
                         tokio::task::yield_now().await;
-                        settle(&shared);
+                        shared.settle();
                     }
                 }
                 Err(err) => {
-                    ring_failed(&shared, &format!("event ring buffer: {err}"));
+                    shared.lock().ring_failed(&format!("event ring buffer: {err}"));
                     events = None;
                 }
             },
@@ -357,94 +295,210 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     log::info!("stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    lock_keeper(&shared).stop();
+    let mut state = shared.lock();
+    state.keeper.stop();
     let _ = fs::remove_file(&socket);
-    if let Some(stat) = &shared.stat {
+    if let Some(stat) = &state.stat {
         let _ = fs::remove_file(stat);
     }
+    drop(state);
     drop(lock);
     Ok(())
 }
 
-/// Serves a new connection in a slot of its uid's, or refuses it with one line that says why.
-fn admit(stream: UnixStream, shared: &Arc<Shared>, slots: &Slots, refusals: &mut RefusalLog) {
-    // A credential the kernel cannot give (it always can for a unix socket) counts as a user's.
-    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
-    match slots.take(uid) {
-        Ok(slot) => {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Err(err) = serve_client(stream, &shared, slot).await {
-                    log::debug!("client: {err}");
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes every event waiting in the ring buffer: tells watchers, logs kills, keeps them,
+    /// hands them to the rules. Returns whether there was any.
+    fn drain(&self, ring: &mut RingBuf<MapData>) -> bool {
+        let clock = Clock::now();
+        let mut state = self.lock();
+        let mut seen = false;
+        while let Some(item) = ring.next() {
+            seen = true;
+            let Some((event, kill)) = state.ledger.receive(&item, &clock) else {
+                log::warn!("short event record ({} bytes) ignored", item.len());
+                continue;
+            };
+            if self.watchers.receiver_count() > 0 {
+                let _ = self
+                    .watchers
+                    .send(clients::line(&Response::Event((*event).clone())));
+            }
+            match kill {
+                Some(kill) => {
+                    log::info!("{}", event.line());
+                    state.keeper.kill(kill);
                 }
+                None => log::debug!("{}", event.line()),
+            }
+        }
+        seen
+    }
+
+    /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
+    fn settle(&self) {
+        let dropped = self.lock().settle();
+        if let Some(count) = dropped {
+            log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
+            let dropped = Response::Dropped(Dropped {
+                count,
+                by: DropOrigin::Kernel,
             });
-        }
-        Err(refusal) => {
-            // The uid is known only once accepted: the connection is told why and closed at
-            // once, so that its slot in the listen backlog goes to the next one (root's
-            // `check` among them). The socket is new and its buffer empty: the write cannot
-            // block.
-            if let Ok(stream) = stream.into_std() {
-                let _ = (&stream).write(&line(&Response::Error(refusal.to_string())));
-            }
-            if let Some(line) = refusals.refused(std::time::Instant::now(), refusal) {
-                log::warn!("{line}");
-            }
+            let _ = self.watchers.send(clients::line(&dropped));
         }
     }
-}
 
-/// When the refusals counted so far are due to be logged.
-async fn refusals_due(refusals: &RefusalLog) {
-    match refusals.due() {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Ranks the likely next victims on a blocking thread, when the rules need them and the last
-/// ranking is older than [`RANK_EVERY`]; the judgements use it once done. Never waits.
-fn rank_likely(shared: &Arc<Shared>) {
-    let n = lock_keeper(shared).likely_needed();
-    if n == 0 {
-        return;
-    }
-    {
-        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
-        if ranking.running || ranking.at.is_some_and(|at| at.elapsed() < RANK_EVERY) {
-            return;
-        }
-        ranking.running = true;
-    }
-    let scan = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let ranked = crate::host::victims::rank(n);
-        (ranked, started.elapsed())
-    });
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let likely = match scan.await {
-            Ok((Ok(ranking), took)) => {
-                log::debug!(
-                    "ranked the likely next victims in {took:.1?}: {} processes unreadable",
-                    ranking.unreadable
-                );
-                ranking.likely.into_iter().map(|c| c.comm).collect()
+    /// Ranks the likely next victims on a blocking thread, when the rules need them and the last
+    /// ranking is older than [`RANK_EVERY`]; the judgements use it once done. Never waits.
+    fn rank_likely(self: &Arc<Self>) {
+        let n = {
+            let mut state = self.lock();
+            let n = state.keeper.likely_needed();
+            let ranking = &mut state.ranking;
+            if n == 0 || ranking.running || ranking.at.is_some_and(|at| at.elapsed() < RANK_EVERY) {
+                return;
             }
-            Ok((Err(err), _)) => {
-                log::debug!("ranking likely victims: {err}");
-                Vec::new()
-            }
-            Err(err) => {
-                log::warn!("ranking likely victims: {err}");
-                Vec::new()
-            }
+            ranking.running = true;
+            n
         };
-        lock_keeper(&shared).set_likely(likely);
-        let mut ranking = shared.ranking.lock().unwrap_or_else(|e| e.into_inner());
-        ranking.running = false;
-        ranking.at = Some(std::time::Instant::now());
-    });
+        let scan = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let ranked = crate::host::victims::rank(n);
+            (ranked, started.elapsed())
+        });
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let likely = match scan.await {
+                Ok((Ok(ranking), took)) => {
+                    log::debug!(
+                        "ranked the likely next victims in {took:.1?}: {} processes unreadable",
+                        ranking.unreadable
+                    );
+                    ranking.likely.into_iter().map(|c| c.comm).collect()
+                }
+                Ok((Err(err), _)) => {
+                    log::debug!("ranking likely victims: {err}");
+                    Vec::new()
+                }
+                Err(err) => {
+                    log::warn!("ranking likely victims: {err}");
+                    Vec::new()
+                }
+            };
+            let mut state = shared.lock();
+            state.keeper.set_likely(likely);
+            state.ranking.running = false;
+            state.ranking.at = Some(std::time::Instant::now());
+        });
+    }
+}
+
+impl State {
+    /// After a batch of events: the books settled with the counters read now (see
+    /// [`Ledger::settle`]), the verdict judged at once (an unrecoverable kill stops the very next
+    /// keepalive), the books' slots kept with the pins, the stat file rewritten. Returns the
+    /// events dropped since the last batch, for the watchers.
+    fn settle(&mut self) -> Option<u64> {
+        let mut dropped = None;
+        if let Ok(counters) = self.probe.counters() {
+            let settled = self.ledger.settle(&counters, monotonic());
+            self.weigh(settled.unseen);
+            dropped = settled.dropped;
+        }
+        self.judge();
+        for (slot, value) in self.ledger.slots() {
+            let _ = self.probe.set_slot(slot, value);
+        }
+        self.publish_stat();
+        dropped
+    }
+
+    /// Hands the rules kills the kernel counted that reached the daemon only as counts.
+    fn weigh(&mut self, kills: Vec<Kill>) {
+        if !kills.is_empty() {
+            log::debug!("{} kills weighed without their events", kills.len());
+        }
+        for kill in kills {
+            self.keeper.kill(kill);
+        }
+    }
+
+    /// Once the ring buffer has failed: the kills counted since the last look, at each
+    /// keepalive and verdict (nothing while events flow).
+    fn weigh_unseen(&mut self) {
+        if let Ok(counters) = self.probe.counters() {
+            let kills = self.ledger.weigh(&counters, monotonic());
+            self.weigh(kills);
+        }
+    }
+
+    /// A keepalive is due: judged, and sent or not.
+    fn tick(&mut self) {
+        self.weigh_unseen();
+        self.keeper.tick();
+        self.keep_latch();
+    }
+
+    /// Judges now; an unrecoverable verdict is kept with the pins.
+    fn judge(&mut self) -> Verdict {
+        let verdict = self.keeper.judge();
+        self.keep_latch();
+        verdict
+    }
+
+    /// The ring buffer cannot be read: kills still count, and from now on reach the rules from
+    /// the kernel's counters (with their constraint, without names); the verdict says so, never
+    /// healthy.
+    fn ring_failed(&mut self, why: &str) {
+        log::error!(
+            "{why}; counting goes on and the rules weigh kills from the kernel's counters, but kills are no longer logged"
+        );
+        if let Ok(counters) = self.probe.counters() {
+            let lost = self.ledger.ring_failed(&counters, monotonic());
+            self.weigh(lost);
+        }
+        self.keeper.fault(format!(
+            "{why}: kills are weighed from the kernel's counters, without names (restart the daemon)"
+        ));
+    }
+
+    /// Keeps an unrecoverable verdict the keeper just reached with the pins, for any later
+    /// daemon.
+    fn keep_latch(&mut self) {
+        let Some(at) = self.keeper.take_newly_latched() else {
+            return;
+        };
+        let kept = self
+            .probe
+            .set_slot(counter::UNRECOVERABLE_AT, state::latch_ns(at));
+        if let Err(err) = kept {
+            log::warn!(
+                "cannot keep the verdict with the pins ({err}): a restarted daemon would start healthy"
+            );
+        }
+    }
+
+    fn count_reply(&self) -> io::Result<CountReply> {
+        let counters = self.probe.counters().map_err(io::Error::other)?;
+        let attached_at = self.probe.attached_at();
+        let kernel = system::kernel_oom_kill();
+        Ok(self.ledger.count_reply(&counters, attached_at, kernel))
+    }
+
+    /// Rewrites the stat file; a failure is logged, never fatal.
+    fn publish_stat(&self) {
+        let Some(path) = &self.stat else { return };
+        let written = self
+            .count_reply()
+            .and_then(|counts| stat::write_atomic(path, &stat::render(&counts)));
+        if let Err(err) = written {
+            log::warn!("cannot write {} ({err})", path.display());
+        }
+    }
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -470,351 +524,4 @@ async fn readable(
         Some(events) => events.readable_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// Takes every event waiting in the ring buffer: tells watchers, logs kills, keeps them, hands
-/// them to the rules. Returns whether there was any.
-fn drain(ring: &mut RingBuf<MapData>, shared: &Shared) -> bool {
-    let clock = Clock::now();
-    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    let mut seen = false;
-    while let Some(item) = ring.next() {
-        seen = true;
-        let Some(raw) = Event::from_bytes(&item) else {
-            log::warn!("short event record ({} bytes) ignored", item.len());
-            continue;
-        };
-        history.seq += 1;
-        history.received += 1;
-        let event = Arc::new(VictimEvent::decode(&raw, history.seq, &clock));
-        if shared.watchers.receiver_count() > 0 {
-            let _ = shared
-                .watchers
-                .send(line(&Response::Event((*event).clone())));
-        }
-        if event.kind == Kind::Kill {
-            history.kills_received += 1;
-            log::info!("{}", event.line());
-            lock_keeper(shared).kill(Kill {
-                at: Duration::from_nanos(raw.ktime_ns),
-                pid: event.pid,
-                comm: event.comm.clone(),
-                constraint: event.constraint,
-                cgroup: event.cgroup.clone(),
-            });
-        } else {
-            log::debug!("{}", event.line());
-        }
-        if history.capacity > 0 {
-            if history.events.len() == history.capacity {
-                history.events.pop_front();
-            }
-            history.events.push_back(event);
-        }
-    }
-    seen
-}
-
-/// After a batch of events: lost events accounted, the verdict judged, the sequence kept with
-/// the pins, the stat file rewritten.
-fn settle(shared: &Shared) {
-    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    // Drops happen in the kernel while the buffer is full; they are noticed here, after it
-    // has been emptied, and numbered into the sequence so that gaps show.
-    let mut probe = lock_probe(shared);
-    let counters = probe.counters().ok();
-    let mut keeper = lock_keeper(shared);
-    if let Some(counters) = &counters {
-        feed_unseen(&mut history, &mut keeper, counters);
-    }
-    // Judged at once: an unrecoverable kill stops the very next keepalive.
-    keeper.judge();
-    if let Some(at) = keeper.take_newly_latched() {
-        latch_in(&mut probe, at);
-    }
-    drop(keeper);
-    if let Some(counters) = &counters
-        && counters.events_dropped > history.drops_seen
-    {
-        let count = counters.events_dropped - history.drops_seen;
-        history.drops_seen = counters.events_dropped;
-        history.seq += count;
-        log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
-        let dropped = Response::Dropped(Dropped {
-            count,
-            by: DropOrigin::Kernel,
-        });
-        let _ = shared.watchers.send(line(&dropped));
-    }
-    // Kept with the pins, for the next daemon.
-    let _ = probe.set_slot(counter::SEQ, history.seq);
-    let _ = probe.set_slot(counter::DROPS_SEEN, history.drops_seen);
-    drop(probe);
-    drop(history);
-    publish_stat(shared);
-}
-
-/// Hands the rules the kills the kernel counted that reached the daemon only as counts (their
-/// events lost), with the constraint the kernel's split gives them.
-fn feed_unseen(
-    history: &mut History,
-    keeper: &mut Keeper,
-    counters: &crate::probe::counters::Counters,
-) {
-    let unseen = history.unseen.take(counters);
-    if unseen != Unseen::default() {
-        log::debug!("kills weighed without their events: {unseen:?}");
-        for kill in unseen.kills(crate::probe::event::monotonic()) {
-            keeper.kill(kill);
-        }
-    }
-}
-
-/// Reads the counters and weighs the kills that came only as counts: where events flow, settle
-/// does this after each batch; once the ring buffer has failed, at each keepalive and verdict.
-fn weigh_unseen(shared: &Shared) {
-    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    if !matches!(history.unseen, UnseenSource::AllKills(_)) {
-        return;
-    }
-    let Ok(counters) = lock_probe(shared).counters() else {
-        return;
-    };
-    feed_unseen(&mut history, &mut lock_keeper(shared), &counters);
-}
-
-/// The ring buffer cannot be read: kills still count, and from now on reach the rules from the
-/// kernel's counters (with their constraint, without names); the verdict says so, never healthy.
-fn ring_failed(shared: &Shared, why: &str) {
-    log::error!(
-        "{why}; counting goes on and the rules weigh kills from the kernel's counters, but kills are no longer logged"
-    );
-    let mut history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(counters) = lock_probe(shared).counters() {
-        // The lost events seen so far are weighed; from here every kill is read as a count.
-        feed_unseen(&mut history, &mut lock_keeper(shared), &counters);
-        history.unseen =
-            UnseenSource::AllKills([counters.kills, counters.kills_memcg, counters.kills_global]);
-    }
-    lock_keeper(shared).fault(format!(
-        "{why}: kills are weighed from the kernel's counters, without names (restart the daemon)"
-    ));
-}
-
-/// Keeps an unrecoverable verdict the keeper just reached with the pins, for any later daemon.
-fn keep_latch(shared: &Shared, keeper: &mut Keeper) {
-    if let Some(at) = keeper.take_newly_latched() {
-        latch_in(&mut lock_probe(shared), at);
-    }
-}
-
-fn latch_in(probe: &mut Probe, at: std::time::SystemTime) {
-    let ns = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    if let Err(err) = probe.set_slot(counter::UNRECOVERABLE_AT, ns.max(1)) {
-        log::warn!(
-            "cannot keep the verdict with the pins ({err}): a restarted daemon would start healthy"
-        );
-    }
-}
-
-fn lock_probe(shared: &Shared) -> std::sync::MutexGuard<'_, Probe> {
-    shared.probe.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock_keeper(shared: &Shared) -> std::sync::MutexGuard<'_, Keeper> {
-    shared.keeper.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Rewrites the stat file; a failure is logged, never fatal.
-fn publish_stat(shared: &Shared) {
-    let Some(path) = &shared.stat else { return };
-    let written = count_reply(shared).and_then(|counts| {
-        crate::daemon::stat::write_atomic(path, &crate::daemon::stat::render(&counts))
-    });
-    if let Err(err) = written {
-        log::warn!("cannot write {} ({err})", path.display());
-    }
-}
-
-/// A response as one JSON line.
-fn line(response: &Response) -> Arc<[u8]> {
-    let mut out = serde_json::to_vec(response).unwrap_or_default();
-    out.push(b'\n');
-    out.into()
-}
-
-/// Writes `bytes` to a client within `deadline`.
-async fn send(write: &mut OwnedWriteHalf, bytes: &[u8], deadline: Duration) -> io::Result<()> {
-    match tokio::time::timeout(deadline, write.write_all(bytes)).await {
-        Ok(written) => written,
-        Err(_) => Err(io::Error::new(
-            ErrorKind::TimedOut,
-            format!(
-                "took no line within {}",
-                humantime::format_duration(deadline)
-            ),
-        )),
-    }
-}
-
-/// Serves one client's requests until it closes, idles or misbehaves; its slot is given back
-/// at the end.
-async fn serve_client(stream: UnixStream, shared: &Arc<Shared>, _slot: Slot) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
-    let mut request = Vec::with_capacity(128);
-    loop {
-        request.clear();
-        let mut limited = (&mut reader).take(MAX_LINE as u64);
-        let read = limited.read_until(b'\n', &mut request);
-        let n = match tokio::time::timeout(CLIENT_IDLE, read).await {
-            Ok(result) => result?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if !request.ends_with(b"\n") && n >= MAX_LINE {
-            let error = Response::Error(format!("request longer than {MAX_LINE} bytes"));
-            return send(&mut write, &line(&error), WRITE_DEADLINE).await;
-        }
-        match crate::protocol::parse_request(&request) {
-            Ok(Request::Watch) => return watch(reader, write, shared).await,
-            Ok(request) => {
-                send(&mut write, &line(&answer(&request, shared)), WRITE_DEADLINE).await?
-            }
-            Err(error) => send(&mut write, &line(&Response::Error(error)), WRITE_DEADLINE).await?,
-        }
-        // One request per turn: a client pipelining requests as fast as it can gets its
-        // share of the thread, no more; the keepalive and the other clients get theirs.
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Streams events to a watcher until it goes away: until its end reads EOF (it closed the
-/// connection, or its sending half: a watcher sends nothing after its request), or it does not
-/// take an event within [`WATCH_DEADLINE`]. Anything it sends is read and ignored.
-async fn watch(
-    mut reader: BufReader<OwnedReadHalf>,
-    mut write: OwnedWriteHalf,
-    shared: &Shared,
-) -> io::Result<()> {
-    let mut events = shared.watchers.subscribe();
-    let watching = line(&Response::Watching(count_reply(shared)?));
-    send(&mut write, &watching, WRITE_DEADLINE).await?;
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Ok(event) => send(&mut write, &event, WATCH_DEADLINE).await?,
-                Err(broadcast::error::RecvError::Lagged(count)) => {
-                    let dropped = Response::Dropped(Dropped {
-                        count,
-                        by: DropOrigin::Watcher,
-                    });
-                    send(&mut write, &line(&dropped), WATCH_DEADLINE).await?;
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
-            read = reader.fill_buf() => {
-                let n = read?.len();
-                if n == 0 {
-                    return Ok(());
-                }
-                reader.consume(n);
-                tokio::task::yield_now().await;
-            }
-        }
-    }
-}
-
-fn answer(request: &Request, shared: &Arc<Shared>) -> Response {
-    match request {
-        Request::Count => match count_reply(shared) {
-            Ok(reply) => Response::Count(reply),
-            Err(err) => Response::Error(format!("cannot read counters: {err}")),
-        },
-        Request::List { n } => {
-            let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-            let skip = history.events.len().saturating_sub(*n);
-            Response::Events(
-                history
-                    .events
-                    .iter()
-                    .skip(skip)
-                    .map(|e| (**e).clone())
-                    .collect(),
-            )
-        }
-        Request::Watch => Response::Error("watch is answered by a stream".to_owned()),
-        Request::Verdict => {
-            weigh_unseen(shared);
-            rank_likely(shared);
-            let mut keeper = lock_keeper(shared);
-            let verdict = keeper.judge();
-            keep_latch(shared, &mut keeper);
-            Response::Verdict(VerdictReply {
-                health: verdict.health,
-                reason: verdict.reason,
-                watchdog: keeper.state(),
-            })
-        }
-    }
-}
-
-fn count_reply(shared: &Shared) -> io::Result<CountReply> {
-    let probe = lock_probe(shared);
-    let counters = probe.counters().map_err(io::Error::other)?;
-    let attached_at = probe.attached_at();
-    drop(probe);
-    let history = shared.history.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(CountReply {
-        kills: counters.kills,
-        marked: counters.marked,
-        kills_memcg: counters.kills_memcg,
-        kills_global: counters.kills_global,
-        events_dropped: counters.events_dropped,
-        kill_events_dropped: counters.kill_events_dropped,
-        oom_signals: counters.oom_signals,
-        events_received: history.received,
-        kill_events_received: history.kills_received,
-        attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
-        kernel_oom_kill: system::kernel_oom_kill(),
-        source: Source::Daemon,
-    })
-}
-
-/// Takes the daemon's lock beside the socket: a second daemon on the same socket refuses.
-fn lock_socket(socket: &Path) -> Result<nix::fcntl::Flock<fs::File>, DaemonError> {
-    let socket_err = |source| DaemonError::Socket {
-        path: socket.to_path_buf(),
-        source,
-    };
-    // World-searchable where it is made, for clients to reach the socket.
-    crate::files::ensure_folder(crate::files::parent(socket), 0o755).map_err(|source| {
-        DaemonError::Folder {
-            what: "socket",
-            flag: "--socket",
-            source,
-        }
-    })?;
-    let file =
-        crate::files::open_lock(&crate::files::with_suffix(socket, ".lock")).map_err(socket_err)?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| match errno {
-            nix::errno::Errno::EWOULDBLOCK => DaemonError::AlreadyRunning(socket.to_path_buf()),
-            other => socket_err(io::Error::from(other)),
-        },
-    )
-}
-
-/// Binds the socket (replacing a stale one: the lock says no daemon owns it) for everyone to
-/// query: the daemon only answers read-only questions.
-fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
-    let socket_err = |source| DaemonError::Socket {
-        path: socket.to_path_buf(),
-        source,
-    };
-    let listener = crate::files::bind_socket(socket, 0o666).map_err(socket_err)?;
-    listener.set_nonblocking(true).map_err(socket_err)?;
-    UnixListener::from_std(listener).map_err(socket_err)
 }
