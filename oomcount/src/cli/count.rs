@@ -1,5 +1,5 @@
 //! `oomcount count`: the body count, from the daemon.
-use std::{io::Write as _, path::Path};
+use std::path::Path;
 
 use oomcount::{
     probe::pins::Pinned,
@@ -53,13 +53,7 @@ fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let reply = counts(&args.source.socket.socket, &args.source.pin_dir)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &reply)?;
-    } else {
-        write!(out, "{}", human(&reply)).map_err(super::Stdout)?;
-    }
-    Ok(())
+    Ok(super::print(args.json, &reply, human)?)
 }
 
 /// The count for a person: what was counted, since when, and the kernel's figure beside it.

@@ -1,6 +1,5 @@
 //! `oomcount list`: the most recent victims, from the daemon's history.
 use oomcount::probe::event::Kind;
-use std::io::Write as _;
 
 use oomcount::protocol::{self, Request, Response};
 
@@ -32,13 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let skip = events.len().saturating_sub(args.count);
     events.drain(..skip);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &events)?;
-    } else {
-        for event in &events {
-            writeln!(out, "{}", event.line()).map_err(super::Stdout)?;
-        }
-    }
-    Ok(())
+    Ok(super::print(args.json, &events, |events| {
+        events.iter().map(|event| event.line() + "\n").collect()
+    })?)
 }

@@ -15,7 +15,7 @@ pub mod next;
 pub mod status;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -80,6 +80,21 @@ pub struct CountSource {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write to stdout")]
 pub struct Stdout(#[source] pub std::io::Error);
+
+/// Prints `value` to stdout: as one JSON line with `--json`, else as `human` writes it for a
+/// person. Every command that has `--json` prints through here.
+pub(crate) fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<(), Stdout> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        write_json(&mut out, value)
+    } else {
+        out.write_all(human(value).as_bytes()).map_err(Stdout)
+    }
+}
 
 /// Writes `value` as one JSON line to `out` (stdout).
 pub(crate) fn write_json(

@@ -6,7 +6,7 @@
 //! that runs but does not answer (it hangs up, answers garbage or an error, or not in time) is
 //! another thing: `status` then prints nothing and fails with one line, since a status without
 //! its verdict would pass for one without a daemon.
-use std::{fmt::Write as _, io::Write as _};
+use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -66,13 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &status)?;
-    } else {
-        write!(out, "{}", human(&status)).map_err(super::Stdout)?;
-    }
-    Ok(())
+    Ok(super::print(args.json, &status, human)?)
 }
 
 /// The count and the verdict, from the daemon on one connection; `None` when no daemon runs.
