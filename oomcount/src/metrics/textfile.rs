@@ -8,6 +8,14 @@
 //! The folder is the collector's, which the daemon does not create: a folder that does not
 //! exist is a mistake in the configuration (a typo, node_exporter not installed), said before
 //! the daemon attaches ([`check`]), rather than a file that nobody reads.
+//!
+//! The folder must not be writable by others unless sticky (another user could put a link at
+//! the temporary's name; [`crate::files::write_atomic`] opens it with `O_NOFOLLOW` and
+//! `O_EXCL` anyway). Unlike the stat file's, the folders above it are not required to be root's:
+//! Debian's `/var/lib/prometheus` belongs to the `prometheus` user. That user could swap the
+//! folder for a link elsewhere, and have root write a file named `oomcount.prom`, of
+//! Prometheus text, in a folder of its choosing: a name that cron.d, sudoers.d and profile.d
+//! all ignore, with content whose only free parts are escaped label values on their own lines.
 use std::{
     io,
     path::{Path, PathBuf},
@@ -24,8 +32,8 @@ pub enum TextfileError {
     NotFolder(PathBuf),
     #[error("{0} must end in .prom, the names node_exporter's textfile collector reads")]
     NotProm(PathBuf),
-    #[error("{0}")]
-    Unsafe(#[from] crate::files::Unsafe),
+    #[error("{0} is writable by other users (mode {1:04o}) and not sticky")]
+    Writable(PathBuf, u32),
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] io::Error),
 }
@@ -37,15 +45,19 @@ pub fn check(path: &Path) -> Result<(), TextfileError> {
         return Err(TextfileError::NotProm(path.to_path_buf()));
     }
     let folder = crate::files::parent(path);
-    match std::fs::metadata(folder) {
-        Ok(meta) if meta.is_dir() => {}
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::metadata(folder) {
+        Ok(meta) if meta.is_dir() => meta,
         Ok(_) => return Err(TextfileError::NotFolder(folder.to_path_buf())),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             return Err(TextfileError::NoFolder(folder.to_path_buf()));
         }
         Err(err) => return Err(TextfileError::Io(folder.to_path_buf(), err)),
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(TextfileError::Writable(folder.to_path_buf(), mode));
     }
-    crate::files::check_folder(folder)?;
     Ok(())
 }
 
@@ -79,6 +91,16 @@ mod tests {
             check(&dir.join("oomcount.txt")),
             Err(TextfileError::NotProm(_))
         ));
+        use std::os::unix::fs::PermissionsExt as _;
+        let open = dir.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            check(&open.join("oomcount.prom")),
+            Err(TextfileError::Writable(..))
+        ));
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        check(&open.join("oomcount.prom")).unwrap();
         fs::write(dir.join("file"), "").unwrap();
         assert!(matches!(
             check(&dir.join("file/oomcount.prom")),
