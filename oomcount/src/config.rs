@@ -32,6 +32,8 @@ pub struct Config {
     /// `None` without a `[watchdog]` table: no device is opened.
     pub watchdog: Option<Watchdog>,
     pub rules: Rules,
+    /// `[metrics]`: the Prometheus outputs, off by default.
+    pub metrics: crate::metrics::Settings,
     /// Where the file came from, for the one check made after parsing (the driver's timeout,
     /// read when the daemon opens the device): its error names the line as the others do.
     #[serde(skip)]
@@ -235,7 +237,54 @@ impl Config {
         {
             return fail("rules", "critical", err);
         }
+        let metrics = &self.metrics;
+        if let Some(Err(err)) = metrics.listen_addr() {
+            return fail("metrics", "listen", err);
+        }
+        if !(1..=crate::metrics::publish::MAX_SERIES).contains(&metrics.max_series) {
+            return fail(
+                "metrics",
+                "max_series",
+                format!(
+                    "must be 1 to {} (each row is a series on every machine)",
+                    crate::metrics::publish::MAX_SERIES
+                ),
+            );
+        }
+        if metrics.cgroup_depth > crate::metrics::publish::MAX_DEPTH {
+            return fail(
+                "metrics",
+                "cgroup_depth",
+                format!(
+                    "must be 0 to {} (the levels of a cgroup the kernel's record holds)",
+                    crate::metrics::publish::MAX_DEPTH
+                ),
+            );
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// What only the machine can tell of `[metrics]`, before the daemon attaches (and in
+    /// `oomcount config check`): the textfile's folder exists, and the port can be bound, which
+    /// it returns bound. The error names the file, the line and the key, as a parse error does.
+    pub fn bind_metrics(&self) -> Result<Option<std::net::TcpListener>, ConfigError> {
+        let Source { path, text } = &self.source;
+        let metrics = &self.metrics;
+        if let Some(textfile) = &metrics.textfile
+            && let Err(err) = crate::metrics::textfile::check(textfile)
+        {
+            return Err(at_key(path, text, "metrics", "textfile", &err.to_string()));
+        }
+        let Some(addr) = metrics.listen_addr() else {
+            return Ok(None);
+        };
+        let bound =
+            addr.and_then(|addr| crate::metrics::http::bind(addr).map_err(|err| err.to_string()));
+        bound
+            .map(Some)
+            .map_err(|err| at_key(path, text, "metrics", "listen", &err))
     }
 }
 

@@ -40,6 +40,11 @@ pub enum Request {
     Watch,
     /// The watchdog rules' verdict, judged now, and the keepalive's state.
     Verdict,
+    /// The daemon's table of kills by cgroup or by command name (`oomcount top`).
+    Top {
+        #[serde(default)]
+        by: crate::metrics::publish::By,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +59,7 @@ pub enum Response {
     /// far behind to receive.
     Dropped(Dropped),
     Verdict(VerdictReply),
+    Top(crate::metrics::publish::TopReply),
     Error(String),
 }
 
@@ -325,6 +331,7 @@ impl Response {
             Response::Event(_) => "event",
             Response::Dropped(_) => "dropped",
             Response::Verdict(_) => "verdict",
+            Response::Top(_) => "top",
             Response::Error(_) => "error",
         }
     }

@@ -26,6 +26,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let Command::Check { file } = args.command;
     // As the daemon reads it: the default file may be absent, a named one may not.
     let config = Config::load(file.as_deref())?;
+    // What the daemon checks before it attaches: the textfile's folder, the port free.
+    drop(config.bind_metrics()?);
     let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
     if path.exists() {
         println!("{}: ok", path.display());
@@ -70,5 +72,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             String::new()
         }
     );
+    let m = &config.metrics;
+    let mut outputs = Vec::new();
+    if let Some(textfile) = &m.textfile {
+        outputs.push(format!("textfile {}", textfile.display()));
+    }
+    if let Some(Ok(addr)) = m.listen_addr() {
+        outputs.push(format!("http://{addr}/metrics"));
+    }
+    if outputs.is_empty() {
+        println!("metrics: none (no textfile, no listen)");
+    } else {
+        let mut keys = Vec::new();
+        if m.by_cgroup {
+            keys.push(format!("per cgroup (depth {})", m.cgroup_depth));
+        }
+        if m.by_comm {
+            keys.push("per command".to_owned());
+        }
+        println!(
+            "metrics: {}{}",
+            outputs.join(" and "),
+            if keys.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; kills {}, at most {} series each plus _other",
+                    keys.join(" and "),
+                    m.max_series
+                )
+            }
+        );
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod detach;
 pub mod list;
 pub mod next;
 pub mod status;
+pub mod top;
 pub mod watch;
 
 use std::{io::Write as _, path::PathBuf};
@@ -55,6 +56,9 @@ pub enum Command {
     Config(config::Args),
     /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
     Status(status::Args),
+    /// Show which cgroups, or which commands, the OOM killer kills most (kills, last kill, last
+    /// victim).
+    Top(top::Args),
 }
 
 /// The daemon's socket, shared by every subcommand that talks to it.
@@ -148,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Check(args) => check::run(args),
         Command::Config(args) => config::run(args),
+        Command::Top(args) => top::run(args),
     }
 }
 

@@ -184,5 +184,6 @@ fn answer(request: &Request, shared: &Arc<Shared>) -> Response {
                 watchdog: state.keeper.state(),
             })
         }
+        Request::Top { by } => Response::Top(shared.lock().metrics.top(*by)),
     }
 }

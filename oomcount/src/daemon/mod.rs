@@ -47,6 +47,7 @@ use tokio::{
     sync::broadcast,
 };
 
+use crate::metrics::Publisher;
 use crate::{
     config::Config,
     host::system,
@@ -97,6 +98,8 @@ pub enum DaemonError {
     Runtime(#[source] io::Error),
     #[error(transparent)]
     Watchdog(#[from] crate::watchdog::device::WatchdogError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 pub struct Options {
@@ -128,6 +131,10 @@ struct State {
     ranking: Ranking,
     /// Where the counts are published for `cat`; `None` when disabled.
     stat: Option<PathBuf>,
+    /// The Prometheus outputs and the per-key tables (`oomcount top`).
+    metrics: Publisher,
+    /// When a scrape last judged the verdict.
+    scraped_at: Option<std::time::Instant>,
 }
 
 /// The ranking of the likely next victims, done off the runtime's thread.
@@ -171,6 +178,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             }
         })?;
     }
+    // The metrics' port and textfile folder: a port in use stops the daemon here, before it
+    // attaches, naming the key as `config check` does.
+    let metrics_port = options.config.bind_metrics()?;
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
     let listener = socket::bind(&socket)?;
@@ -198,10 +208,26 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             keeper,
             ranking: Ranking::default(),
             stat: options.stat,
+            metrics: Publisher::new(options.config.metrics.clone()),
+            scraped_at: None,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
     });
     shared.lock().publish_stat();
+    shared.lock().publish_metrics();
+    if let Some(port) = metrics_port {
+        let addr = port.local_addr().ok();
+        let scraped = shared.clone();
+        let render: crate::metrics::http::Render = Arc::new(move || scraped.scrape());
+        tokio::spawn(crate::metrics::http::serve(
+            port,
+            render,
+            crate::metrics::http::Limits::default(),
+        ));
+        if let Some(addr) = addr {
+            log::info!("metrics served on http://{addr}/metrics");
+        }
+    }
     let how = match (origin, &options.pin_dir) {
         (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
         (Origin::Upgraded, Some(dir)) => format!("replaced older pins in {}", dir.display()),
@@ -301,6 +327,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     if let Some(stat) = &state.stat {
         let _ = fs::remove_file(stat);
     }
+    state.metrics.remove_textfile();
     drop(state);
     drop(lock);
     Ok(())
@@ -331,12 +358,34 @@ impl Shared {
             match kill {
                 Some(kill) => {
                     log::info!("{}", event.line());
+                    state.metrics.kill(
+                        clock.wall(kill.at.as_nanos() as u64),
+                        kill.pid,
+                        kill.comm.as_deref(),
+                        kill.cgroup.as_deref(),
+                        kill.constraint,
+                    );
                     state.keeper.kill(kill);
                 }
                 None => log::debug!("{}", event.line()),
             }
         }
         seen
+    }
+
+    /// The answer to a scrape of the metrics port: the counts now, with the verdict judged at
+    /// most once a second for it (a flood of scrapes costs no judgement each).
+    fn scrape(&self) -> String {
+        let mut state = self.lock();
+        if state
+            .scraped_at
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            state.scraped_at = Some(std::time::Instant::now());
+            state.weigh_unseen();
+            state.judge();
+        }
+        state.metrics_text().unwrap_or_default()
     }
 
     /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
@@ -414,6 +463,7 @@ impl State {
             let _ = self.probe.set_slot(slot, value);
         }
         self.publish_stat();
+        self.publish_metrics();
         dropped
     }
 
@@ -441,13 +491,45 @@ impl State {
         self.weigh_unseen();
         self.keeper.tick();
         self.keep_latch();
+        self.verdict_published();
     }
 
     /// Judges now; an unrecoverable verdict is kept with the pins.
     fn judge(&mut self) -> Verdict {
         let verdict = self.keeper.judge();
         self.keep_latch();
+        self.verdict_published();
         verdict
+    }
+
+    /// Rewrites the textfile when the verdict changed since it was last written.
+    fn verdict_published(&mut self) {
+        if self.metrics.verdict_changed(Some(self.keeper.health())) {
+            self.publish_metrics();
+        }
+    }
+
+    /// The exposition of the counts now; `None` when the counters cannot be read.
+    fn metrics_text(&self) -> Option<String> {
+        let counters = self.probe.counters().ok()?;
+        Some(self.metrics.render(&crate::metrics::publish::Readings {
+            counters: &counters,
+            attached_at: self.probe.attached_at(),
+            kernel_oom_kill: system::kernel_oom_kill(),
+            health: Some(self.keeper.health()),
+            keepalives: self.keeper.keepalives(),
+        }))
+    }
+
+    /// Rewrites the textfile, where there is one; a failure is logged, never fatal.
+    fn publish_metrics(&mut self) {
+        if self.metrics.settings().textfile.is_none() {
+            return;
+        }
+        if let Some(text) = self.metrics_text() {
+            let health = Some(self.keeper.health());
+            self.metrics.write_textfile(&text, health);
+        }
     }
 
     /// The ring buffer cannot be read: kills still count, and from now on reach the rules from

@@ -28,3 +28,5 @@ pub use table::{Entry, Tally};
 /// outgoing connection takes it first), and in no entry of /etc/services (10000 webmin,
 /// 10050-10051 zabbix and 10080-10083 amanda are the nearest).
 pub const DEFAULT_PORT: u16 = 10066;
+pub mod publish;
+pub use publish::{Publisher, Settings};

@@ -301,6 +301,16 @@ impl Keeper {
         self.newly_latched.take()
     }
 
+    /// The health last judged (by a keepalive, a batch of events or a request).
+    pub(crate) fn health(&self) -> Health {
+        self.verdict.health
+    }
+
+    /// Keepalives sent, where something is pinged.
+    pub(crate) fn keepalives(&self) -> Option<u64> {
+        self.interval.map(|_| self.keepalives)
+    }
+
     pub(crate) fn state(&self) -> KeeperState {
         KeeperState {
             device: self.device.as_ref().map(|d| d.path().display().to_string()),
