@@ -360,6 +360,35 @@ fn prometheus_counts_real_kills_through_the_port_and_the_textfile() {
         d.vmstat as f64,
     );
 
+    // The same table for people: `oomcount top`.
+    let top = oomcount(&[
+        OsStr::new("top"),
+        OsStr::new("--json"),
+        OsStr::new("--socket"),
+        daemon.socket().as_os_str(),
+    ]);
+    assert_eq!(top.code, Some(0), "{top:?}");
+    let top: serde_json::Value = serde_json::from_str(&top.stdout).unwrap();
+    let row = top["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["key"] == cg.path().as_str())
+        .unwrap_or_else(|| panic!("no row for {} in {top}", cg.path()));
+    assert_eq!(row["kills"], cg.oom_kills(), "{top}");
+    assert!(row["last_pid"].as_u64().unwrap() > 0, "{top}");
+    for by in ["cgroup", "comm"] {
+        let human = oomcount(&[
+            OsStr::new("top"),
+            OsStr::new("--by"),
+            OsStr::new(by),
+            OsStr::new("--socket"),
+            daemon.socket().as_os_str(),
+        ]);
+        assert_eq!(human.code, Some(0), "{human:?}");
+        println!("$ oomcount top --by {by}\n{}", human.stdout);
+    }
+
     // The kill alert of the shipped rules (`for: 1m`) is pending after the kills.
     wait_until(
         deadline(Duration::from_secs(30)),

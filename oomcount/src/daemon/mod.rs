@@ -215,19 +215,6 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     });
     shared.lock().publish_stat();
     shared.lock().publish_metrics();
-    if let Some(port) = metrics_port {
-        let addr = port.local_addr().ok();
-        let scraped = shared.clone();
-        let render: crate::metrics::http::Render = Arc::new(move || scraped.scrape());
-        tokio::spawn(crate::metrics::http::serve(
-            port,
-            render,
-            crate::metrics::http::Limits::default(),
-        ));
-        if let Some(addr) = addr {
-            log::info!("metrics served on http://{addr}/metrics");
-        }
-    }
     let how = match (origin, &options.pin_dir) {
         (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
         (Origin::Upgraded, Some(dir)) => format!("replaced older pins in {}", dir.display()),
@@ -241,6 +228,19 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         socket.display()
     );
 
+    if let Some(port) = metrics_port {
+        let addr = port.local_addr().ok();
+        let scraped = shared.clone();
+        let render: crate::metrics::http::Render = Arc::new(move || scraped.scrape());
+        tokio::spawn(crate::metrics::http::serve(
+            port,
+            render,
+            crate::metrics::http::Limits::default(),
+        ));
+        if let Some(addr) = addr {
+            log::info!("metrics served on http://{addr}/metrics");
+        }
+    }
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
     let registered =
         unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };

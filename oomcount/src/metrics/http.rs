@@ -67,7 +67,9 @@ impl Default for Limits {
 /// Why the address of `listen` cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("{0}: the port is in use by another program (choose another port, or stop it)")]
+    #[error(
+        "{0}: the port is in use (by another program, or by an oomcount daemon already running): choose another port, or stop it"
+    )]
     InUse(SocketAddr),
     #[error("{0}: no interface of this machine has this address")]
     NotLocal(SocketAddr),
