@@ -13,7 +13,8 @@
 //!   cgroup path is also cut to the configured depth, so that the rows are the slices,
 //!   services or pods a fleet watches, not the cgroup of each short-lived container;
 //! - a command named `_other` itself counts in the `_other` row (two series with one label
-//!   value would be one series twice); a cgroup key always starts with `/`, so it cannot clash.
+//!   value would be one series twice), and so does an empty name (an empty label value is no
+//!   label to Prometheus); a cgroup key always starts with `/`, so it cannot clash.
 //!
 //! Each row keeps its count, the time of its last kill and the last victim (pid and command name)
 //! for `oomcount top`. Never a pid in a label: one series per process would be unbounded.
@@ -87,7 +88,8 @@ impl Tally {
     pub fn count(&mut self, key: Option<&[u8]>, kill: Kill<'_>) {
         let key = key.map(|key| bounded(key, MAX_KEY));
         let own = match &key {
-            Some(key) if key != OTHER => {
+            // An empty label value is no label at all to Prometheus: no row of its own either.
+            Some(key) if key != OTHER && !key.is_empty() => {
                 if !self.rows.contains_key(&**key) && self.rows.len() < self.capacity {
                     self.rows.insert(key.to_string(), Entry::new(kill.at));
                 }
@@ -219,10 +221,11 @@ mod tests {
         tally.count_comm(kill(5, b"d"));
         tally.count(None, kill(6, b"e"));
         // A name that is the overflow row's own label value goes there too.
+        tally.count_comm(kill(8, b""));
         tally.count_comm(kill(7, b"_other"));
         let rows: Vec<(&str, u64)> = tally.entries().map(|(k, e)| (k, e.kills)).collect();
-        assert_eq!(rows, [("a", 2), ("b", 1), (OTHER, 4)]);
-        assert_eq!(tally.total(), 7);
+        assert_eq!(rows, [("a", 2), ("b", 1), (OTHER, 5)]);
+        assert_eq!(tally.total(), 8);
         let (_, a) = tally.entries().next().unwrap();
         assert_eq!(
             (a.last_pid, a.last_comm.as_str(), a.last_kill),
