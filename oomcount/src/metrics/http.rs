@@ -7,9 +7,13 @@
 //! The thread that serves the port also sends the watchdog's keepalives, so nothing a client
 //! does may hold it, and the port may be open to more than root:
 //!
-//! - at most [`Limits::clients`] connections at once; a connection past them is taken, and the
-//!   oldest one still held is closed, so that a flood of idle connections cannot keep a scraper
-//!   out (its request comes with its connection, and is answered before the flood reaches it);
+//! - a request whose head has arrived when its connection is accepted (a scraper's: it sends it
+//!   with the connection) is answered then and there, without a task, so a flood of connections
+//!   cannot keep a scraper out;
+//! - at most [`Limits::clients`] connections wait for the rest of their head at once; past them,
+//!   the oldest one is closed;
+//! - connections are accepted [`ACCEPTS_PER_TURN`] at a time, then the thread goes to the other
+//!   tasks (the keepalive first of all) before the next ones;
 //! - a request's head (request line and headers) is at most [`Limits::request`] bytes (431
 //!   past it) and must arrive whole within [`Limits::read`] of the connection, however slowly a
 //!   client sends it byte by byte; the answer must be taken within [`Limits::write`];
