@@ -12,7 +12,7 @@
 //!   cannot keep a scraper out;
 //! - at most [`Limits::clients`] connections wait for the rest of their head at once; past them,
 //!   the oldest one is closed;
-//! - connections are accepted [`ACCEPTS_PER_TURN`] at a time, then the thread goes to the other
+//! - connections are accepted `ACCEPTS_PER_TURN` (32) at a time, then the thread goes to the other
 //!   tasks (the keepalive first of all) before the next ones;
 //! - a request's head (request line and headers) is at most [`Limits::request`] bytes (431
 //!   past it) and must arrive whole within [`Limits::read`] of the connection, however slowly a

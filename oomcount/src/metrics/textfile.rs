@@ -3,14 +3,14 @@
 //! node_exporter reads every `*.prom` file of its `--collector.textfile.directory` at each scrape,
 //! whenever that happens, so the file must never be seen half written: it is written beside
 //! (`<path>.tmp`, which the collector ignores, not ending in `.prom`) and renamed over the old one,
-//! as the stat file is ([`crate::files::write_atomic`]: never through a link, mode 0644).
+//! as the stat file is (`files::write_atomic`: never through a link, mode 0644).
 //!
 //! The folder is the collector's, which the daemon does not create: a folder that does not
 //! exist is a mistake in the configuration (a typo, node_exporter not installed), said before
 //! the daemon attaches ([`check`]), rather than a file that nobody reads.
 //!
 //! The folder must not be writable by others unless sticky (another user could put a link at
-//! the temporary's name; [`crate::files::write_atomic`] opens it with `O_NOFOLLOW` and
+//! the temporary's name; `files::write_atomic` opens it with `O_NOFOLLOW` and
 //! `O_EXCL` anyway). Unlike the stat file's, the folders above it are not required to be root's:
 //! Debian's `/var/lib/prometheus` belongs to the `prometheus` user. That user could swap the
 //! folder for a link elsewhere, and have root write a file named `oomcount.prom`, of
