@@ -57,6 +57,21 @@ const GOALS: &[Goal] = &[
         text: "<= 1 ms",
     },
     Goal {
+        id: "scrape_cpu_ratio",
+        limit: 0.1,
+        text: "<= 0.1x",
+    },
+    Goal {
+        id: "publish_textfile_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
+        id: "publish_port_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
         id: "storm_missed",
         limit: 0.0,
         text: "0",

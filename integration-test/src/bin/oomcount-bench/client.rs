@@ -43,6 +43,8 @@ pub fn counter(reply: &Value, name: &str) -> u64 {
 pub struct Received {
     /// Kill events: how long after the kernel's mark (its `time`) the line was read.
     pub kill_latencies: Vec<Duration>,
+    /// Kill events: the kernel's mark (their `time`).
+    pub kill_times: Vec<SystemTime>,
     pub marks: u64,
     pub dropped: u64,
     pub garbage: Vec<String>,
@@ -122,9 +124,12 @@ fn record(received: &mut Received, line: &str, at: SystemTime, cgroup: &str) {
             .as_str()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
         {
-            Some(marked) => received
-                .kill_latencies
-                .push(at.duration_since(marked).unwrap_or_default()),
+            Some(marked) => {
+                received
+                    .kill_latencies
+                    .push(at.duration_since(marked).unwrap_or_default());
+                received.kill_times.push(marked);
+            }
             None => received.garbage.push(line.to_owned()),
         }
     } else if let Some(dropped) = value.get("dropped") {

@@ -104,6 +104,7 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
     phases::cpu::count_ratio(&mut bench)?;
     phases::cpu::scrapes(&mut bench)?;
     phases::events::latency(&mut bench)?;
+    phases::events::publish_latency(&mut bench)?;
     phases::bpf::bpf_cost(&mut bench)?;
     phases::events::storm(&mut bench)?;
     phases::memory::end_memory(&mut bench)?;

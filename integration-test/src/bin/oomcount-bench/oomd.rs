@@ -1,6 +1,8 @@
 //! The daemon under measurement: the release `oomcount daemon` on a socket of its own, unpinned
 //! (a daemon of the machine's own, pinned, is left alone), its log read line by line so that
-//! the moment it is attached and serving is known to the millisecond.
+//! the moment it is attached and serving is known to the millisecond. Both Prometheus outputs
+//! are on (`[metrics]`: a textfile in its folder and a loopback port, per-key series too), as a
+//! fleet runs it: every figure of the bench is the daemon's with them.
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -20,6 +22,10 @@ pub struct Oomd {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
+    /// Where it serves `GET /metrics` (`127.0.0.1:PORT`).
+    pub metrics: String,
+    /// The textfile it rewrites after each batch of events.
+    pub textfile: PathBuf,
     /// From just before `spawn` to the log line that says it serves.
     pub ready_after: Duration,
     /// Its CPU time (user, system ticks) at that moment: loading and verifying the programs.
@@ -35,9 +41,29 @@ impl Oomd {
             std::env::temp_dir().join(format!("oomcount-bench-{}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|err| format!("mkdir {}: {err}", dir.display()))?;
         let socket = dir.join("oomcount.sock");
+        let textfiles = dir.join("textfile");
+        std::fs::create_dir_all(&textfiles)
+            .map_err(|err| format!("mkdir {}: {err}", textfiles.display()))?;
+        let textfile = textfiles.join("oomcount.prom");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|err| format!("a free loopback port: {err}"))?
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let config = dir.join("oomcount.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[metrics]\nlisten = \"{metrics}\"\ntextfile = {:?}\nby_cgroup = true\nby_comm = true\n",
+                textfile.display().to_string()
+            ),
+        )
+        .map_err(|err| format!("write {}: {err}", config.display()))?;
         let started = Instant::now();
         let mut child = Command::new(&bin)
-            .args(["daemon", "--no-pin", "--socket"])
+            .args(["daemon", "--no-pin", "--config"])
+            .arg(&config)
+            .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -76,6 +102,8 @@ impl Oomd {
             child,
             dir,
             socket,
+            metrics,
+            textfile,
             ready_after,
             startup_ticks,
             log,

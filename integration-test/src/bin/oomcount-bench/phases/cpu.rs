@@ -1,4 +1,4 @@
-//! CPU: idle, `oomcount count` against grep, node_exporter's scrapes.
+//! CPU: idle, `oomcount count` against grep, scrapes of the daemon's port and of node_exporter.
 use std::{process::Command, time::Instant};
 
 use oomcount_integration_test::{locate, vmstat};
@@ -14,6 +14,10 @@ use crate::{
 const COUNT_ROUNDS: usize = 100;
 /// node_exporter scrapes before its peak is read.
 const SCRAPES: usize = 100;
+/// Scrapes of the daemon's port: at ~0.07 ms each, enough for tens of clock ticks.
+const OUR_SCRAPES: usize = 5000;
+/// node_exporter's CPU per scrape with all its collectors (FACTS.md), in ms.
+const NODE_FULL_SCRAPE_MS: f64 = 9.3;
 
 pub fn idle_cpu(b: &mut Bench) -> Result<(), String> {
     let secs = b.args.idle.as_secs();
@@ -103,30 +107,81 @@ pub fn count_ratio(b: &mut Bench) -> Result<(), String> {
     Ok(())
 }
 
-/// node_exporter scraped [`SCRAPES`] times: its CPU per scrape, and its growth.
+/// node_exporter scraped [`SCRAPES`] times and the daemon's port [`OUR_SCRAPES`] times: the CPU
+/// per scrape of each, and their growth.
 pub fn scrapes(b: &mut Bench) -> Result<(), String> {
-    let Ok(node) = &b.node_exporter else {
-        return Ok(());
+    let node = match &b.node_exporter {
+        Ok(node) => {
+            let address = node.address.clone().expect("node_exporter has an address");
+            progress(&format!("node_exporter: {SCRAPES} scrapes"));
+            let before = procfs::cpu_ticks(node.pid())?;
+            let mut times = Vec::new();
+            for _ in 0..SCRAPES {
+                let started = Instant::now();
+                baselines::scrape(&address)?;
+                times.push(ms(started.elapsed()));
+            }
+            let cpu = (procfs::cpu_ticks(node.pid())? - before) as f64 * procfs::ms_per_tick();
+            let m = procfs::memory(node.pid())?;
+            b.details.insert(
+                "node_exporter_scrapes".into(),
+                json!({
+                    "scrapes": SCRAPES,
+                    "cpu_ms_per_scrape": cpu / SCRAPES as f64,
+                    "median_wall_ms": percentile(&times, 50.0),
+                    "rss_kb_after": m.rss_kb,
+                }),
+            );
+            Ok(cpu / SCRAPES as f64)
+        }
+        Err(why) => Err(why.clone()),
     };
-    let address = node.address.clone().expect("node_exporter has an address");
-    progress(&format!("node_exporter: {SCRAPES} scrapes"));
-    let before = procfs::cpu_ticks(node.pid())?;
+
+    progress(&format!("the daemon's /metrics: {OUR_SCRAPES} scrapes"));
+    let pid = b.daemon.pid();
+    let before = procfs::cpu_ticks(pid)?;
     let mut times = Vec::new();
-    for _ in 0..SCRAPES {
+    for _ in 0..OUR_SCRAPES {
         let started = Instant::now();
-        baselines::scrape(&address)?;
+        let body = baselines::scrape(&b.daemon.metrics)?;
         times.push(ms(started.elapsed()));
+        if !body.contains("\noomcount_oom_kills_total ") {
+            return Err(format!(
+                "the daemon's /metrics lacks oomcount_oom_kills_total: {body}"
+            ));
+        }
     }
-    let cpu = (procfs::cpu_ticks(node.pid())? - before) as f64 * procfs::ms_per_tick();
-    let m = procfs::memory(node.pid())?;
+    let ours =
+        (procfs::cpu_ticks(pid)? - before) as f64 * procfs::ms_per_tick() / OUR_SCRAPES as f64;
+    let rss = procfs::memory(pid)?.rss_kb;
     b.details.insert(
-        "node_exporter_scrapes".into(),
+        "oomcount_scrapes".into(),
         json!({
-            "scrapes": SCRAPES,
-            "cpu_ms_per_scrape": cpu / SCRAPES as f64,
+            "scrapes": OUR_SCRAPES,
+            "cpu_ms_per_scrape": ours,
             "median_wall_ms": percentile(&times, 50.0),
-            "rss_kb_after": m.rss_kb,
+            "rss_kb_after": rss,
         }),
+    );
+    b.rows.push(
+        Row::new("scrape_cpu", "CPU per scrape of /metrics", "ms")
+            .value(Ok(ours))
+            .baseline("node_exporter (vmstat only)", node.clone())
+            .earlier("node_exporter, all collectors", NODE_FULL_SCRAPE_MS)
+            .note(format!(
+                "the daemon's CPU time over {OUR_SCRAPES} scrapes of its port (one connection each, \
+                 as Prometheus without keep-alive), node_exporter's over {SCRAPES}; daemon VmRSS \
+                 after them {rss} kB"
+            )),
+    );
+    b.rows.push(
+        Row::new(
+            "scrape_cpu_ratio",
+            "CPU per scrape, against node_exporter (vmstat only)",
+            "x",
+        )
+        .value(node.map(|node| ours / node))
+        .note("the row above: the daemon's figure over node_exporter's, both from this run"),
     );
     Ok(())
 }

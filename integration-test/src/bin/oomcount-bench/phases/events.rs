@@ -199,6 +199,192 @@ fn console_note() -> String {
     )
 }
 
+/// Kills, one at a time, whose appearance in the textfile and at the port is measured.
+const PUBLISH_KILLS: usize = 100;
+
+/// A kill to its appearance in the daemon's Prometheus outputs: the textfile's rename (seen by
+/// inotify) after the kill's mark, and the first answer of the port (scraped in a loop by a
+/// thread meanwhile) that counts it.
+pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    progress(&format!(
+        "latency to the textfile and the port: {PUBLISH_KILLS} kills, one at a time"
+    ));
+    let cg = MemCg::new("bench-publish", 4 << 20);
+    let renames = Renames::watch(b.daemon.textfile.parent().expect("a folder"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let address = b.daemon.metrics.clone();
+    let stopped = stop.clone();
+    // (when answered, oomcount_oom_kills_total) for each scrape.
+    let scraper = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok(body) = baselines::scrape(&address) else {
+                continue;
+            };
+            let at = std::time::SystemTime::now();
+            if let Some(kills) = body
+                .lines()
+                .find_map(|l| l.strip_prefix("oomcount_oom_kills_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                seen.push((at, kills));
+            }
+        }
+        seen
+    });
+    let socket = b.daemon.socket().to_path_buf();
+    let kills0 = client::counter(&client::count(&socket)?, "kills");
+    let watch = client::Watch::start(&socket, &cg.path())?;
+    for _ in 0..PUBLISH_KILLS {
+        producer::storm(std::slice::from_ref(&cg), 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = wait_for(Duration::from_secs(10), || {
+        let r = watch.received();
+        (r.kill_times.len() >= PUBLISH_KILLS).then_some(r)
+    })
+    .unwrap_or_else(|| watch.received());
+    // The last rename is done once the daemon's count is final.
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let scrapes = scraper
+        .join()
+        .map_err(|_| "the scraper panicked".to_owned())?;
+    let renames = renames.stop();
+    let mut times = got.kill_times.clone();
+    times.sort();
+    let after =
+        |at: std::time::SystemTime, t: std::time::SystemTime| t.duration_since(at).ok().map(ms);
+    // The textfile: the first rename after each kill's mark.
+    let textfile: Vec<f64> = times
+        .iter()
+        .filter_map(|&marked| renames.iter().find_map(|&r| after(marked, r)))
+        .collect();
+    // The port: the first answer counting the n-th kill, after its mark.
+    let port: Vec<f64> = times
+        .iter()
+        .enumerate()
+        .filter_map(|(n, &marked)| {
+            scrapes
+                .iter()
+                .find(|(_, kills)| *kills > kills0 + n as u64)
+                .and_then(|&(at, _)| after(marked, at))
+        })
+        .collect();
+    let note = format!(
+        "the kill event's `time` (the kernel's mark) to the rename of the textfile (inotify \
+         IN_MOVED_TO, read by a thread of the bench) and to the first answer of the port that \
+         counts it (a thread of the bench scraping in a loop: {} scrapes); {} of \
+         {PUBLISH_KILLS} kills seen by a watcher, {} renames",
+        scrapes.len(),
+        times.len(),
+        renames.len()
+    );
+    for (id, figure, values) in [
+        (
+            "publish_textfile_p99",
+            "latency kill -> textfile, p99",
+            &textfile,
+        ),
+        (
+            "publish_port_p99",
+            "latency kill -> port's answer, p99",
+            &port,
+        ),
+    ] {
+        b.rows.push(
+            Row::new(id, figure, "ms")
+                .value(percentile(values, 99.0).ok_or_else(|| "none seen".to_owned()))
+                .note(format!(
+                    "{note}; p50 {:.3} ms of {} kills",
+                    percentile(values, 50.0).unwrap_or(f64::NAN),
+                    values.len()
+                )),
+        );
+    }
+    b.details.insert(
+        "publish_latency_ms".into(),
+        json!({"textfile": textfile, "port": port}),
+    );
+    Ok(())
+}
+
+/// The wall-clock times of the renames into a folder (the daemon's textfile), read by a thread
+/// from inotify until stopped.
+struct Renames {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<std::time::SystemTime>>,
+}
+
+impl Renames {
+    fn watch(dir: &std::path::Path) -> Result<Renames, String> {
+        use std::os::unix::ffi::OsStrExt as _;
+        // SAFETY: inotify_init1 makes a descriptor this function owns from here.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!(
+                "inotify_init1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the descriptor is valid and owned by the OwnedFd alone.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| "a NUL in the textfile's folder".to_owned())?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(raw, path.as_ptr(), libc::IN_MOVED_TO) } < 0 {
+            return Err(format!(
+                "inotify_add_watch {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut times = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut poll = libc::pollfd {
+                    fd: raw,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd of ours, a 50 ms timeout.
+                if unsafe { libc::poll(&mut poll, 1, 50) } <= 0 {
+                    continue;
+                }
+                let at = std::time::SystemTime::now();
+                // SAFETY: reading into a buffer of ours from a descriptor held by `fd`.
+                let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+                // Each event is one rename into the folder (the textfile is all there is).
+                let size = std::mem::size_of::<libc::inotify_event>();
+                let mut at_byte = 0;
+                while n > 0 && at_byte + size <= n as usize {
+                    let len = u32::from_ne_bytes(
+                        buf[at_byte + 12..at_byte + 16].try_into().expect("4 bytes"),
+                    ) as usize;
+                    times.push(at);
+                    at_byte += size + len;
+                }
+            }
+            drop(fd);
+            times
+        });
+        Ok(Renames { stop, thread })
+    }
+
+    fn stop(self) -> Vec<std::time::SystemTime> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 pub fn storm(b: &mut Bench) -> Result<(), String> {
     let each = b.args.storm_kills.div_ceil(STORM_PRODUCERS);
     let total = each * STORM_PRODUCERS;

@@ -88,7 +88,10 @@ pub fn steady_memory(b: &mut Bench) -> Result<(), String> {
     let row = with_baselines(row, b, "node_exporter (vmstat only)", |m| m.rss_kb)
         .earlier("bare aya loader", 18_800.0)
         .earlier("bare aya loader, kernel BTF skipped", 4_900.0)
-        .note(format!("VmLck {} kB; by mapping in details", m.locked_kb));
+        .note(format!(
+            "both Prometheus outputs on (a textfile and a loopback port, per-key series too); VmLck {} kB; by mapping in details",
+            m.locked_kb
+        ));
     b.rows.push(row);
     Ok(())
 }
