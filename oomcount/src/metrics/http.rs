@@ -368,8 +368,7 @@ fn write_ready(
         }
     };
     if written == reply.len() {
-        // Closed on drop, after the answer (the kernel sends what it holds).
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Closed on drop, after the answer: the kernel sends what it holds, then the FIN.
         return None;
     }
     Some(Waiting {
