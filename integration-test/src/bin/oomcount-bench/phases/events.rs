@@ -202,19 +202,29 @@ fn console_note() -> String {
 /// Kills, one at a time, whose appearance in the textfile and at the port is measured.
 const PUBLISH_KILLS: usize = 100;
 
-/// A kill to its appearance in the daemon's Prometheus outputs: the textfile's rename (seen by
-/// inotify) after the kill's mark, and the first answer of the port (scraped in a loop by a
-/// thread meanwhile) that counts it.
+/// A kill to its appearance in the daemon's Prometheus outputs, each measured over kills of
+/// its own so that neither measurement disturbs the other: the textfile's rename (seen by
+/// inotify) after the kill's mark; then the first answer of the port that counts the kill (a
+/// thread scraping in a loop meanwhile).
 pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     };
     progress(&format!(
-        "latency to the textfile and the port: {PUBLISH_KILLS} kills, one at a time"
+        "latency to the textfile, then to the port: {PUBLISH_KILLS} kills each, one at a time"
     ));
     let cg = MemCg::new("bench-publish", 4 << 20);
+
     let renames = Renames::watch(b.daemon.textfile.parent().expect("a folder"))?;
+    let (_, marks) = marked_kills(b, &cg)?;
+    let renames = renames.stop();
+    // The first rename after each kill's mark.
+    let textfile: Vec<f64> = marks
+        .iter()
+        .filter_map(|&marked| renames.iter().find_map(|&r| after(marked, r)))
+        .collect();
+
     let stop = Arc::new(AtomicBool::new(false));
     let address = b.daemon.metrics.clone();
     let stopped = stop.clone();
@@ -236,36 +246,14 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
         }
         seen
     });
-    let socket = b.daemon.socket().to_path_buf();
-    let kills0 = client::counter(&client::count(&socket)?, "kills");
-    let watch = client::Watch::start(&socket, &cg.path())?;
-    for _ in 0..PUBLISH_KILLS {
-        producer::storm(std::slice::from_ref(&cg), 1);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let got = wait_for(Duration::from_secs(10), || {
-        let r = watch.received();
-        (r.kill_times.len() >= PUBLISH_KILLS).then_some(r)
-    })
-    .unwrap_or_else(|| watch.received());
-    // The last rename is done once the daemon's count is final.
-    std::thread::sleep(Duration::from_millis(100));
+    let marked = marked_kills(b, &cg);
     stop.store(true, Ordering::Relaxed);
     let scrapes = scraper
         .join()
         .map_err(|_| "the scraper panicked".to_owned())?;
-    let renames = renames.stop();
-    let mut times = got.kill_times.clone();
-    times.sort();
-    let after =
-        |at: std::time::SystemTime, t: std::time::SystemTime| t.duration_since(at).ok().map(ms);
-    // The textfile: the first rename after each kill's mark.
-    let textfile: Vec<f64> = times
-        .iter()
-        .filter_map(|&marked| renames.iter().find_map(|&r| after(marked, r)))
-        .collect();
-    // The port: the first answer counting the n-th kill, after its mark.
-    let port: Vec<f64> = times
+    let (kills0, port_marks) = marked?;
+    // The first answer counting the n-th kill, after its mark.
+    let port: Vec<f64> = port_marks
         .iter()
         .enumerate()
         .filter_map(|(n, &marked)| {
@@ -275,32 +263,37 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
                 .and_then(|&(at, _)| after(marked, at))
         })
         .collect();
-    let note = format!(
-        "the kill event's `time` (the kernel's mark) to the rename of the textfile (inotify \
-         IN_MOVED_TO, read by a thread of the bench) and to the first answer of the port that \
-         counts it (a thread of the bench scraping in a loop: {} scrapes); {} of \
-         {PUBLISH_KILLS} kills seen by a watcher, {} renames",
-        scrapes.len(),
-        times.len(),
-        renames.len()
-    );
-    for (id, figure, values) in [
+    let rows = [
         (
             "publish_textfile_p99",
             "latency kill -> textfile, p99",
             &textfile,
+            format!(
+                "the kill event's `time` (the kernel's mark) to the rename of the textfile (inotify \
+                 IN_MOVED_TO, read by a thread of the bench); {} renames for {} kills seen by a \
+                 watcher",
+                renames.len(),
+                marks.len()
+            ),
         ),
         (
             "publish_port_p99",
             "latency kill -> port's answer, p99",
             &port,
+            format!(
+                "the kill event's `time` to the first answer of the port that counts it, over \
+                 {PUBLISH_KILLS} more kills while a thread of the bench scraped in a loop ({} \
+                 scrapes): the port reads the kernel's counters at each scrape",
+                scrapes.len()
+            ),
         ),
-    ] {
+    ];
+    for (id, figure, values, note) in rows {
         b.rows.push(
             Row::new(id, figure, "ms")
                 .value(percentile(values, 99.0).ok_or_else(|| "none seen".to_owned()))
                 .note(format!(
-                    "{note}; p50 {:.3} ms of {} kills",
+                    "{note}; p50 {:.3} ms, {} kills measured",
                     percentile(values, 50.0).unwrap_or(f64::NAN),
                     values.len()
                 )),
@@ -311,6 +304,33 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
         json!({"textfile": textfile, "port": port}),
     );
     Ok(())
+}
+
+/// How long after `at` the time `t` is, in ms; `None` before it.
+fn after(at: std::time::SystemTime, t: std::time::SystemTime) -> Option<f64> {
+    t.duration_since(at).ok().map(ms)
+}
+
+/// [`PUBLISH_KILLS`] kills in `cg`, one at a time: the daemon's kill count before them, and their
+/// marks (the events' `time`) in order.
+fn marked_kills(b: &Bench, cg: &MemCg) -> Result<(u64, Vec<std::time::SystemTime>), String> {
+    let socket = b.daemon.socket().to_path_buf();
+    let kills0 = client::counter(&client::count(&socket)?, "kills");
+    let watch = client::Watch::start(&socket, &cg.path())?;
+    for _ in 0..PUBLISH_KILLS {
+        producer::storm(std::slice::from_ref(cg), 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = wait_for(Duration::from_secs(10), || {
+        let r = watch.received();
+        (r.kill_times.len() >= PUBLISH_KILLS).then_some(r)
+    })
+    .unwrap_or_else(|| watch.received());
+    // The daemon renames the textfile after the batch that carried the last event.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut marks = got.kill_times;
+    marks.sort();
+    Ok((kills0, marks))
 }
 
 /// The wall-clock times of the renames into a folder (the daemon's textfile), read by a thread
