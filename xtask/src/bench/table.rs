@@ -72,6 +72,16 @@ const GOALS: &[Goal] = &[
         text: "<= 1 ms",
     },
     Goal {
+        id: "publish_textfile_quiet_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
+        id: "publish_port_quiet_p99",
+        limit: 1.0,
+        text: "<= 1 ms",
+    },
+    Goal {
         id: "storm_missed",
         limit: 0.0,
         text: "0",

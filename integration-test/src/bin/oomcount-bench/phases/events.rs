@@ -207,13 +207,51 @@ const PUBLISH_KILLS: usize = 100;
 /// inotify) after the kill's mark; then the first answer of the port that counts the kill (a
 /// thread scraping in a loop meanwhile).
 pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
+    progress(&format!(
+        "latency to the textfile, then to the port: {PUBLISH_KILLS} kills each, one at a time"
+    ));
+    publish_rows(
+        b,
+        [
+            ("publish_textfile_p99", "latency kill -> textfile, p99"),
+            ("publish_port_p99", "latency kill -> port's answer, p99"),
+        ],
+        "",
+    )?;
+    // As the `watch` latency: the console's share left out.
+    if !console_note().is_empty() {
+        progress("the same with console_loglevel 3 (the kill lines off the console)");
+        let quiet = Sysctl::set(PRINTK, "3")?;
+        let measured = publish_rows(
+            b,
+            [
+                (
+                    "publish_textfile_quiet_p99",
+                    "latency kill -> textfile, console quiet, p99",
+                ),
+                (
+                    "publish_port_quiet_p99",
+                    "latency kill -> port's answer, console quiet, p99",
+                ),
+            ],
+            "; console_loglevel 3 meanwhile (`kernel.printk`, put back after)",
+        );
+        drop(quiet);
+        measured?;
+    }
+    Ok(())
+}
+
+/// One measurement of [`publish_latency`]: its two rows, `more` added to their notes.
+fn publish_rows(
+    b: &mut Bench,
+    ids: [(&'static str, &'static str); 2],
+    more: &str,
+) -> Result<(), String> {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     };
-    progress(&format!(
-        "latency to the textfile, then to the port: {PUBLISH_KILLS} kills each, one at a time"
-    ));
     let cg = MemCg::new("bench-publish", 4 << 20);
 
     let renames = Renames::watch(b.daemon.textfile.parent().expect("a folder"))?;
@@ -263,10 +301,11 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
                 .and_then(|&(at, _)| after(marked, at))
         })
         .collect();
+    let [(textfile_id, textfile_figure), (port_id, port_figure)] = ids;
     let rows = [
         (
-            "publish_textfile_p99",
-            "latency kill -> textfile, p99",
+            textfile_id,
+            textfile_figure,
             &textfile,
             format!(
                 "the kill event's `time` (the kernel's mark) to the rename of the textfile (inotify \
@@ -277,8 +316,8 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
             ),
         ),
         (
-            "publish_port_p99",
-            "latency kill -> port's answer, p99",
+            port_id,
+            port_figure,
             &port,
             format!(
                 "the kill event's `time` to the first answer of the port that counts it, over \
@@ -293,14 +332,14 @@ pub fn publish_latency(b: &mut Bench) -> Result<(), String> {
             Row::new(id, figure, "ms")
                 .value(percentile(values, 99.0).ok_or_else(|| "none seen".to_owned()))
                 .note(format!(
-                    "{note}; p50 {:.3} ms, {} kills measured",
+                    "{note}; p50 {:.3} ms, {} kills measured{more}",
                     percentile(values, 50.0).unwrap_or(f64::NAN),
                     values.len()
                 )),
         );
     }
     b.details.insert(
-        "publish_latency_ms".into(),
+        format!("{textfile_id}_ms"),
         json!({"textfile": textfile, "port": port}),
     );
     Ok(())
