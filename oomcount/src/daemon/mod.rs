@@ -449,8 +449,8 @@ impl Shared {
 impl State {
     /// After a batch of events: the books settled with the counters read now (see
     /// [`Ledger::settle`]), the verdict judged at once (an unrecoverable kill stops the very next
-    /// keepalive), the books' slots kept with the pins, the stat file rewritten. Returns the
-    /// events dropped since the last batch, for the watchers.
+    /// keepalive), the metrics' textfile rewritten, the books' slots kept with the pins, the stat
+    /// file rewritten. Returns the events dropped since the last batch, for the watchers.
     fn settle(&mut self) -> Option<u64> {
         let mut dropped = None;
         if let Ok(counters) = self.probe.counters() {
@@ -458,12 +458,15 @@ impl State {
             self.weigh(settled.unseen);
             dropped = settled.dropped;
         }
-        self.judge();
+        // Judged and published once: the textfile first (with the new verdict, a rename that
+        // costs ~0.35 ms on ext4), then the pins' slots and the stat file.
+        self.keeper.judge();
+        self.keep_latch();
+        self.publish_metrics();
         for (slot, value) in self.ledger.slots() {
             let _ = self.probe.set_slot(slot, value);
         }
         self.publish_stat();
-        self.publish_metrics();
         dropped
     }
 
