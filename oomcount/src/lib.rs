@@ -13,6 +13,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod keeper;
 pub mod logger;
+pub mod notify;
 pub mod offsets;
 pub mod pins;
 pub mod probe;
