@@ -9,6 +9,7 @@
 //!     oomcount-hog storm   --cgroup DIR... --kills-each K              forking producers
 //!     oomcount-hog dying   --cgroup DIR --mb N                         the already-dying victim
 //!     oomcount-hog nobody  OP ARGS...                                  another user's steps
+//!     oomcount-hog hook-probe DIR [--sleep-ms N] [--hang] ...         a hook that records
 //!
 //! `nobody` runs one step as uid and gid 65534 without groups, with no tool of the machine's
 //! (the VM guest has none): `mkdir PATH`, `rm PATH`, `ln TARGET LINK`, `ls DIR`, and
@@ -26,7 +27,7 @@ use std::{
     process::ExitCode,
 };
 
-use oomcount_integration_test::{attacker, victim, wait::in_vm};
+use oomcount_integration_test::{attacker, hook_probe, victim, wait::in_vm};
 
 #[derive(Default)]
 struct Options {
@@ -57,6 +58,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         .ok_or("name a mode: alloc, threads, vmshare, storm, dying or nobody")?;
     if mode == "nobody" {
         return nobody(rest);
+    }
+    // A hook for the hook tests (the library's `hook_probe`): shipped in the hog so that the VM
+    // guests have it too.
+    if mode == "hook-probe" {
+        return hook_probe::main(rest);
     }
     let (count, rest) = match (mode.as_str(), rest.split_first()) {
         ("threads", Some((n, rest))) => (

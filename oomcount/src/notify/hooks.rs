@@ -51,7 +51,7 @@ pub struct HookConfig {
     pub on_kill: Option<Vec<String>>,
     /// Program and arguments run for each change of verdict.
     pub on_verdict: Option<Vec<String>>,
-    /// The user hooks run as.
+    /// The user hooks run as: a name, or a numeric uid.
     pub user: String,
     /// Hooks running at once, at most.
     pub max_running: usize,
@@ -227,16 +227,7 @@ impl Hooks {
         if config.timeout.is_zero() {
             return Err(HookError::NoTimeout);
         }
-        let user = nix::unistd::User::from_name(&config.user)
-            .map_err(|source| HookError::UserLookup {
-                user: config.user.clone(),
-                source,
-            })?
-            .ok_or_else(|| HookError::UnknownUser(config.user.clone()))?;
-        let identity = Identity {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        };
+        let identity = resolve(&config.user)?;
         for (key, argv) in [
             ("on_kill", &config.on_kill),
             ("on_verdict", &config.on_verdict),
@@ -568,6 +559,30 @@ fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
     Ok(())
 }
 
+/// A user name (its uid and primary group from the user database), or a numeric uid: its primary
+/// group where the database knows it, else the group of the same number (a machine without
+/// /etc/passwd, such as a minimal guest).
+fn resolve(user: &str) -> Result<Identity, HookError> {
+    let lookup = |source| HookError::UserLookup {
+        user: user.to_owned(),
+        source,
+    };
+    if let Some(found) = nix::unistd::User::from_name(user).map_err(lookup)? {
+        return Ok(Identity {
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+        });
+    }
+    let uid: libc::uid_t = match user.parse() {
+        Ok(uid) if user.bytes().all(|b| b.is_ascii_digit()) => uid,
+        _ => return Err(HookError::UnknownUser(user.to_owned())),
+    };
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .map_err(lookup)?
+        .map_or(uid, |found| found.gid.as_raw());
+    Ok(Identity { uid, gid })
+}
+
 /// An `on_kill`/`on_verdict` list: an absolute path to a regular file `user` may execute.
 fn check_program(
     key: &'static str,
@@ -678,6 +693,10 @@ mod tests {
                 .starts_with("hooks.on_verdict:")
         );
         config(&["/bin/true", "any", "args"]).check().unwrap();
+        let numeric = resolve("4000000000").unwrap();
+        assert_eq!((numeric.uid, numeric.gid), (4_000_000_000, 4_000_000_000));
+        assert_eq!(resolve("0").unwrap().uid, 0);
+        assert!(resolve("-1").is_err() && resolve("+5").is_err());
         std::fs::remove_file(plain).unwrap();
     }
 
