@@ -8,6 +8,11 @@
 //! names appear in the v1 memory controller's hierarchy and in cgroup2, possibly below a prefix
 //! (kind, k3s, a nested runtime), so each path component is judged by itself.
 //!
+//! The kernel record carries each level's name in [`oomcount_common::CGROUP_NAME`] bytes, so a
+//! longer name arrives cut to [`NAME_MAX`] bytes: `docker-<id>.scope` (77 bytes) loses the end
+//! of its id, `kubepods-burstable-pod<uid>.slice` (64) its last letter. A cut name gives what
+//! it still holds whole (a pod uid before its cut `.slice`), never a part of an id.
+//!
 //! Pure: no file is read, nothing is asked of a runtime (the victim is gone by the time anyone
 //! could ask). The work is one pass over the path's bytes, whatever they are. A path that shows
 //! none of these leaves every field absent: nothing is guessed.
@@ -35,6 +40,9 @@ impl Container {
         *self == Self::default()
     }
 }
+
+/// The longest name a level of the kernel's record holds: a name this long may have been cut.
+pub const NAME_MAX: usize = oomcount_common::CGROUP_NAME - 1;
 
 /// Runtime prefixes of a container's cgroup name; the conmon monitors' own scopes
 /// (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers and fail the id check.
@@ -96,7 +104,7 @@ fn container_id(name: &str) -> Option<&str> {
 fn pod(name: &str, kube: Option<&'static str>) -> Option<(String, &'static str)> {
     let (uid, qos) = if let Some(slice) = name
         .strip_prefix("kubepods-")
-        .and_then(|rest| rest.strip_suffix(".slice"))
+        .and_then(|rest| strip_slice(rest, name.len()))
     {
         if let Some(uid) = slice.strip_prefix("burstable-pod") {
             (uid, "burstable")
@@ -114,6 +122,18 @@ fn pod(name: &str, kube: Option<&'static str>) -> Option<(String, &'static str)>
             .bytes()
             .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
     valid.then(|| (uid.replace('_', "-"), qos))
+}
+
+/// `rest` without its `.slice`, or without the start of `.slice` the kernel's record left when
+/// it cut the name (of `len` bytes) at [`NAME_MAX`].
+fn strip_slice(rest: &str, len: usize) -> Option<&str> {
+    if let Some(stem) = rest.strip_suffix(".slice") {
+        return Some(stem);
+    }
+    if len != NAME_MAX {
+        return None;
+    }
+    (0..".slice".len()).rev().find_map(|cut| rest.strip_suffix(&".slice"[..cut]))
 }
 
 #[cfg(test)]
@@ -268,6 +288,43 @@ mod tests {
         for (path, want) in table {
             assert_eq!(from_cgroup(&path), want, "{path}");
         }
+    }
+
+    /// Paths as the kernel's record carries them on this build: each name cut to NAME_MAX
+    /// bytes. A pod uid survives; a container id cut short is no id.
+    #[test]
+    fn names_cut_by_the_kernel_record() {
+        let cut = |path: &str| -> String {
+            path.split('/')
+                .map(|name| &name[..name.len().min(NAME_MAX)])
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let pod = POD.replace('-', "_");
+        for (qos, slice) in [
+            ("burstable", format!("kubepods-burstable-pod{pod}.slice")),
+            ("besteffort", format!("kubepods-besteffort-pod{pod}.slice")),
+            ("guaranteed", format!("kubepods-pod{pod}.slice")),
+        ] {
+            let path = cut(&format!(
+                "/kubepods.slice/kubepods-{qos}.slice/{slice}/cri-containerd-{K8S}.scope"
+            ));
+            let found = from_cgroup(&path);
+            assert_eq!(found.pod_uid.as_deref(), Some(POD), "{path}");
+            assert_eq!(found.pod_qos.as_deref(), Some(qos), "{path}");
+            if NAME_MAX < 64 {
+                assert_eq!(found.container_id, None, "{path}");
+                assert_eq!(found.unit, None, "{path}");
+            }
+        }
+        // Not cut, but short of its `.slice`: no pod.
+        assert!(from_cgroup(&format!("/kubepods-pod{pod}.sli")).is_empty());
+        assert!(
+            from_cgroup(&cut(&format!("/docker/{DOCKER}")))
+                .container_id
+                .is_none()
+                || NAME_MAX >= 64
+        );
     }
 
     #[test]
