@@ -32,6 +32,8 @@ pub struct Config {
     /// `None` without a `[watchdog]` table: no device is opened.
     pub watchdog: Option<Watchdog>,
     pub rules: Rules,
+    /// `[hooks]`: programs run for each kill and change of verdict (none by default).
+    pub hooks: crate::notify::hooks::HookConfig,
     /// Where the file came from, for the one check made after parsing (the driver's timeout,
     /// read when the daemon opens the device): its error names the line as the others do.
     #[serde(skip)]
@@ -234,6 +236,16 @@ impl Config {
             .find_map(|entry| crate::watchdog::rules::Critical::parse(entry).err())
         {
             return fail("rules", "critical", err);
+        }
+        if let Err(err) = self.hooks.check() {
+            // The error names `hooks.KEY` itself; at_key puts it at the key's line (or the
+            // table's, for a default such as `user`).
+            let key = err.key();
+            let message = err.to_string();
+            let message = message
+                .strip_prefix(&format!("hooks.{key}: "))
+                .unwrap_or(&message);
+            return Err(at_key(path, text, "hooks", key, message));
         }
         Ok(())
     }
@@ -473,6 +485,50 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         }
         let err = parse("[rules]\nconstraint = \"unknown\"\n").unwrap_err();
         assert!(err.contains("expected one of `global`, `memcg`"), "{err}");
+    }
+
+    #[test]
+    fn hooks_parse_and_bad_ones_name_their_key_and_line() {
+        let config = parse(
+            "[hooks]\non_kill = [\"/bin/true\", \"--flag\"]\nuser = \"root\"\nmax_running = 4\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.hooks.on_kill,
+            Some(vec!["/bin/true".to_owned(), "--flag".to_owned()])
+        );
+        assert_eq!(config.hooks.max_running, 4);
+        assert_eq!(config.hooks.timeout, Duration::from_secs(3));
+        assert_eq!(parse("").unwrap().hooks.user, "nobody");
+        for (text, want) in [
+            (
+                "[rules]\n\n[hooks]\non_kill = [\"hook.sh\"]\n",
+                "oomcount.toml:4: hooks.on_kill: \"hook.sh\" is not an absolute path",
+            ),
+            (
+                "[hooks]\non_verdict = [\"/nonexistent/hook\"]\n",
+                "oomcount.toml:2: hooks.on_verdict: cannot use \"/nonexistent/hook\"",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\nuser = \"no-such-user-here\"\n",
+                "oomcount.toml:3: hooks.user: there is no user \"no-such-user-here\"",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\nmax_running = 0\n",
+                "oomcount.toml:3: hooks.max_running: give at least 1",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\ntimeout = \"soon\"\n",
+                "oomcount.toml:3: hooks.timeout: \"soon\" is not a duration",
+            ),
+            (
+                "[hooks]\non_kil = []\n",
+                "oomcount.toml:2: hooks.on_kil: unknown field",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

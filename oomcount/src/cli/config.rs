@@ -47,6 +47,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(_) => println!("watchdog: no device (device = \"\"); the verdict is served"),
         None => println!("watchdog: none (no [watchdog] table); the verdict is served"),
     }
+    let h = &config.hooks;
+    if h.on_kill.is_none() && h.on_verdict.is_none() {
+        println!("hooks: none");
+    } else {
+        let show = |argv: &Option<Vec<String>>| {
+            argv.as_ref()
+                .map_or("none".to_owned(), |argv| format!("{argv:?}"))
+        };
+        println!(
+            "hooks: on_kill {} on_verdict {}, as user {}, at most {} at once, killed after {}",
+            show(&h.on_kill),
+            show(&h.on_verdict),
+            h.user,
+            h.max_running,
+            humantime::format_duration(h.timeout)
+        );
+    }
     let r = &config.rules;
     println!(
         "rules: unrecoverable above {} {}OOM kills within {}{}; degraded for {} after one, below {} MemAvailable, above {}% PSI full avg10{}",

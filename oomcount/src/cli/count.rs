@@ -61,12 +61,18 @@ fn human(reply: &CountReply) -> String {
     let kernel = reply
         .kernel_oom_kill
         .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    let hooks = match (reply.hooks_run, reply.hooks_skipped) {
+        (Some(run), Some(skipped)) => format!(
+            "hooks            {run} run, {skipped} skipped  (kills and verdict changes that found max_running hooks busy)\n"
+        ),
+        _ => String::new(),
+    };
     format!(
         "kills            {}  (OOM kills since {}: {} by a cgroup limit, {} global)\n\
          marked           {}  (oom/mark_victim events: kills, threads of victims, victims already dying)\n\
          events dropped   {}\n\
          kernel oom_kill  {}  (/proc/vmstat, since boot)\n\
-         source           {}\n",
+         source           {}\n{hooks}",
         reply.kills,
         reply.attached_at,
         reply.kills_memcg,
@@ -96,6 +102,8 @@ mod tests {
             events_dropped: 0,
             kill_events_dropped: 0,
             oom_signals: 0,
+            hooks_run: None,
+            hooks_skipped: None,
             events_received: 34,
             kill_events_received: 30,
             attached_at: "2026-11-26T05:00:00Z".into(),

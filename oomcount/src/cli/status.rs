@@ -243,6 +243,8 @@ mod tests {
                 events_dropped: 0,
                 kill_events_dropped: 0,
                 oom_signals: 0,
+                hooks_run: None,
+                hooks_skipped: None,
                 events_received: 0,
                 kill_events_received: 0,
                 attached_at: "2026-11-26T06:12:48Z".into(),

@@ -133,7 +133,9 @@ fn strip_slice(rest: &str, len: usize) -> Option<&str> {
     if len != NAME_MAX {
         return None;
     }
-    (0..".slice".len()).rev().find_map(|cut| rest.strip_suffix(&".slice"[..cut]))
+    (0..".slice".len())
+        .rev()
+        .find_map(|cut| rest.strip_suffix(&".slice"[..cut]))
 }
 
 #[cfg(test)]

@@ -44,8 +44,9 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /// The first line of a hook's stderr kept for the log, at most.
 const FIRST_LINE: usize = 256;
 
-/// `[hooks]` as configured.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `[hooks]` in the config file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HookConfig {
     /// Program and arguments run for each kill.
     pub on_kill: Option<Vec<String>>,
@@ -56,6 +57,7 @@ pub struct HookConfig {
     /// Hooks running at once, at most.
     pub max_running: usize,
     /// A hook still running after this is killed (its whole process group).
+    #[serde(deserialize_with = "crate::units::duration")]
     pub timeout: Duration,
 }
 
@@ -213,7 +215,32 @@ impl std::fmt::Debug for Hooks {
 impl HookConfig {
     /// Checks every value as the daemon will use it (`config check` calls this too).
     pub fn check(&self) -> Result<(), HookError> {
-        Hooks::new(self).map(drop)
+        self.build().map(drop)
+    }
+
+    /// The hooks, or `None` when no hook is configured (then `user` is not even looked up: a
+    /// machine without `nobody` needs no `[hooks]`).
+    pub fn build(&self) -> Result<Option<Hooks>, HookError> {
+        if self.on_kill.is_none() && self.on_verdict.is_none() {
+            return Ok(None);
+        }
+        Hooks::new(self).map(Some)
+    }
+}
+
+impl HookError {
+    /// The key under `[hooks]` the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            HookError::Empty { key }
+            | HookError::Relative { key, .. }
+            | HookError::Unusable { key, .. }
+            | HookError::NotFile { key, .. }
+            | HookError::NotExecutable { key, .. } => key,
+            HookError::UnknownUser(_) | HookError::UserLookup { .. } => "user",
+            HookError::NoneRunning => "max_running",
+            HookError::NoTimeout => "timeout",
+        }
     }
 }
 

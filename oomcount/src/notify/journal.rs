@@ -68,8 +68,9 @@ impl Journal {
     }
 
     /// Sends one kill as an entry: `message` (the line the daemon would log) and the notice's
-    /// fields. An entry journald cannot take is counted and, the first time in a row, logged.
-    pub fn kill(&self, notice: &Notice, message: &str) {
+    /// fields. An entry journald cannot take is counted and, the first time in a row, logged;
+    /// returns whether it was sent (if not, the caller logs the line).
+    pub fn kill(&self, notice: &Notice, message: &str) -> bool {
         let mut entry = Vec::with_capacity(1024);
         field(&mut entry, "MESSAGE", message.as_bytes());
         field(&mut entry, "MESSAGE_ID", MESSAGE_ID.as_bytes());
@@ -79,15 +80,19 @@ impl Journal {
             field(&mut entry, name, value);
         }
         match self.send(&entry) {
-            Ok(()) => self.failing.store(false, Ordering::Relaxed),
+            Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
+                true
+            }
             Err(err) => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     log::warn!(
-                        "cannot send a kill to the journal at {} ({err}): the kill stays in the log line only",
+                        "cannot send a kill to the journal at {} ({err}): kills go to the log as lines",
                         self.path.display()
                     );
                 }
+                false
             }
         }
     }
@@ -260,7 +265,7 @@ mod tests {
         let (server, path) = stand_in(&dir).unwrap();
         let journal = Journal::at(&path).unwrap();
         let notice = notice(b"evil\nMESSAGE_ID=forged\xff", "/system.slice/a\nb.service");
-        journal.kill(&notice, "a kill");
+        assert!(journal.kill(&notice, "a kill"));
         let fields = parse(&receive(&server).unwrap()).expect("a well-formed entry");
         let get = |name: &str| {
             let values: Vec<&[u8]> = fields
@@ -290,7 +295,7 @@ mod tests {
         let journal = Journal::at(&path).unwrap();
         let cgroup = format!("/{}", "x/".repeat(300_000));
         let notice = notice(b"big", &cgroup);
-        journal.kill(&notice, "a large kill");
+        assert!(journal.kill(&notice, "a large kill"));
         let entry = receive(&server).unwrap();
         assert!(entry.len() > 600_000, "{} bytes", entry.len());
         let fields = parse(&entry).expect("a well-formed entry");
@@ -303,8 +308,8 @@ mod tests {
     #[test]
     fn no_journal_is_counted_not_fatal() {
         let journal = Journal::at("/nonexistent/oomcount/socket").unwrap();
-        journal.kill(&notice(b"x", "/"), "x");
-        journal.kill(&notice(b"x", "/"), "x");
+        assert!(!journal.kill(&notice(b"x", "/"), "x"));
+        assert!(!journal.kill(&notice(b"x", "/"), "x"));
         assert_eq!(journal.lost(), 2);
     }
 
