@@ -221,6 +221,12 @@ impl HookConfig {
     /// The hooks, or `None` when no hook is configured (then `user` is not even looked up: a
     /// machine without `nobody` needs no `[hooks]`).
     pub fn build(&self) -> Result<Option<Hooks>, HookError> {
+        if self.max_running == 0 {
+            return Err(HookError::NoneRunning);
+        }
+        if self.timeout.is_zero() {
+            return Err(HookError::NoTimeout);
+        }
         if self.on_kill.is_none() && self.on_verdict.is_none() {
             return Ok(None);
         }
@@ -692,7 +698,7 @@ mod tests {
             (
                 HookConfig {
                     user: "no-such-user-oomcount".into(),
-                    ..HookConfig::default()
+                    ..config(&["/bin/true"])
                 },
                 "hooks.user: there is no user \"no-such-user-oomcount\"",
             ),
