@@ -2,7 +2,7 @@
 //! `victim` module). Modes:
 //!
 //!     oomcount-hog alloc   --cgroup DIR [--adj N] [--mb N [--hold]]   touch memory (until killed)
-//!                          [--comm NAME] [--uid N]                     renamed, as another user
+//!                          [--comm NAME|--comm-hex HEX] [--uid N]      renamed, as another user
 //!     oomcount-hog alloc   --global [--adj N]                          the VM's global OOM only
 //!     oomcount-hog threads N --cgroup DIR                              N threads touching memory
 //!     oomcount-hog vmshare --cgroup DIR                                clone(CLONE_VM) pair
@@ -37,7 +37,7 @@ struct Options {
     hold: bool,
     global: bool,
     kills_each: Option<u64>,
-    comm: Option<String>,
+    comm: Option<Vec<u8>>,
     uid: Option<u32>,
 }
 
@@ -92,7 +92,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     // After the cgroup and oom_score_adj: a negative one needs root.
     if let Some(comm) = &o.comm {
-        victim::set_comm(comm);
+        victim::set_comm_bytes(comm);
     }
     if let Some(uid) = o.uid {
         victim::become_user(uid);
@@ -139,7 +139,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--adj" => o.adj = Some(number(flag, value()?)?),
             "--mb" => o.mb = Some(number(flag, value()?)?),
             "--kills-each" => o.kills_each = Some(number(flag, value()?)?),
-            "--comm" => o.comm = Some(value()?.clone()),
+            "--comm" => o.comm = Some(value()?.clone().into_bytes()),
+            // Any bytes (a newline, invalid UTF-8), which an argument as a String cannot hold.
+            "--comm-hex" => o.comm = Some(hex(value()?)?),
             "--uid" => o.uid = Some(number(flag, value()?)?),
             "--hold" => o.hold = true,
             "--global" => o.global = true,
@@ -147,6 +149,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(o)
+}
+
+fn hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err(format!("--comm-hex {text:?}: an even number of hex digits"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .map_err(|_| format!("--comm-hex {text:?}: not hex"))
+        })
+        .collect()
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {

@@ -230,7 +230,7 @@ impl VictimEvent {
     pub fn line(&self) -> String {
         let mut out = format!("{} {} pid {}", self.time, self.kind, self.pid);
         if let Some(comm) = &self.comm {
-            out += &format!(" ({comm})");
+            out += &format!(" ({})", printable(comm));
         }
         if let Some(uid) = self.uid {
             out += &format!(" uid {uid}");
@@ -245,10 +245,10 @@ impl VictimEvent {
             out += &format!(" {constraint}");
         }
         if let Some(cgroup) = &self.oom_cgroup {
-            out += &format!(" limit {cgroup}");
+            out += &format!(" limit {}", printable(cgroup));
         }
         if let Some(cgroup) = &self.cgroup {
-            out += &format!(" in {cgroup}");
+            out += &format!(" in {}", printable(cgroup));
         }
         let Container {
             unit,
@@ -274,10 +274,31 @@ impl VictimEvent {
         }
         out += &format!(
             " by pid {} ({}) seq {}",
-            self.trigger_pid, self.trigger_comm, self.seq
+            self.trigger_pid,
+            printable(&self.trigger_comm),
+            self.seq
         );
         out
     }
+}
+
+/// A name anyone chooses (a comm, a cgroup's) for the one-line form: control characters
+/// escaped, so that a victim named with a newline or an escape sequence cannot forge a log line
+/// or rewrite a terminal. The JSON and the hooks carry the name as it is.
+fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(char::is_control) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The names of an event exactly as the kernel had them (any bytes but NUL), for the hooks'
@@ -443,6 +464,10 @@ mod tests {
             "{}",
             decoded.line()
         );
+        let mut forged = event(&["c"]);
+        forged.comm[..5].copy_from_slice(b"a\nb\x1b[");
+        let line = VictimEvent::decode(&forged, 3, &clock()).line();
+        assert!(line.contains(" (a\\nb\\u{1b}[) "), "{line}");
         let unit = VictimEvent::decode(&event(&["nginx.service", "system.slice"]), 3, &clock());
         assert!(
             unit.line().contains(" unit nginx.service by pid"),
