@@ -733,6 +733,26 @@ mod tests {
         std::fs::remove_file(plain).unwrap();
     }
 
+    /// Hooks switch users and are killed at their timeout: the shipped unit must allow both (the
+    /// daemon runs as root with a bounding set, so a capability not there is refused).
+    #[test]
+    fn the_shipped_unit_lets_hooks_switch_users() {
+        let unit = include_str!("../../../contrib/systemd/oomcount.service");
+        let caps = |key: &str| {
+            unit.lines()
+                .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+                .next_back()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+            for cap in ["CAP_SETUID", "CAP_SETGID", "CAP_KILL"] {
+                assert!(caps(key).contains(&cap), "{key} lacks {cap}");
+            }
+        }
+    }
+
     #[test]
     fn first_line_is_bounded_and_escaped() {
         let mut line = FirstLine::default();
