@@ -152,7 +152,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 }
 
 fn hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!("--comm-hex {text:?}: an even number of hex digits"));
     }
     (0..text.len())
