@@ -344,3 +344,48 @@ fn a_bad_hook_stops_the_daemon_before_it_attaches_naming_the_key() {
         "{checked:?}"
     );
 }
+
+#[test]
+fn a_change_of_verdict_runs_on_verdict() {
+    require_root();
+    let scratch = Scratch::new("oomcount-hook-verdict");
+    let dir = probe_dir(&scratch);
+    let table = hooks_table(&dir, "").replace("on_kill", "on_verdict");
+    let daemon = scratch.daemon(
+        &format!(
+            "[rules]\nconstraint = \"any\"\nmax_kills = 3\nwindow = \"1h\"\nquiet = \"1h\"\n{table}"
+        ),
+        &[],
+    );
+    let cg = MemCg::new("hook-verdict", 16 * MIB);
+    let pid = producer::kill_one(&cg, &[]);
+    let record = wait_until(
+        deadline(Duration::from_secs(20)),
+        "the on_verdict hook run for the kill's change of health",
+        || {
+            let records = Record::read_all(&dir);
+            match records.as_slice() {
+                [one] if one.end_ns.is_some() => Ok(Record::read_all(&dir).remove(0)),
+                other => Err(other.len()),
+            }
+        },
+    );
+    let verdict = oomcount_integration_test::watchdog::verdict(&daemon);
+    assert_eq!(env_text(&record, "OOMCOUNT_HOOK"), "verdict");
+    assert_eq!(env_text(&record, "OOMCOUNT_PREVIOUS"), "healthy");
+    assert_eq!(env_text(&record, "OOMCOUNT_HEALTH"), "degraded");
+    assert_eq!(verdict["health"], "degraded", "{verdict}");
+    // The reason the daemon gives (which says how long ago, so only up to there).
+    let reason = env_text(&record, "OOMCOUNT_REASON");
+    let named = format!("OOM kill of oomcount-hog (pid {pid}) ");
+    assert!(reason.starts_with(&named), "{reason}");
+    assert!(
+        verdict["reason"].as_str().unwrap().starts_with(&named),
+        "{verdict}"
+    );
+    let whole: serde_json::Value =
+        serde_json::from_str(&env_text(&record, "OOMCOUNT_EVENT")).unwrap();
+    assert_eq!(whole["health"], "degraded");
+    // One change, one run: no hook for the kill itself (no on_kill).
+    assert_eq!(Record::read_all(&dir).len(), 1);
+}
