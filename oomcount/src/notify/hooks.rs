@@ -381,10 +381,6 @@ impl Hooks {
         command
             .args(&argv[1..])
             .env_clear()
-            .env("PATH", PATH)
-            .env("OOMCOUNT_HOOK", job.which.name())
-            .env("OOMCOUNT_SKIPPED", job.skipped.to_string())
-            .env("OOMCOUNT_EVENT", job.notice.json())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -397,6 +393,12 @@ impl Hooks {
                 command.env(name, OsStr::from_bytes(value));
             }
         }
+        // After the event's fields: these are never an event's.
+        command
+            .env("PATH", PATH)
+            .env("OOMCOUNT_HOOK", job.which.name())
+            .env("OOMCOUNT_SKIPPED", job.skipped.to_string())
+            .env("OOMCOUNT_EVENT", job.notice.json());
         let Identity { uid, gid } = self.shared.identity;
         // SAFETY: the closure runs in the child between fork and exec and only makes system
         // calls (async-signal-safe); it allocates nothing and touches no lock.
