@@ -41,7 +41,7 @@ enum Command {
     /// Measure the release daemon beside bpftrace, node_exporter and watchdog(8) (installing
     /// them), print the table of figures and goals, and write it to target/bench/bench.json.
     Bench(bench::BenchArgs),
-    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF) for a bounded time
+    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF, cgroup paths) for a bounded time
     /// each, from their seeds in fuzz/corpus; a crash fails, with the input saved to replay.
     Fuzz(fuzz::FuzzArgs),
 }

@@ -102,26 +102,36 @@ fn container_id(name: &str) -> Option<&str> {
 /// A pod's cgroup: `pod<uid>` right below `kubepods[/<qos>]` (cgroupfs), or
 /// `kubepods[-<qos>]-pod<uid>.slice` (systemd, `-` in the uid written `_`).
 fn pod(name: &str, kube: Option<&'static str>) -> Option<(String, &'static str)> {
-    let (uid, qos) = if let Some(slice) = name
+    let (uid, qos, separator) = if let Some(slice) = name
         .strip_prefix("kubepods-")
         .and_then(|rest| strip_slice(rest, name.len()))
     {
         if let Some(uid) = slice.strip_prefix("burstable-pod") {
-            (uid, "burstable")
+            (uid, "burstable", b'_')
         } else if let Some(uid) = slice.strip_prefix("besteffort-pod") {
-            (uid, "besteffort")
+            (uid, "besteffort", b'_')
         } else {
-            (slice.strip_prefix("pod")?, "guaranteed")
+            (slice.strip_prefix("pod")?, "guaranteed", b'_')
         }
     } else {
-        (name.strip_prefix("pod")?, kube?)
+        (name.strip_prefix("pod")?, kube?, b'-')
     };
-    // A uid is a UUID (36 characters) or, for static pods, a 32-hex hash of the manifest.
-    let valid = matches!(uid.len(), 32 | 36)
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
-    valid.then(|| (uid.replace('_', "-"), qos))
+    pod_uid(uid, separator).then(|| (uid.replace('_', "-"), qos))
+}
+
+/// A pod uid as the kubelet writes it: a UUID (8-4-4-4-12 hex digits; `-` under the cgroupfs
+/// driver, `_` in systemd's slice names), or, for a static pod, a 32-hex hash of its manifest.
+fn pod_uid(uid: &str, separator: u8) -> bool {
+    let hex = |part: &[u8]| part.iter().all(u8::is_ascii_hexdigit);
+    if uid.len() == 32 {
+        return hex(uid.as_bytes());
+    }
+    let parts: Vec<&[u8]> = uid.as_bytes().split(|&b| b == separator).collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(part, len)| part.len() == len && hex(part))
 }
 
 /// `rest` without its `.slice`, or without the start of `.slice` the kernel's record left when
@@ -318,6 +328,15 @@ mod tests {
                 assert_eq!(found.container_id, None, "{path}");
                 assert_eq!(found.unit, None, "{path}");
             }
+        }
+        // A uid with both separators, or the wrong one for its driver, or misshapen: no pod.
+        for path in [
+            format!("/kubepods-pod{}.slice", POD.replacen('-', "_", 2)),
+            format!("/kubepods-pod{POD}.slice"),
+            format!("/kubepods/pod{pod}"),
+            "/kubepods/pod74c13223a-5a0-11e9-b385-42010a80018d".to_owned(),
+        ] {
+            assert!(from_cgroup(&path).is_empty(), "{path}");
         }
         // Not cut, but short of its `.slice`: no pod.
         assert!(from_cgroup(&format!("/kubepods-pod{pod}.sli")).is_empty());
