@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::run(args)),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Deb(args) if args.test => deb::install_test::run(),
         Command::Deb(args) => deb::run(args).map(drop),
     };
     match result {

@@ -20,9 +20,11 @@ const FILES: &[&str] = &[
     "/usr/bin/oomcount",
     "/usr/bin/oomcount-check",
     "/etc/oomcount/oomcount.toml",
-    "/lib/systemd/system/oomcount.service",
+    "/usr/lib/systemd/system/oomcount.service",
     "/usr/share/man/man8/oomcount.8.gz",
+    "/usr/share/man/man8/oomcount-check.8.gz",
     "/usr/share/man/man5/oomcount.toml.5.gz",
+    "/usr/share/lintian/overrides/oomcount",
     "/usr/share/bash-completion/completions/oomcount",
     "/usr/share/zsh/vendor-completions/_oomcount",
     "/usr/share/fish/vendor_completions.d/oomcount.fish",
@@ -36,7 +38,10 @@ pub fn run() -> anyhow::Result<()> {
     let first = super::run(super::DebArgs {
         deb_version: None,
         no_build: false,
+        test: false,
     })?;
+    // cargo-deb removes the other versions of the package from its output folder: keep N aside.
+    let first = keep(&first)?;
     lintian(&first)?;
     unit()?;
     let version = deb_field(&first, "Version")?;
@@ -49,6 +54,7 @@ pub fn run() -> anyhow::Result<()> {
     let second = super::run(super::DebArgs {
         deb_version: Some(format!("{upstream}-{next_revision}")),
         no_build: true,
+        test: false,
     })?;
     if installed("oomcount") {
         eprintln!("test: the oomcount package is installed here: not installing over it");
@@ -131,6 +137,14 @@ fn install_and_upgrade(first: &Path, second: &Path, upstream: &str) -> anyhow::R
             "bash completes no {flag} after count: {flags:?}"
         );
     }
+    // The restart after the upgrade, by hand: no systemd runs here. A daemon of the package's on
+    // pins of its own (not the default ones, which another daemon may hold) before the upgrade,
+    // another after it: the second counts on from the first's pins.
+    let scratch = std::env::temp_dir().join(format!("oomcount-deb-{}", std::process::id()));
+    let pins = format!("/sys/fs/bpf/oomcount-deb-test-{}", std::process::id());
+    std::fs::create_dir_all(&scratch)?;
+    let socket = scratch.join("oomcount.sock");
+    let before = with_daemon(&socket, &pins, || count(&socket));
     // Upgrade to N+1 with the conffile changed: the change is kept.
     let conf = "/etc/oomcount/oomcount.toml";
     let text = std::fs::read_to_string(conf)?;
@@ -149,7 +163,81 @@ fn install_and_upgrade(first: &Path, second: &Path, upstream: &str) -> anyhow::R
     );
     let out = output(Command::new("/usr/bin/oomcount").args(["config", "check"]))?;
     ensure!(out.contains('5'), "config check after the upgrade: {out}");
+    let after = before.and_then(|before| {
+        with_daemon(&socket, &pins, || count(&socket)).map(|after| (before, after))
+    });
+    let _ = Command::new("/usr/bin/oomcount")
+        .args(["detach", "--pin-dir", &pins])
+        .output();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (before, after) = after?;
+    for key in ["attached_at", "kills", "marked"] {
+        ensure!(
+            before[key] == after[key],
+            "{key} before the upgrade's restart {}, after it {}",
+            before[key],
+            after[key]
+        );
+    }
+    eprintln!(
+        "test: installed, upgraded (the changed conffile kept; the restarted daemon kept \
+         attached_at {} and kills {})",
+        after["attached_at"], after["kills"]
+    );
     Ok(())
+}
+
+/// Runs `/usr/bin/oomcount daemon` on `socket` and `pins` while `f` runs, then stops it with
+/// SIGTERM (as systemd does) and waits for it.
+fn with_daemon<T>(
+    socket: &Path,
+    pins: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut daemon = Command::new("/usr/bin/oomcount")
+        .arg("daemon")
+        .arg("--socket")
+        .arg(socket)
+        .args(["--pin-dir", pins, "--dry-run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start /usr/bin/oomcount daemon")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut ready = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            bail!("the packaged daemon exited at start ({status})");
+        }
+        // The socket appears once the probe is attached and the daemon serves.
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let result = if ready {
+        f()
+    } else {
+        Err(anyhow::anyhow!(
+            "the packaged daemon did not serve within 30 s"
+        ))
+    };
+    // SAFETY: kill(2) on the pid of the child this function started and has not reaped.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    daemon.wait().context("wait for the daemon")?;
+    result
+}
+
+/// `oomcount count --json` from the daemon on `socket`.
+fn count(socket: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = output(
+        Command::new("/usr/bin/oomcount")
+            .args(["count", "--json", "--socket"])
+            .arg(socket),
+    )?;
+    Ok(serde_json::from_str(&out)?)
 }
 
 /// Purges the package: the configuration and /run/oomcount go, and the pins are left.
@@ -171,6 +259,15 @@ fn purge() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A copy of `deb` in target/debian/install-test, which cargo-deb leaves alone.
+fn keep(deb: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = crate::workspace_root().join("target/debian/install-test");
+    std::fs::create_dir_all(&dir)?;
+    let kept = dir.join(deb.file_name().context("a .deb file")?);
+    std::fs::copy(deb, &kept).with_context(|| format!("copy {}", deb.display()))?;
+    Ok(kept)
 }
 
 /// The unit as packaged passes `systemd-analyze verify`, and its exposure

@@ -31,6 +31,10 @@ pub struct DebArgs {
     /// Package the release binary already built, without building it again.
     #[arg(long)]
     pub no_build: bool,
+    /// Then lint it, install, upgrade and purge it on this machine: the package's part of
+    /// `cargo xtask test`, alone.
+    #[arg(long)]
+    pub test: bool,
 }
 
 pub fn run(args: DebArgs) -> anyhow::Result<PathBuf> {
