@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the build needs (apt packages, bpf-linker, the eBPF toolchain's rust-src),
-    /// idempotently.
+    /// Install what the build needs (apt packages, bpf-linker, cargo-deb, the eBPF toolchain's
+    /// rust-src), idempotently.
     Setup,
     /// Build and run the daemon in the foreground on built-in defaults (as root).
     Run {

@@ -62,6 +62,10 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
         ensure_backports()?;
         apt_install(&["qemu-system-x86"], Some("bookworm-backports"))?;
     }
+    // The tests build the Debian package: its cargo-deb, pinned, beside bpf-linker.
+    if needs >= Needs::Test {
+        ensure_cargo_deb()?;
+    }
     ensure_bpf_linker(llvm)
 }
 
