@@ -288,6 +288,23 @@ fn unit() -> anyhow::Result<()> {
          (Install) does not state as `exposure {figure} `"
     );
     eprintln!("test: the unit's exposure is {figure}, as the README says");
+    // Debian's own, where installed, measured the same way (the README compares them).
+    for theirs in ["prometheus-node-exporter.service", "watchdog.service"] {
+        let path = Path::new("/lib/systemd/system").join(theirs);
+        if !path.exists() {
+            continue;
+        }
+        if let Ok(out) = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&path)
+            .output()
+        {
+            let said = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = said.lines().find(|l| l.contains("Overall exposure level")) {
+                eprintln!("test: Debian's {line}");
+            }
+        }
+    }
     Ok(())
 }
 
