@@ -833,4 +833,49 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
             assert_eq!(config.rules.mem_available_min, bytes, "{text}");
         }
     }
+
+    /// The keys the parser accepts in `[table]` (or at the top with ""), from serde's
+    /// unknown-field error, which lists them.
+    fn accepted_keys(table: &str) -> Vec<String> {
+        let text = if table.is_empty() {
+            "not_a_key = 1\n".to_owned()
+        } else {
+            format!("[{table}]\nnot_a_key = 1\n")
+        };
+        let err = parse(&text).unwrap_err();
+        let (_, list) = err.split_once("expected").expect(&err);
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The package's commented file and the oomcount.toml(5) page come from
+    /// `oomcount_args::config_keys`: it names every key this parser takes, no other, and its
+    /// defaults are the parser's.
+    #[test]
+    fn the_shipped_keys_are_the_parsers() {
+        use oomcount_args::config_keys::{TABLES, commented_file, uncommented_defaults};
+        let tables: Vec<_> = TABLES.iter().map(|t| t.name.to_owned()).collect();
+        assert_eq!(accepted_keys(""), tables);
+        for table in TABLES {
+            let keys: Vec<_> = table.keys.iter().map(|k| k.name.to_owned()).collect();
+            assert_eq!(accepted_keys(table.name), keys, "[{}]", table.name);
+            for key in table.keys {
+                let line = format!("[{}]\n{} = {}\n", table.name, key.name, key.example);
+                parse(&line).unwrap_or_else(|err| panic!("{line}: {err}"));
+            }
+        }
+        // As shipped, the file is no file at all.
+        assert_eq!(parse(&commented_file()).unwrap(), Config::default());
+        // Uncommented, it sets the defaults (and turns the watchdog table on).
+        assert_eq!(
+            parse(&uncommented_defaults()).unwrap(),
+            Config {
+                watchdog: Some(Watchdog::default()),
+                ..Config::default()
+            }
+        );
+    }
 }

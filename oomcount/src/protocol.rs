@@ -170,6 +170,23 @@ impl CountReply {
     }
 }
 
+#[cfg(test)]
+impl CountReply {
+    /// The tests' count: 3 kills (2 memcg, 1 global) in 5 marks, all received, since
+    /// 2026-11-26T05:00:00Z; the kernel counted 9 since boot.
+    pub(crate) fn sample() -> Self {
+        let counters = Counters {
+            kills: 3,
+            marked: 5,
+            kills_memcg: 2,
+            kills_global: 1,
+            ..Counters::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_669_200);
+        CountReply::new(&counters, at, Some(9), Source::Daemon, (5, 3))
+    }
+}
+
 /// Parses one request line as the daemon reads it (its newline included or not); the error is
 /// the [`Response::Error`] to answer, which says what a request looks like.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
@@ -491,22 +508,7 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let reply = Response::Count(CountReply {
-            kills: 3,
-            marked: 5,
-            kills_memcg: 3,
-            kills_global: 0,
-            events_dropped: 0,
-            kill_events_dropped: 0,
-            oom_signals: 0,
-            hooks_run: None,
-            hooks_skipped: None,
-            events_received: 5,
-            kill_events_received: 3,
-            attached_at: "2026-11-26T05:00:00Z".into(),
-            kernel_oom_kill: Some(7),
-            source: Source::Daemon,
-        });
+        let reply = Response::Count(CountReply::sample());
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.starts_with(r#"{"count":{"kills":3,"#), "{text}");
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);

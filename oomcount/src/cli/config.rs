@@ -6,21 +6,9 @@ use std::path::PathBuf;
 
 use oomcount::config::{Config, DEFAULT_PATH};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+pub use oomcount_args::config::Args;
 
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Check a configuration file and print what it sets, defaults included.
-    Check {
-        /// The file [default: /etc/oomcount/oomcount.toml].
-        #[arg(value_name = "FILE")]
-        file: Option<PathBuf>,
-    },
-}
+pub use oomcount_args::config::Command;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Command::Check { file } = args.command;

@@ -6,16 +6,7 @@ use oomcount::{
     protocol::{self, ClientError, CountReply, Request, Response, Source},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Print one JSON object: kills, marked, kills_memcg, kills_global, events_dropped,
-    /// kill_events_dropped, events_received, kill_events_received, attached_at, kernel_oom_kill,
-    /// source (`daemon`, or `pins` when read from the pinned counters without a daemon).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub source: super::CountSource,
-}
+pub use oomcount_args::count::Args;
 
 /// The counts from the pinned counter map, when there are pins and this process may read them.
 pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {

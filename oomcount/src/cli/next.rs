@@ -5,17 +5,7 @@ use anyhow::Context as _;
 
 use oomcount::host::victims::{self, Ranking};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// How many likely victims to list, the most likely first.
-    #[arg(short = 'n', long, default_value_t = 10, value_name = "N")]
-    pub count: usize,
-    /// Print one JSON object: `likely` (the top N by oom_score) and `protected` (oom_score_adj
-    /// -1000, never chosen), arrays of {pid, comm, oom_score, oom_score_adj, rss_kb, swap_kb,
-    /// cgroup}; and `unreadable`, the processes that could not be read.
-    #[arg(long)]
-    pub json: bool,
-}
+pub use oomcount_args::next::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ranking = victims::rank(args.count).context("rank the processes")?;
