@@ -1,11 +1,13 @@
-//! The daemon's configuration file: the watchdog device and the rules that judge OOM activity.
+//! The daemon's configuration file: the watchdog device, the rules that judge OOM activity, and
+//! the hooks run for kills and changes of verdict.
 //!
 //! TOML, every key optional with the default documented on [`Watchdog`] and [`Rules`]. The file
 //! is read once at start; a bad one stops the daemon before it touches the watchdog, with one
 //! line naming the file, the line and the key (`oomcount config check FILE` says the same
 //! without starting anything). The default path may be absent: the daemon then counts and
 //! judges with the default rules, and pings no watchdog. A `[watchdog]` table turns the pinger
-//! on, with `/dev/watchdog` unless `device` says otherwise.
+//! on, with `/dev/watchdog` unless `device` says otherwise. `[hooks]` is checked as the daemon
+//! will use it (programs, user), before anything is attached.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
