@@ -162,7 +162,13 @@ fn the_hook_gets_every_field_of_each_real_kill_byte_exact() {
         // The container, from the path the kernel gave.
         assert_eq!(event["pod_uid"], POD, "{event}");
         assert_eq!(event["pod_qos"], "besteffort", "{event}");
-        if let Some(id) = event.get("container_id") {
+        let scope = format!("cri-containerd-{ID}.scope");
+        if scope.len() <= oomcount::notify::container::NAME_MAX {
+            // The kernel's record holds the scope's whole name.
+            assert_eq!(event["container_id"], ID, "{event}");
+            assert_eq!(event["unit"], scope.as_str(), "{event}");
+            assert_eq!(env_text(record, "OOMCOUNT_CONTAINER_ID"), ID);
+        } else if let Some(id) = event.get("container_id") {
             assert_eq!(id, ID, "a container id is whole or absent: {event}");
         }
         assert_eq!(env_text(record, "OOMCOUNT_POD_UID"), POD);

@@ -9,9 +9,10 @@
 //! (kind, k3s, a nested runtime), so each path component is judged by itself.
 //!
 //! The kernel record carries each level's name in [`oomcount_common::CGROUP_NAME`] bytes, so a
-//! longer name arrives cut to [`NAME_MAX`] bytes: `docker-<id>.scope` (77 bytes) loses the end
-//! of its id, `kubepods-burstable-pod<uid>.slice` (64) its last letter. A cut name gives what
-//! it still holds whole (a pod uid before its cut `.slice`), never a part of an id.
+//! longer name arrives cut to [`NAME_MAX`] bytes (with 64-byte names, `docker-<id>.scope`, 77
+//! bytes, lost the end of its id, `kubepods-burstable-pod<uid>.slice`, 64, its last letter). A
+//! cut name gives what it still holds whole (a pod uid before its cut `.slice`), never a part
+//! of an id.
 //!
 //! Pure: no file is read, nothing is asked of a runtime (the victim is gone by the time anyone
 //! could ask). The work is one pass over the path's bytes, whatever they are. A path that shows
