@@ -29,6 +29,9 @@ pub struct Info {
     pub start_ns: u64,
     /// The child `--hang` started in the same process group.
     pub child: Option<i32>,
+    /// `sched_getscheduler` (0: SCHED_OTHER) and `/proc/self/oom_score_adj`.
+    pub policy: i32,
+    pub oom_score_adj: String,
 }
 
 /// One run of the probe, read back.
@@ -166,6 +169,11 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         fds,
         start_ns,
         child,
+        // SAFETY: sched_getscheduler on this process has no preconditions.
+        policy: unsafe { libc::sched_getscheduler(0) },
+        oom_score_adj: std::fs::read_to_string("/proc/self/oom_score_adj")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
     };
     publish(
         &base.with_extension("json"),

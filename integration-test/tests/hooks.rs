@@ -128,6 +128,13 @@ fn gone_or_zombie(pid: i32) -> bool {
 #[test]
 fn hostile_names_reach_the_hook_byte_exact_and_run_nothing() {
     require_root();
+    // As the daemon may run: real-time (the runtime's threads inherit it) and with another
+    // oom_score_adj (raised here: lowering it needs CAP_SYS_RESOURCE); the hook must have
+    // neither.
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets this thread's own policy from a parameter it owns.
+    let realtime = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0;
+    let adj_set = std::fs::write("/proc/self/oom_score_adj", "1").is_ok();
     let runtime = runtime();
     let dir = probe_dir("names");
     let sentinel = dir.join("pwned");
@@ -218,6 +225,12 @@ fn hostile_names_reach_the_hook_byte_exact_and_run_nothing() {
             assert_eq!(record.status(caps), "0000000000000000", "{caps}");
         }
         assert_eq!(record.status("NoNewPrivs"), "1");
+        assert_eq!(
+            record.info.policy,
+            libc::SCHED_OTHER,
+            "realtime here: {realtime}"
+        );
+        assert_eq!(record.info.oom_score_adj, "0", "set here: {adj_set}");
         // stdin and stdout /dev/null, stderr the pipe the log line is read from, nothing else.
         let fds: Vec<(&i32, &String)> = record.info.fds.iter().collect();
         assert_eq!(fds.len(), 3, "only stdio open: {fds:?}");
@@ -237,6 +250,11 @@ fn hostile_names_reach_the_hook_byte_exact_and_run_nothing() {
         "a victim's name was run: {}",
         sentinel.display()
     );
+    eprintln!("the test ran real-time: {realtime}; with oom_score_adj 1: {adj_set}");
+    let ordinary = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as above.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary) };
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

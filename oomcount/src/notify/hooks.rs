@@ -10,7 +10,8 @@
 //! A hook runs as the configured user (`nobody` by default) with no groups but its own, no
 //! capabilities (permitted, effective, inheritable, ambient and, where the daemon may, bounding),
 //! `no_new_privs`, stdin and stdout on /dev/null, in its own process group, in `/`, with every
-//! descriptor of the daemon's closed.
+//! descriptor of the daemon's closed, at ordinary priority and `oom_score_adj` 0 (not the
+//! daemon's real-time priority and -1000).
 //!
 //! Bounded: at most `max_running` hooks at once; an event that finds them all busy waits in a
 //! single slot per kind, replacing (and counting as skipped) the one that waited before it, so a
@@ -18,8 +19,8 @@
 //! before it ran no hook. A hook still running (or still holding its stderr) at `timeout` has its
 //! process group killed. Its exit status and the first line of its stderr are logged.
 //!
-//! Nothing here blocks the daemon's thread: a hook is spawned (fork and exec) and then supervised
-//! by a task that waits on its pidfd, its stderr pipe and a timer.
+//! Nothing here blocks the daemon's thread: a hook is spawned (fork and exec) on the blocking
+//! thread, then supervised by a task that waits on its pidfd, its stderr pipe and a timer.
 use std::{
     ffi::OsStr,
     io,
@@ -418,8 +419,16 @@ impl Hooks {
             .get("seq")
             .map(|seq| format!(" for event {}", String::from_utf8_lossy(seq)))
             .unwrap_or_default();
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        // Off the runtime's thread: fork and exec wait for the program to be read, which under
+        // memory pressure (an OOM is why the hook runs) may take long; on the blocking thread,
+        // which also runs at ordinary priority where the daemon is real-time.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn()).await;
+        let mut child = match spawned {
+            Ok(Ok(child)) => child,
+            Ok(Err(err)) => {
+                log::warn!("hook {key}{seq} did not start: {err}");
+                return;
+            }
             Err(err) => {
                 log::warn!("hook {key}{seq} did not start: {err}");
                 return;
@@ -533,8 +542,22 @@ fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
             Ok(())
         }
     }
-    // SAFETY: plain system calls on this process, with valid pointers to locals.
+    // SAFETY: plain system calls on this process, with valid pointers to locals and constants.
     unsafe {
+        // Nothing of the daemon's own protection: not its real-time priority (a hook that spins
+        // would starve the machine) nor its oom_score_adj of -1000 (a hook that grows must be
+        // the OOM killer's to take). Both are inherited through fork; both may fail harmlessly
+        // where the daemon never had them.
+        let ordinary = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
+        let adj = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if adj >= 0 {
+            libc::write(adj, b"0".as_ptr().cast(), 1);
+            libc::close(adj);
+        }
         // Everything above stderr (the BPF maps, the socket, the watchdog device) stays the
         // daemon's even if some library forgot O_CLOEXEC. Before 5.11 this is EINVAL, and every
         // descriptor the daemon opens itself is close-on-exec anyway.
