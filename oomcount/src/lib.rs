@@ -9,6 +9,7 @@
 //! - [`daemon`]: the serving. The daemon's state and loop, its clients, socket and stat file.
 //! - [`host`]: readings of the machine outside the probe (vmstat, vitals, likely victims).
 //! - [`metrics`]: the counts for Prometheus (a port and a textfile) and the per-key table.
+//! - [`notify`]: telling someone: kill and verdict hooks, journal entries, victims' containers.
 //! - [`config`], [`protocol`] and [`logger`]: the config file, the socket's protocol, the log.
 //!
 //! The `oomcount` binary (`src/main.rs`, `src/cli/`) parses flags, calls the library and
@@ -21,6 +22,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod logger;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod protocol;
 pub(crate) mod units;

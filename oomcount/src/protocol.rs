@@ -54,7 +54,8 @@ pub enum Response {
     Events(Vec<VictimEvent>),
     /// The watch has begun: every event after this line will follow.
     Watching(CountReply),
-    Event(VictimEvent),
+    /// Boxed: an event is the largest reply by far, and watchers get many.
+    Event(Box<VictimEvent>),
     /// Events the kernel could not hand over (ring buffer full), or that this watcher fell too
     /// far behind to receive.
     Dropped(Dropped),
@@ -138,6 +139,12 @@ pub struct CountReply {
     pub kernel_oom_kill: Option<u64>,
     /// Who answered.
     pub source: Source,
+    /// `[hooks]`: hooks started, and kills or verdict changes that ran none because
+    /// `max_running` hooks were busy (coalesced into the next). Absent without hooks.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooks_run: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooks_skipped: Option<u64>,
 }
 
 impl CountReply {
@@ -158,12 +165,31 @@ impl CountReply {
             events_dropped: counters.events_dropped,
             kill_events_dropped: counters.kill_events_dropped,
             oom_signals: counters.oom_signals,
+            hooks_run: None,
+            hooks_skipped: None,
             events_received,
             kill_events_received,
             attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
             kernel_oom_kill,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+impl CountReply {
+    /// The tests' count: 3 kills (2 memcg, 1 global) in 5 marks, all received, since
+    /// 2026-11-26T05:00:00Z; the kernel counted 9 since boot.
+    pub(crate) fn sample() -> Self {
+        let counters = Counters {
+            kills: 3,
+            marked: 5,
+            kills_memcg: 2,
+            kills_global: 1,
+            ..Counters::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_669_200);
+        CountReply::new(&counters, at, Some(9), Source::Daemon, (5, 3))
     }
 }
 
@@ -489,20 +515,7 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let reply = Response::Count(CountReply {
-            kills: 3,
-            marked: 5,
-            kills_memcg: 3,
-            kills_global: 0,
-            events_dropped: 0,
-            kill_events_dropped: 0,
-            oom_signals: 0,
-            events_received: 5,
-            kill_events_received: 3,
-            attached_at: "2026-11-26T05:00:00Z".into(),
-            kernel_oom_kill: Some(7),
-            source: Source::Daemon,
-        });
+        let reply = Response::Count(CountReply::sample());
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.starts_with(r#"{"count":{"kills":3,"#), "{text}");
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);

@@ -7,22 +7,14 @@ use oomcount::{
     protocol::{self, Request, Response},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// What to count kills by: the victim's memory cgroup (cut to `cgroup_depth` levels) or its
-    /// command name.
-    #[arg(long, value_enum, default_value_t = By::Cgroup)]
-    pub by: By,
-    /// One JSON object: by, max_rows, cgroup_depth, rows (key, kills, last_kill, last_pid,
-    /// last_comm), most kills first.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub socket: super::SocketArg,
-}
+pub use oomcount_args::top::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reply = match protocol::call(&args.socket.socket, &Request::Top { by: args.by })? {
+    let by = match args.by {
+        oomcount_args::top::By::Cgroup => By::Cgroup,
+        oomcount_args::top::By::Comm => By::Comm,
+    };
+    let reply = match protocol::call(&args.socket.socket, &Request::Top { by })? {
         Response::Top(reply) => reply,
         other => anyhow::bail!(
             "the daemon at {} answered a {} response to a top request (is it an oomcount daemon of this version?)",

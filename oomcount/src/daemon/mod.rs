@@ -51,9 +51,10 @@ use crate::metrics::Publisher;
 use crate::{
     config::Config,
     host::system,
+    notify::{Notice, hooks::Hooks, journal::Journal},
     probe::{
         Origin, Probe, ProbeError,
-        event::{Clock, monotonic},
+        event::{Clock, ExactNames, VictimEvent, monotonic},
     },
     protocol::{CountReply, DropOrigin, Dropped, Response},
     watchdog::{
@@ -100,6 +101,8 @@ pub enum DaemonError {
     Watchdog(#[from] crate::watchdog::device::WatchdogError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}: fix [hooks] in the config file")]
+    Hooks(#[from] crate::notify::hooks::HookError),
 }
 
 pub struct Options {
@@ -121,6 +124,8 @@ struct Shared {
     state: Mutex<State>,
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
+    /// Where kills are told beyond the log: the journal's fields (under systemd).
+    journal: Option<Journal>,
 }
 
 /// Everything the daemon keeps, in one place.
@@ -135,6 +140,8 @@ struct State {
     metrics: Publisher,
     /// When a scrape last judged the verdict.
     scraped_at: Option<std::time::Instant>,
+    /// `[hooks]`, when any is configured.
+    hooks: Option<Hooks>,
 }
 
 /// The ranking of the likely next victims, done off the runtime's thread.
@@ -181,6 +188,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     // The metrics' port and textfile folder: a port in use stops the daemon here, before it
     // attaches, naming the key as `config check` does.
     let metrics_port = options.config.bind_metrics()?;
+    // Checked with the config already; built before anything is attached or armed.
+    let hooks = options.config.hooks.build()?;
+    let journal = Journal::from_env();
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
     let listener = socket::bind(&socket)?;
@@ -210,8 +220,10 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             stat: options.stat,
             metrics: Publisher::new(options.config.metrics.clone()),
             scraped_at: None,
+            hooks,
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
+        journal,
     });
     shared.lock().publish_stat();
     shared.lock().publish_metrics();
@@ -353,11 +365,10 @@ impl Shared {
             if self.watchers.receiver_count() > 0 {
                 let _ = self
                     .watchers
-                    .send(clients::line(&Response::Event((*event).clone())));
+                    .send(clients::line(&Response::Event(Box::new((*event).clone()))));
             }
             match kill {
                 Some(kill) => {
-                    log::info!("{}", event.line());
                     state.metrics.kill(
                         clock.wall(kill.at.as_nanos() as u64),
                         kill.pid,
@@ -365,6 +376,7 @@ impl Shared {
                         kill.cgroup.as_deref(),
                         kill.constraint,
                     );
+                    self.tell_kill(&event, &item, state.hooks.as_ref());
                     state.keeper.kill(kill);
                 }
                 None => log::debug!("{}", event.line()),
@@ -386,6 +398,32 @@ impl Shared {
             state.judge();
         }
         state.metrics_text().unwrap_or_default()
+    }
+
+    /// A kill is logged (as a journal entry with fields under systemd, else as a line) and
+    /// handed to `on_kill`, with the names exactly as the kernel had them (`record`).
+    fn tell_kill(&self, event: &VictimEvent, record: &[u8], hooks: Option<&Hooks>) {
+        let line = event.line();
+        if self.journal.is_none() && hooks.is_none() {
+            log::info!("{line}");
+            return;
+        }
+        let exact = ExactNames::of(record).unwrap_or_default();
+        let notice = Notice::new(event)
+            .exact("comm", exact.comm.as_deref())
+            .exact("cgroup", exact.cgroup.as_deref())
+            .exact("oom_cgroup", exact.oom_cgroup.as_deref())
+            .exact("trigger_comm", Some(&exact.trigger_comm));
+        let journaled = self
+            .journal
+            .as_ref()
+            .is_some_and(|journal| journal.kill(&notice, &line));
+        if !journaled {
+            log::info!("{line}");
+        }
+        if let Some(hooks) = hooks {
+            hooks.kill(notice);
+        }
     }
 
     /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
@@ -462,6 +500,7 @@ impl State {
         // costs ~0.35 ms on ext4), then the pins' slots and the stat file.
         self.keeper.judge();
         self.keep_latch();
+        self.tell_verdict();
         self.publish_metrics();
         for (slot, value) in self.ledger.slots() {
             let _ = self.probe.set_slot(slot, value);
@@ -495,6 +534,7 @@ impl State {
         self.keeper.tick();
         self.keep_latch();
         self.verdict_published();
+        self.tell_verdict();
     }
 
     /// Judges now; an unrecoverable verdict is kept with the pins.
@@ -502,6 +542,7 @@ impl State {
         let verdict = self.keeper.judge();
         self.keep_latch();
         self.verdict_published();
+        self.tell_verdict();
         verdict
     }
 
@@ -532,6 +573,24 @@ impl State {
         if let Some(text) = self.metrics_text() {
             let health = Some(self.keeper.health());
             self.metrics.write_textfile(&text, health);
+        }
+    }
+
+    /// Hands a change of health the keeper just judged to `on_verdict`.
+    fn tell_verdict(&mut self) {
+        let Some((before, verdict)) = self.keeper.take_change() else {
+            return;
+        };
+        if let Some(hooks) = &self.hooks
+            && before != verdict.health
+        {
+            let change = VerdictChange {
+                time: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+                health: verdict.health,
+                previous: before,
+                reason: verdict.reason,
+            };
+            hooks.verdict(Notice::new(&change));
         }
     }
 
@@ -571,7 +630,12 @@ impl State {
         let counters = self.probe.counters().map_err(io::Error::other)?;
         let attached_at = self.probe.attached_at();
         let kernel = system::kernel_oom_kill();
-        Ok(self.ledger.count_reply(&counters, attached_at, kernel))
+        let mut reply = self.ledger.count_reply(&counters, attached_at, kernel);
+        if let Some(hooks) = &self.hooks {
+            reply.hooks_run = Some(hooks.ran());
+            reply.hooks_skipped = Some(hooks.skipped());
+        }
+        Ok(reply)
     }
 
     /// Rewrites the stat file; a failure is logged, never fatal.
@@ -584,6 +648,16 @@ impl State {
             log::warn!("cannot write {} ({err})", path.display());
         }
     }
+}
+
+/// What `on_verdict` is told: `OOMCOUNT_HEALTH`, `OOMCOUNT_PREVIOUS`, `OOMCOUNT_REASON`, and the
+/// whole as JSON in `OOMCOUNT_EVENT`.
+#[derive(serde::Serialize)]
+struct VerdictChange {
+    time: String,
+    health: crate::watchdog::rules::Health,
+    previous: crate::watchdog::rules::Health,
+    reason: String,
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {

@@ -49,20 +49,7 @@ mod tests {
     use super::*;
 
     fn counts() -> CountReply {
-        CountReply {
-            kills: 3,
-            marked: 5,
-            kills_memcg: 2,
-            kills_global: 1,
-            events_dropped: 0,
-            kill_events_dropped: 0,
-            oom_signals: 0,
-            events_received: 5,
-            kill_events_received: 3,
-            attached_at: "2026-11-26T05:00:00Z".into(),
-            kernel_oom_kill: Some(9),
-            source: crate::protocol::Source::Daemon,
-        }
+        CountReply::sample()
     }
 
     #[test]
