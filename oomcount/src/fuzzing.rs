@@ -27,3 +27,42 @@ pub fn btf(bytes: &[u8]) -> Result<Config, BtfError> {
     offsets::fill_from(&mut config, &btf, 16 * 1024);
     Ok(config)
 }
+
+/// Victims named by `data` (names split at each 0xFF byte; the first byte, the cgroup depth),
+/// counted in the per-key tables as the daemon counts them, through the exposition as the port
+/// and the textfile publish it; and `data` as the head of a request to the port.
+pub fn metrics(data: &[u8]) -> String {
+    use crate::metrics::{
+        Snapshot,
+        table::{Kill, Tally},
+    };
+    let (depth, names) = data
+        .split_first()
+        .map_or((0, data), |(d, rest)| (*d as usize, rest));
+    let mut comms = Tally::new(8);
+    let mut cgroups = Tally::new(8);
+    for (n, name) in names.split(|&b| b == 0xFF).enumerate() {
+        let kill = Kill {
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(n as u64),
+            pid: n as u32,
+            comm: Some(name),
+        };
+        comms.count_comm(kill);
+        cgroups.count_cgroup(Some(name), depth % 10, kill);
+    }
+    crate::metrics::http::fuzz_head(data);
+    crate::metrics::render(&Snapshot {
+        kills: 0,
+        by_constraint: Default::default(),
+        marked: 0,
+        events_dropped: 0,
+        kernel_oom_kill: None,
+        attached_at: std::time::UNIX_EPOCH,
+        last_kill: None,
+        verdict: None,
+        keepalives: None,
+        version: "0",
+        cgroups: Some(&cgroups),
+        comms: Some(&comms),
+    })
+}

@@ -229,6 +229,18 @@ fn parse(head: &[u8]) -> Asked {
     }
 }
 
+/// The head parser on any bytes, for the fuzz target: it ends, and what it finds is in the bytes.
+#[doc(hidden)]
+pub fn fuzz_head(bytes: &[u8]) {
+    if let Some(end) = head_end(bytes) {
+        assert!(end <= bytes.len());
+        let asked = parse(&bytes[..end]);
+        if matches!(asked, Asked::Metrics { .. }) {
+            assert!(bytes.windows(PATH.len()).any(|w| w == PATH.as_bytes()));
+        }
+    }
+}
+
 /// Where the head ends (after its blank line), if it has.
 fn head_end(bytes: &[u8]) -> Option<usize> {
     (0..bytes.len()).find_map(|i| {
