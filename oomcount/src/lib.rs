@@ -25,3 +25,4 @@ pub mod tracefs;
 pub mod victims;
 pub mod vitals;
 pub mod watchdog;
+pub mod xen;
