@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use oomcount::tracefs::{Field, config_from_formats, parse_format};
+use oomcount::fuzzing::{Field, config_from_formats, parse_format};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::{
     daemon::Daemon,
     kmsg::{KernelKill, Kmsg},
-    locate, rfc3339,
+    locate,
     trace::{self, MarkRecord, MarkTrace},
     wait::{deadline, wait_until},
 };
@@ -66,7 +66,8 @@ impl Event {
 
     /// `time` as an instant; panics when it is not RFC 3339.
     pub fn at(&self) -> SystemTime {
-        rfc3339::parse(&self.time)
+        humantime::parse_rfc3339(&self.time)
+            .ok()
             .unwrap_or_else(|| panic!("time {:?} of {self:?} is not RFC 3339", self.time))
     }
 

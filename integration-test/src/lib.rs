@@ -16,7 +16,6 @@ pub mod kmsg;
 pub mod locate;
 pub mod mounts;
 pub mod producer;
-pub mod rfc3339;
 pub mod storm;
 pub mod trace;
 pub mod victim;

@@ -7,12 +7,13 @@
 //! judges with the default rules, and pings no watchdog. A `[watchdog]` table turns the pinger
 //! on, with `/dev/watchdog` unless `device` says otherwise.
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
+
+use crate::watchdog::rules::Rules;
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/oomcount/oomcount.toml";
@@ -20,10 +21,10 @@ pub const DEFAULT_PATH: &str = "/etc/oomcount/oomcount.toml";
 /// The shortest keepalive `interval`: drivers count their timeouts in seconds, so pinging more
 /// often than this buys nothing and costs CPU (`interval = "1ns"` made the daemon write 51k
 /// keepalives in 4 s).
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest `timeout`: WDIOC_SETTIMEOUT takes a C `int` of seconds (a larger value would be
 /// cut to its low bits: `"4294967306s"` became 10 s).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(libc::c_int::MAX as u64);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(libc::c_int::MAX as u64);
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -59,12 +60,12 @@ pub struct Watchdog {
     pub device: PathBuf,
     /// `timeout`, set with WDIOC_SETTIMEOUT when given (whole seconds, 1 s to [`MAX_TIMEOUT`]);
     /// default: the driver's own.
-    #[serde(deserialize_with = "opt_duration")]
+    #[serde(deserialize_with = "crate::units::opt_duration")]
     pub timeout: Option<Duration>,
     /// `interval` between keepalives, default 10 s, at least [`MIN_INTERVAL`]; must be below the
     /// timeout: `timeout` where set (checked here), else the driver's, read from the device when
     /// the daemon opens it ([`Config::check_driver_timeout`]).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub interval: Duration,
     /// `nowayout`, default false: when true, never write the magic 'V', so that stopping the
     /// daemon cannot disarm the watchdog.
@@ -84,84 +85,6 @@ impl Default for Watchdog {
             interval: Duration::from_secs(10),
             nowayout: false,
             realtime: false,
-        }
-    }
-}
-
-/// Which kills the `max_kills` rule counts, by the OOM killer's constraint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Kills not caused by a memory cgroup's limit: the machine itself ran out.
-    Global,
-    /// Kills by a memory cgroup's limit.
-    Memcg,
-    /// Every kill.
-    Any,
-}
-
-impl Scope {
-    /// Whether a kill with this constraint (`None`: unknown) counts. A kill whose constraint
-    /// could not be read (a `memory.oom.group` member, a lost event) counts only for `any`.
-    pub fn counts(self, constraint: Option<&str>) -> bool {
-        match self {
-            Scope::Any => true,
-            Scope::Global => constraint == Some("global"),
-            Scope::Memcg => constraint == Some("memcg"),
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    /// As an adjective before "OOM kills".
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scope::Global => "global ",
-            Scope::Memcg => "memcg ",
-            Scope::Any => "",
-        })
-    }
-}
-
-/// `[rules]`: when OOM activity stops being recoverable.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Rules {
-    /// `max_kills`, default 3: more kills than this within `window` is unrecoverable.
-    pub max_kills: u32,
-    /// `window`, default 5 min.
-    #[serde(deserialize_with = "duration")]
-    pub window: Duration,
-    /// `constraint`, default `global`: which kills `max_kills` counts.
-    pub constraint: Scope,
-    /// `critical`, default none: one kill of a process matching one of these is unrecoverable:
-    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::rules::Critical`]).
-    pub critical: Vec<String>,
-    /// `critical_top`, default 0 (off): degraded while a critical process is among this many
-    /// likely next victims (by `oom_score`).
-    pub critical_top: usize,
-    /// `quiet`, default 10 min: how long after the last kill or strain things stay degraded.
-    #[serde(deserialize_with = "duration")]
-    pub quiet: Duration,
-    /// `mem_available_min`, default 32 MiB: degraded below this MemAvailable; `0` for off.
-    #[serde(deserialize_with = "bytes")]
-    pub mem_available_min: u64,
-    /// `psi_full_avg10_max`, default 60.0: degraded above this share of time (%) in which every
-    /// task stalled on memory (where /proc/pressure/memory exists); 100 for off.
-    pub psi_full_avg10_max: f64,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Self {
-            max_kills: 3,
-            window: Duration::from_secs(300),
-            constraint: Scope::Global,
-            critical: Vec::new(),
-            critical_top: 0,
-            quiet: Duration::from_secs(600),
-            mem_available_min: 32 << 20,
-            psi_full_avg10_max: 60.0,
         }
     }
 }
@@ -285,13 +208,13 @@ impl Config {
             }
         }
         let rules = &self.rules;
-        if rules.max_kills as usize >= crate::rules::MAX_REMEMBERED {
+        if rules.max_kills as usize >= crate::watchdog::rules::MAX_REMEMBERED {
             return fail(
                 "rules",
                 "max_kills",
                 format!(
                     "must be below {} (the kills the rules remember)",
-                    crate::rules::MAX_REMEMBERED
+                    crate::watchdog::rules::MAX_REMEMBERED
                 ),
             );
         }
@@ -308,7 +231,7 @@ impl Config {
         if let Some(err) = rules
             .critical
             .iter()
-            .find_map(|entry| crate::rules::Critical::parse(entry).err())
+            .find_map(|entry| crate::watchdog::rules::Critical::parse(entry).err())
         {
             return fail("rules", "critical", err);
         }
@@ -321,7 +244,11 @@ impl Config {
     /// against the timeout the driver reports (WDIOC_GETTIMEOUT), which the file cannot know
     /// when `timeout` is unset, or when the driver took another timeout than asked. The error
     /// names the file, the line and the keys, as a parse error does.
-    pub fn check_driver_timeout(&self, device: &Path, driver: Duration) -> Result<(), ConfigError> {
+    pub(crate) fn check_driver_timeout(
+        &self,
+        device: &Path,
+        driver: Duration,
+    ) -> Result<(), ConfigError> {
         let Some(watchdog) = &self.watchdog else {
             return Ok(());
         };
@@ -472,42 +399,10 @@ fn locate_table(text: &str, table: &str) -> Option<usize> {
     None
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|err| {
-        de::Error::custom(format!(
-            "{text:?} is not a duration ({err}): write it like \"90s\", \"5m\" or \"1h 30m\""
-        ))
-    })
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-    duration(deserializer).map(Some)
-}
-
-fn bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => Ok(bytes),
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map(|size| size.as_u64())
-            .map_err(|err| {
-                de::Error::custom(format!(
-                    "{text:?} is not a size ({err}): write it like \"32MiB\" or \"512KiB\""
-                ))
-            }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{probe::event::Constraint, watchdog::rules::Scope};
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/oomcount/oomcount.toml"), text).map_err(|e| e.to_string())
@@ -534,7 +429,7 @@ nowayout = false
 [rules]
 max_kills = 3              # more than this many kills ...
 window = "5m"              # ... in this sliding window is unrecoverable
-constraint = "global"      # which kills count: "global", "memcg" or "any"
+constraint = "global"      # which kills count: "global", "memcg", "cpuset", "mempolicy" or "any"
 critical = ["xenstored"]   # one kill of a process with this comm is unrecoverable
 quiet = "10m"              # how long things must stay calm to be healthy again
 mem_available_min = "32MiB"
@@ -562,6 +457,22 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         let err = parse("[rules]\n\"a\\u001b[2J\" = 1\n").unwrap_err();
         assert!(!err.contains(char::is_control), "{err:?}");
         assert!(err.contains(r"a\u{1b}[2J"), "{err}");
+    }
+
+    #[test]
+    fn the_constraint_is_any_or_one_of_the_kernels() {
+        for (text, scope) in [
+            ("any", Scope::Any),
+            ("global", Scope::Only(Constraint::Global)),
+            ("memcg", Scope::Only(Constraint::Memcg)),
+            ("cpuset", Scope::Only(Constraint::Cpuset)),
+            ("mempolicy", Scope::Only(Constraint::Mempolicy)),
+        ] {
+            let config = parse(&format!("[rules]\nconstraint = \"{text}\"\n")).unwrap();
+            assert_eq!(config.rules.constraint, scope, "{text}");
+        }
+        let err = parse("[rules]\nconstraint = \"unknown\"\n").unwrap_err();
+        assert!(err.contains("expected one of `global`, `memcg`"), "{err}");
     }
 
     #[test]

@@ -54,13 +54,14 @@ fn trusted(uid: u32) -> bool {
 
 /// Checks that every folder on the way to `dir` (itself included) is safe for root to create
 /// files in; returns `dir` with its links resolved.
-pub fn check_folder(dir: &Path) -> Result<PathBuf, Unsafe> {
+#[cfg(test)]
+pub(crate) fn check_folder(dir: &Path) -> Result<PathBuf, Unsafe> {
     walk(dir, None)
 }
 
-/// [`check_folder`], creating the folders that are missing with `mode` (exactly: not subject to
+/// Checks every folder on the way to `dir` as `check_folder` (in the tests) does, creating the folders that are missing with `mode` (exactly: not subject to
 /// the umask).
-pub fn ensure_folder(dir: &Path, mode: u32) -> Result<PathBuf, Unsafe> {
+pub(crate) fn ensure_folder(dir: &Path, mode: u32) -> Result<PathBuf, Unsafe> {
     walk(dir, Some(mode))
 }
 
@@ -170,7 +171,7 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), Unsafe> {
 /// (exactly: not subject to the umask); an existing one must be a folder, not a link, of root's
 /// that no other user can write, sticky or not, and is brought to `mode`. The folders above it are
 /// for [`check_folder`].
-pub fn own_folder(dir: &Path, mode: u32) -> Result<(), Unsafe> {
+pub(crate) fn own_folder(dir: &Path, mode: u32) -> Result<(), Unsafe> {
     make_dir(dir, mode)?;
     check_own_folder(dir)?;
     let io_err = |err| Unsafe::Io(dir.to_path_buf(), err);
@@ -189,7 +190,7 @@ pub fn own_folder(dir: &Path, mode: u32) -> Result<(), Unsafe> {
 
 /// Whether `dir` is a folder, not a link, of root's that no other user can write (sticky or
 /// not): what a folder of the daemon's own must be before anything in it is trusted.
-pub fn check_own_folder(dir: &Path) -> Result<(), Unsafe> {
+pub(crate) fn check_own_folder(dir: &Path) -> Result<(), Unsafe> {
     let meta = fs::symlink_metadata(dir).map_err(|err| Unsafe::Io(dir.to_path_buf(), err))?;
     if meta.file_type().is_symlink() {
         return Err(Unsafe::Link(dir.to_path_buf(), meta.uid()));
@@ -209,7 +210,7 @@ fn fchmod(file: &fs::File, mode: u32) -> io::Result<()> {
 }
 
 /// The folder `path` will be created in ("." for a bare name).
-pub fn parent(path: &Path) -> &Path {
+pub(crate) fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -217,7 +218,7 @@ pub fn parent(path: &Path) -> &Path {
 }
 
 /// `path` with `suffix` appended to its name (`oomcount.sock` -> `oomcount.sock.lock`).
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -225,7 +226,7 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Opens the lock file `path` (mode 0600), never through a link: an entry at its name that is
 /// not the daemon's own regular file (a link, a FIFO, another user's file) is removed first.
-pub fn open_lock(path: &Path) -> io::Result<fs::File> {
+pub(crate) fn open_lock(path: &Path) -> io::Result<fs::File> {
     let open = |exclusive: bool| {
         fs::OpenOptions::new()
             .read(true)
@@ -275,7 +276,7 @@ fn remove_entry(path: &Path) -> io::Result<()> {
 /// Replaces `path` with `contents`, atomically, mode 0644: written to `<path>.tmp`, created anew
 /// (`O_EXCL`, never through a link), then renamed over `path` (a rename replaces a link at
 /// `path`, never what it points to).
-pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
     let create = || {
         fs::OpenOptions::new()
@@ -310,7 +311,7 @@ pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
 
 /// Binds a listening unix socket at `path` with `mode`, removing a stale socket (or a link)
 /// there first; any other kind of file at `path` is an error, never removed.
-pub fn bind_socket(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind_socket(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() || meta.file_type().is_symlink() => {
             remove_entry(path)?;

@@ -6,9 +6,11 @@ use std::io::Cursor;
 
 use oomcount_common::Config;
 
+pub use crate::probe::tracefs::{Field, config_from_formats, parse_format};
+
 use crate::{
-    btf::{Btf, BtfError},
-    offsets,
+    probe::btf::{Btf, BtfError},
+    probe::offsets,
 };
 
 /// Reads `bytes` as BTF, asking for the names the daemon asks the kernel's BTF for, and fills a

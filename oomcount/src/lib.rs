@@ -1,28 +1,26 @@
 //! oomcount: the OOM killer's exact body count, from eBPF.
 //!
-//! The library owns everything but argument parsing: loading and attaching the kernel programs
-//! ([`probe`]), tracefs and tracepoint layouts ([`tracefs`]), the daemon ([`daemon`]) and its
-//! socket protocol ([`protocol`]). The `oomcount` binary is a thin shell over [`cli`].
-pub mod btf;
-pub mod cli;
+//! The library owns everything but the command line, in folders by concern:
+//!
+//! - [`probe`]: the kernel side. Loading and attaching the eBPF programs, their pins in bpffs,
+//!   the counters, tracefs layouts, BTF offsets, and the events decoded for users.
+//! - [`watchdog`]: the judgement. The rules, the keeper that turns verdicts into keepalives,
+//!   the watchdog device.
+//! - [`daemon`]: the serving. The daemon's state and loop, its clients, socket and stat file.
+//! - [`host`]: readings of the machine outside the probe (vmstat, vitals, likely victims).
+//! - [`config`], [`protocol`] and [`logger`]: the config file, the socket's protocol, the log.
+//!
+//! The `oomcount` binary (`src/main.rs`, `src/cli/`) parses flags, calls the library and
+//! prints.
 pub mod config;
 pub mod daemon;
-pub mod event;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod keeper;
+pub mod host;
 pub mod logger;
-pub mod offsets;
-pub mod pins;
 pub mod probe;
 pub mod protocol;
-pub mod rules;
-pub mod slots;
-pub mod stat;
-pub mod system;
-pub mod tracefs;
-pub mod victims;
-pub mod vitals;
+pub(crate) mod units;
 pub mod watchdog;
 pub mod xen;

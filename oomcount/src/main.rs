@@ -3,16 +3,18 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+mod cli;
+
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits 2; --help and --version exit 0.
-    let cli = oomcount::cli::Cli::parse_from(oomcount::cli::args(std::env::args_os()));
-    match oomcount::cli::run(cli) {
+    let cli = cli::Cli::parse_from(cli::args(std::env::args_os()));
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `oomcount count | head -c0`: the reader went away, which is not an error.
-        Err(err) if oomcount::cli::reader_gone(&err) => ExitCode::SUCCESS,
+        Err(err) if cli::reader_gone(&err) => ExitCode::SUCCESS,
         // `oomcount check` speaks in exit codes (watchdog(8)'s convention).
-        Err(err) if err.is::<oomcount::cli::check::Failed>() => {
-            let failed = err.downcast_ref::<oomcount::cli::check::Failed>();
+        Err(err) if err.is::<cli::check::Failed>() => {
+            let failed = err.downcast_ref::<cli::check::Failed>();
             eprintln!("oomcount: {err}");
             ExitCode::from(failed.map_or(1, |f| f.code))
         }

@@ -3,18 +3,18 @@
 //! A client writes a [`Request`] line and reads one [`Response`] line; a connection may carry
 //! several requests. Lines are bounded ([`MAX_LINE`]) so that a misbehaving client cannot make
 //! the daemon grow; garbage gets an error response and costs the daemon nothing else. A
-//! connection over the daemon's limits ([`crate::slots`]) gets one error line, before any
+//! connection over the daemon's limits ([`crate::daemon::slots`]) gets one error line, before any
 //! request, and is closed.
 use std::{
     io::{self, BufRead, BufReader, Read as _, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::VictimEvent;
+use crate::probe::{counters::Counters, event::VictimEvent};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
@@ -22,7 +22,7 @@ pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
 /// The longest request line accepted, newline included.
 pub const MAX_LINE: usize = 4096;
 /// The longest response line a client accepts (a full `list`).
-pub const MAX_RESPONSE: usize = 8 << 20;
+pub(crate) const MAX_RESPONSE: usize = 8 << 20;
 
 /// How long a client waits for the daemon's answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,18 +61,47 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictReply {
     /// `healthy`, `degraded` (recoverable: keepalives go on) or `unrecoverable`.
-    pub health: crate::rules::Health,
+    pub health: crate::watchdog::rules::Health,
     /// Why, in one line; empty when healthy.
     pub reason: String,
-    pub watchdog: crate::keeper::KeeperState,
+    pub watchdog: crate::watchdog::keeper::KeeperState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     /// How many events were lost.
     pub count: u64,
-    /// `kernel` (ring buffer full: see `events_dropped`) or `watcher` (this client was slow).
-    pub by: String,
+    /// Where they were lost.
+    pub by: DropOrigin,
+}
+
+/// Where events were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropOrigin {
+    /// In the kernel: the ring buffer was full (see `events_dropped`).
+    Kernel,
+    /// On the way to this watcher: it was slow, and its queue full.
+    Watcher,
+}
+
+impl std::fmt::Display for DropOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropOrigin::Kernel => "kernel",
+            DropOrigin::Watcher => "watcher",
+        })
+    }
+}
+
+/// Who answered a count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The daemon.
+    Daemon,
+    /// The pins, read without a daemon (as root).
+    Pins,
 }
 
 /// What `oomcount count --json` prints.
@@ -101,8 +130,52 @@ pub struct CountReply {
     pub attached_at: String,
     /// `/proc/vmstat` `oom_kill`: the kernel's count since boot; absent before Linux 4.13.
     pub kernel_oom_kill: Option<u64>,
-    /// Who answered: `daemon`.
-    pub source: String,
+    /// Who answered.
+    pub source: Source,
+}
+
+impl CountReply {
+    /// The one way a count is made, from the counters the daemon or the pins hold, with the
+    /// events and kill events received (0 from the pins).
+    pub fn new(
+        counters: &Counters,
+        attached_at: SystemTime,
+        kernel_oom_kill: Option<u64>,
+        source: Source,
+        (events_received, kill_events_received): (u64, u64),
+    ) -> Self {
+        Self {
+            kills: counters.kills,
+            marked: counters.marked,
+            kills_memcg: counters.kills_memcg,
+            kills_global: counters.kills_global,
+            events_dropped: counters.events_dropped,
+            kill_events_dropped: counters.kill_events_dropped,
+            oom_signals: counters.oom_signals,
+            events_received,
+            kill_events_received,
+            attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),
+            kernel_oom_kill,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+impl CountReply {
+    /// The tests' count: 3 kills (2 memcg, 1 global) in 5 marks, all received, since
+    /// 2026-11-26T05:00:00Z; the kernel counted 9 since boot.
+    pub(crate) fn sample() -> Self {
+        let counters = Counters {
+            kills: 3,
+            marked: 5,
+            kills_memcg: 2,
+            kills_global: 1,
+            ..Counters::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_669_200);
+        CountReply::new(&counters, at, Some(9), Source::Daemon, (5, 3))
+    }
 }
 
 /// Parses one request line as the daemon reads it (its newline included or not); the error is
@@ -215,7 +288,7 @@ impl Client {
     }
 
     /// Sends a request.
-    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+    pub(crate) fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests always serialize");
         line.push(b'\n');
         self.reader
@@ -277,6 +350,40 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::event::{Constraint, Kind};
+
+    #[test]
+    fn enums_are_written_as_the_words_users_match_on() {
+        let word = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        let to = |v: &dyn erased::Ser| word(v.json());
+        assert_eq!(to(&Source::Daemon), "daemon");
+        assert_eq!(to(&Source::Pins), "pins");
+        assert_eq!(to(&DropOrigin::Kernel), "kernel");
+        assert_eq!(to(&DropOrigin::Watcher), "watcher");
+        assert_eq!(to(&Kind::Kill), "kill");
+        assert_eq!(to(&Kind::Mark), "mark");
+        for constraint in Constraint::ALL {
+            assert_eq!(to(&constraint), constraint.name());
+            let back: Constraint = serde_json::from_str(&format!("\"{constraint}\"")).unwrap();
+            assert_eq!(back, constraint);
+        }
+        assert_eq!(
+            ["global", "memcg", "cpuset", "mempolicy"],
+            Constraint::ALL.map(Constraint::name)
+        );
+    }
+
+    /// `serde_json::to_value` for the test's table of different types.
+    mod erased {
+        pub(super) trait Ser {
+            fn json(&self) -> serde_json::Value;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn json(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap()
+            }
+        }
+    }
 
     #[test]
     fn requests_are_one_json_line() {
@@ -392,20 +499,7 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let reply = Response::Count(CountReply {
-            kills: 3,
-            marked: 5,
-            kills_memcg: 3,
-            kills_global: 0,
-            events_dropped: 0,
-            kill_events_dropped: 0,
-            oom_signals: 0,
-            events_received: 5,
-            kill_events_received: 3,
-            attached_at: "2026-11-26T05:00:00Z".into(),
-            kernel_oom_kill: Some(7),
-            source: "daemon".into(),
-        });
+        let reply = Response::Count(CountReply::sample());
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.starts_with(r#"{"count":{"kills":3,"#), "{text}");
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);

@@ -81,7 +81,10 @@ fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
             packages.join(" ")
         );
     }
-    eprintln!("setup: installing {} (apt-get, services not started)", packages.join(" "));
+    eprintln!(
+        "setup: installing {} (apt-get, services not started)",
+        packages.join(" ")
+    );
     // Debian would start prometheus and node_exporter on their public ports: the tests start
     // their own, on loopback.
     let _policy = crate::bench::install::PolicyGuard::deny_all().map_err(anyhow::Error::msg)?;

@@ -4,11 +4,10 @@
 //! treats a non-zero status as a problem: it then runs the same program as `repair CODE`, and
 //! reboots when that fails too. Codes are errno-like, except 255, which asks watchdog(8) to
 //! reboot at once. The verdict is the daemon's own, the one its pinger acts on.
-use std::io::Write as _;
 
-use crate::{
+use oomcount::{
     protocol::{self, ClientError, Request, Response, VerdictReply},
-    rules::Health,
+    watchdog::rules::Health,
 };
 
 /// Unrecoverable: watchdog(8)'s "reboot" code.
@@ -114,16 +113,14 @@ fn failed(code: u8, message: String) -> anyhow::Error {
 }
 
 fn print(args: &Args, reply: &VerdictReply) -> Result<(), super::Stdout> {
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, reply)?;
-    } else if args.explain {
-        match reply.health {
-            Health::Healthy => writeln!(out, "healthy"),
-            _ => writeln!(out, "{}: {}", reply.health, reply.reason),
-        }
-        .map_err(super::Stdout)?;
-        writeln!(out, "watchdog: {}", reply.watchdog).map_err(super::Stdout)?;
+    if !args.json && !args.explain {
+        return Ok(());
     }
-    Ok(())
+    super::print(args.json, reply, |reply| {
+        let health = match reply.health {
+            Health::Healthy => "healthy".to_owned(),
+            _ => format!("{}: {}", reply.health, reply.reason),
+        };
+        format!("{health}\nwatchdog: {}\n", reply.watchdog)
+    })
 }

@@ -4,7 +4,7 @@
 //! daemon at start; the error names the file, the line and the key.
 use std::path::PathBuf;
 
-use crate::config::{Config, DEFAULT_PATH};
+use oomcount::config::{Config, DEFAULT_PATH};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

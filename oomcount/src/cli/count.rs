@@ -1,9 +1,9 @@
 //! `oomcount count`: the body count, from the daemon.
-use std::{io::Write as _, path::Path};
+use std::path::Path;
 
-use crate::{
-    pins::Pinned,
-    protocol::{self, ClientError, CountReply, Request, Response},
+use oomcount::{
+    probe::pins::Pinned,
+    protocol::{self, ClientError, CountReply, Request, Response, Source},
 };
 
 #[derive(Debug, clap::Args)]
@@ -22,20 +22,14 @@ pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
     let pinned = Pinned::open(dir).ok()??;
     let counters = pinned.counters().ok()?;
     let attached = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(pinned.attached_ns());
-    Some(CountReply {
-        kills: counters.kills,
-        marked: counters.marked,
-        kills_memcg: counters.kills_memcg,
-        kills_global: counters.kills_global,
-        events_dropped: counters.events_dropped,
-        kill_events_dropped: counters.kill_events_dropped,
-        oom_signals: counters.oom_signals,
-        events_received: 0,
-        kill_events_received: 0,
-        attached_at: humantime::format_rfc3339_seconds(attached).to_string(),
-        kernel_oom_kill: crate::system::kernel_oom_kill(),
-        source: "pins".to_owned(),
-    })
+    let kernel = oomcount::host::system::kernel_oom_kill();
+    Some(CountReply::new(
+        &counters,
+        attached,
+        kernel,
+        Source::Pins,
+        (0, 0),
+    ))
 }
 
 /// The counts from the daemon at `socket`, else from the pins in `pin_dir` when no daemon runs.
@@ -59,13 +53,7 @@ fn counts(socket: &Path, pin_dir: &Path) -> anyhow::Result<CountReply> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let reply = counts(&args.source.socket.socket, &args.source.pin_dir)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &reply)?;
-    } else {
-        write!(out, "{}", human(&reply)).map_err(super::Stdout)?;
-    }
-    Ok(())
+    Ok(super::print(args.json, &reply, human)?)
 }
 
 /// The count for a person: what was counted, since when, and the kernel's figure beside it.
@@ -86,7 +74,7 @@ fn human(reply: &CountReply) -> String {
         reply.marked,
         reply.events_dropped,
         kernel,
-        if reply.source == "pins" {
+        if reply.source == Source::Pins {
             "the pinned counters (no daemon is running)"
         } else {
             "the daemon"
@@ -112,7 +100,7 @@ mod tests {
             kill_events_received: 30,
             attached_at: "2026-11-26T05:00:00Z".into(),
             kernel_oom_kill: None,
-            source: "daemon".into(),
+            source: Source::Daemon,
         });
         assert!(
             text.starts_with(

@@ -11,13 +11,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub stat: Option<std::path::PathBuf>,
     /// Where to pin the probe in bpffs, so that it counts on while no daemon runs.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
     pub pin_dir: std::path::PathBuf,
     /// Pin nothing: the probe detaches when the daemon exits.
     #[arg(long)]
     pub no_pin: bool,
     /// Events kept for `oomcount list` (about 400 bytes each).
-    #[arg(long, default_value_t = crate::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
+    #[arg(long, default_value_t = oomcount::daemon::DEFAULT_HISTORY, value_name = "EVENTS")]
     pub history: usize,
     /// The watchdog and its rules (TOML) [default: /etc/oomcount/oomcount.toml, where it exists].
     #[arg(long, value_name = "FILE")]
@@ -28,19 +28,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    crate::logger::init(if args.verbose {
+    oomcount::logger::init(if args.verbose {
         log::LevelFilter::Debug
     } else {
         log::LevelFilter::Info
     });
     // Before anything is attached or armed: a bad file stops here, naming its line.
-    let config = crate::config::Config::load(args.config.as_deref())?;
+    let config = oomcount::config::Config::load(args.config.as_deref())?;
     let stat = match args.stat {
         Some(path) if path.as_os_str().is_empty() => None,
         Some(path) => Some(path),
-        None => Some(crate::stat::path_for(&args.socket.socket)),
+        None => Some(oomcount::daemon::stat::path_for(&args.socket.socket)),
     };
-    crate::daemon::run(crate::daemon::Options {
+    oomcount::daemon::run(oomcount::daemon::Options {
         stat,
         pin_dir: (!args.no_pin).then_some(args.pin_dir),
         socket: args.socket.socket,

@@ -6,14 +6,14 @@ use anyhow::Context as _;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The pin folder.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
     pub pin_dir: std::path::PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = &args.pin_dir;
-    let detached = match crate::pins::detach(dir) {
-        Err(err @ crate::pins::PinError::Held { .. }) => return Err(err.into()),
+    let detached = match oomcount::probe::pins::detach(dir) {
+        Err(err @ oomcount::probe::pins::PinError::Held { .. }) => return Err(err.into()),
         other => other.with_context(|| format!("detach (as root?) from {}", dir.display()))?,
     };
     match (detached.removed, detached.held_by.as_slice()) {

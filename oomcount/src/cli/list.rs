@@ -1,7 +1,7 @@
 //! `oomcount list`: the most recent victims, from the daemon's history.
-use std::io::Write as _;
+use oomcount::probe::event::Kind;
 
-use crate::protocol::{self, Request, Response};
+use oomcount::protocol::{self, Request, Response};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,17 +27,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut events: Vec<_> = events
         .into_iter()
-        .filter(|e| args.marks || e.kind == "kill")
+        .filter(|e| args.marks || e.kind == Kind::Kill)
         .collect();
     let skip = events.len().saturating_sub(args.count);
     events.drain(..skip);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &events)?;
-    } else {
-        for event in &events {
-            writeln!(out, "{}", event.line()).map_err(super::Stdout)?;
-        }
-    }
-    Ok(())
+    Ok(super::print(args.json, &events, |events| {
+        events.iter().map(|event| event.line() + "\n").collect()
+    })?)
 }

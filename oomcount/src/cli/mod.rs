@@ -15,11 +15,11 @@ pub mod next;
 pub mod status;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::protocol::DEFAULT_SOCKET;
+use oomcount::protocol::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,7 +72,7 @@ pub struct CountSource {
     pub socket: SocketArg,
     /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
     /// answers.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -80,6 +80,21 @@ pub struct CountSource {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write to stdout")]
 pub struct Stdout(#[source] pub std::io::Error);
+
+/// Prints `value` to stdout: as one JSON line with `--json`, else as `human` writes it for a
+/// person. Every command that has `--json` prints through here.
+pub(crate) fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<(), Stdout> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        write_json(&mut out, value)
+    } else {
+        out.write_all(human(value).as_bytes()).map_err(Stdout)
+    }
+}
 
 /// Writes `value` as one JSON line to `out` (stdout).
 pub(crate) fn write_json(
@@ -216,11 +231,11 @@ mod tests {
                 false,
             ),
             (
-                crate::protocol::ClientError::Closed(socket.clone()).into(),
+                oomcount::protocol::ClientError::Closed(socket.clone()).into(),
                 false,
             ),
             (
-                crate::protocol::ClientError::Io {
+                oomcount::protocol::ClientError::Io {
                     path: socket,
                     source: Error::from(ErrorKind::BrokenPipe),
                 }

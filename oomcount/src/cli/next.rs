@@ -1,9 +1,9 @@
 //! `oomcount next`: who the OOM killer would take next, read from /proc (no daemon needed).
-use std::{fmt::Write as _, io::Write as _};
+use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use crate::victims::{self, Ranking};
+use oomcount::host::victims::{self, Ranking};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,13 +19,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ranking = victims::rank(args.count).context("rank the processes")?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &ranking)?;
-    } else {
-        write!(out, "{}", human(&ranking)).map_err(super::Stdout)?;
-    }
-    Ok(())
+    Ok(super::print(args.json, &ranking, human)?)
 }
 
 /// A table of the likely victims, then the protected ones on one line.
@@ -80,7 +74,7 @@ fn kb(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::victims::Candidate;
+    use oomcount::host::victims::Candidate;
 
     fn candidate(pid: i32, comm: &str, oom_score: u32, adj: i32) -> Candidate {
         Candidate {

@@ -6,14 +6,14 @@
 //! that runs but does not answer (it hangs up, answers garbage or an error, or not in time) is
 //! another thing: `status` then prints nothing and fails with one line, since a status without
 //! its verdict would pass for one without a daemon.
-use std::{fmt::Write as _, io::Write as _};
+use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{
-    protocol::{Client, ClientError, CountReply, Request, Response, VerdictReply},
-    vitals::{self, MemoryPsi, Psi, Vitals},
+use oomcount::{
+    host::vitals::{self, MemoryPsi, Psi, Vitals},
+    protocol::{Client, ClientError, CountReply, Request, Response, Source, VerdictReply},
 };
 
 #[derive(Debug, clap::Args)]
@@ -66,13 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        super::write_json(&mut out, &status)?;
-    } else {
-        write!(out, "{}", human(&status)).map_err(super::Stdout)?;
-    }
-    Ok(())
+    Ok(super::print(args.json, &status, human)?)
 }
 
 /// The count and the verdict, from the daemon on one connection; `None` when no daemon runs.
@@ -144,7 +138,7 @@ fn human(status: &Status) -> String {
             let kernel = c
                 .kernel_oom_kill
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-            let source = if c.source == "pins" {
+            let source = if c.source == Source::Pins {
                 "the pinned counters, no daemon running"
             } else {
                 "the daemon"
@@ -166,7 +160,7 @@ fn human(status: &Status) -> String {
     }
     if let Some(verdict) = &status.verdict {
         let _ = match verdict.health {
-            crate::rules::Health::Healthy => writeln!(text, "verdict    healthy"),
+            oomcount::watchdog::rules::Health::Healthy => writeln!(text, "verdict    healthy"),
             _ => writeln!(text, "verdict    {}: {}", verdict.health, verdict.reason),
         };
         let _ = writeln!(text, "watchdog   {}", verdict.watchdog);
@@ -253,14 +247,14 @@ mod tests {
                 kill_events_received: 0,
                 attached_at: "2026-11-26T06:12:48Z".into(),
                 kernel_oom_kill: Some(33552),
-                source: "pins".into(),
+                source: Source::Pins,
             }),
             count_error: None,
             verdict: Some(VerdictReply {
-                health: crate::rules::Health::Degraded,
+                health: oomcount::watchdog::rules::Health::Degraded,
                 reason: "memcg OOM kill of hog (pid 7) 3s ago; healthy after 10m without one"
                     .into(),
-                watchdog: crate::keeper::KeeperState {
+                watchdog: oomcount::watchdog::keeper::KeeperState {
                     device: Some("/dev/watchdog".into()),
                     identity: Some("Software Watchdog".into()),
                     timeout_secs: Some(60),

@@ -1,9 +1,10 @@
 //! `oomcount watch`: kills as they happen, one line each.
+use oomcount::probe::event::Kind;
 use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::protocol::{Client, Request, Response};
+use oomcount::protocol::{Client, Request, Response};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Response::Event(event) => {
-                if event.kind != "kill" && !args.marks {
+                if event.kind != Kind::Kill && !args.marks {
                     continue;
                 }
                 if args.json {

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use oomcount_integration_test::rfc3339;
 use serde_json::Value;
 
 /// `{"request":"count"}`: the daemon's counters, as JSON.
@@ -119,7 +118,10 @@ fn record(received: &mut Received, line: &str, at: SystemTime, cgroup: &str) {
             received.marks += 1;
             return;
         }
-        match event["time"].as_str().and_then(rfc3339::parse) {
+        match event["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        {
             Some(marked) => received
                 .kill_latencies
                 .push(at.duration_since(marked).unwrap_or_default()),

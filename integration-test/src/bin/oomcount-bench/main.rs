@@ -109,11 +109,12 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
     phases::memory::end_memory(&mut bench)?;
     let Bench {
         daemon,
-        rows,
+        mut rows,
         mut details,
         ..
     } = bench;
     daemon.stop()?;
+    phases::signals::signal_cost(&mut rows, &mut details)?;
     details.insert("took_s".into(), json!(started.elapsed().as_secs_f64()));
     let output = json!({
         "kernel": oomcount_integration_test::kernel_release(),

@@ -4,6 +4,7 @@ pub mod bpf;
 pub mod cpu;
 pub mod events;
 pub mod memory;
+pub mod signals;
 
 use std::time::{Duration, Instant};
 

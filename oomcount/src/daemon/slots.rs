@@ -23,17 +23,17 @@ use std::{
 };
 
 /// Connections root may hold at once: watchdog(8)'s test, systemd's, an administrator's.
-pub const ROOT_SLOTS: usize = 16;
+pub(crate) const ROOT_SLOTS: usize = 16;
 /// Connections all other users together may hold at once.
-pub const USER_SLOTS: usize = 32;
+pub(crate) const USER_SLOTS: usize = 32;
 /// Connections one user other than root may hold at once.
-pub const PER_UID: usize = 8;
+pub(crate) const PER_UID: usize = 8;
 /// The longest span between two log lines about refused connections.
-pub const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Root holds all of its own slots.
     Root,
     /// This user holds [`PER_UID`] connections.
@@ -72,24 +72,24 @@ struct Held {
 
 /// The daemon's connection slots.
 #[derive(Clone, Debug, Default)]
-pub struct Slots {
+pub(crate) struct Slots {
     held: Arc<Mutex<Held>>,
 }
 
 /// One connection's slot, given back when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     held: Arc<Mutex<Held>>,
     uid: u32,
 }
 
 impl Slots {
-    pub fn new() -> Slots {
+    pub(crate) fn new() -> Slots {
         Slots::default()
     }
 
     /// A slot for a connection from `uid`, or why there is none.
-    pub fn take(&self, uid: u32) -> Result<Slot, Refusal> {
+    pub(crate) fn take(&self, uid: u32) -> Result<Slot, Refusal> {
         let mut held = lock(&self.held);
         if uid == 0 {
             if held.root >= ROOT_SLOTS {
@@ -114,7 +114,8 @@ impl Slots {
     }
 
     /// Connections held now: root's and the other users'.
-    pub fn held(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (usize, usize) {
         let held = lock(&self.held);
         (held.root, held.users)
     }
@@ -144,7 +145,7 @@ fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
 /// Refused connections in few log lines: the first of a quiet spell at once, then one line per
 /// [`REFUSALS_LOGGED_EVERY`] with how many more there were, for as long as they go on.
 #[derive(Debug)]
-pub struct RefusalLog {
+pub(crate) struct RefusalLog {
     every: Duration,
     /// When the count so far is due to be logged; `None` in a quiet spell.
     due: Option<Instant>,
@@ -159,7 +160,7 @@ impl Default for RefusalLog {
 }
 
 impl RefusalLog {
-    pub fn new(every: Duration) -> RefusalLog {
+    pub(crate) fn new(every: Duration) -> RefusalLog {
         RefusalLog {
             every,
             due: None,
@@ -170,7 +171,7 @@ impl RefusalLog {
 
     /// A refusal at `now`: the line to log at once, or `None` when it is counted for
     /// [`RefusalLog::flush`].
-    pub fn refused(&mut self, now: Instant, refusal: Refusal) -> Option<String> {
+    pub(crate) fn refused(&mut self, now: Instant, refusal: Refusal) -> Option<String> {
         if self.due.is_none() {
             self.due = Some(now + self.every);
             return Some(format!(
@@ -184,13 +185,13 @@ impl RefusalLog {
     }
 
     /// When [`RefusalLog::flush`] is due; `None` in a quiet spell.
-    pub fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         self.due
     }
 
     /// At [`RefusalLog::due`]: the line about the refusals counted since the last line, if
     /// there were any; without any, a quiet spell begins.
-    pub fn flush(&mut self, now: Instant) -> Option<String> {
+    pub(crate) fn flush(&mut self, now: Instant) -> Option<String> {
         let Some(last) = self.last.take() else {
             self.due = None;
             return None;

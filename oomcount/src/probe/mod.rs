@@ -4,16 +4,16 @@
 //!
 //! The object is embedded in the binary (built by `build.rs`). It is loaded without aya's parse
 //! of the kernel's BTF: the few kernel-structure offsets the programs need come from
-//! [`crate::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
+//! [`crate::probe::offsets`], and parsing the kernel's 5 MB of BTF would only cost memory.
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
+    maps::{MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use oomcount_common::{
@@ -22,7 +22,15 @@ use oomcount_common::{
     PROG_SIGNAL_GENERATE_RAW, TP_MARK_VICTIM, TP_SIGNAL_GENERATE, counter, feature, pin,
 };
 
-use crate::{pins, system, tracefs};
+use crate::host::system;
+use counters::{CounterMap, Counters};
+
+pub(crate) mod btf;
+pub mod counters;
+pub mod event;
+pub(crate) mod offsets;
+pub mod pins;
+pub(crate) mod tracefs;
 
 /// The eBPF object, as `build.rs` left it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomcount"));
@@ -70,24 +78,9 @@ pub enum ProbeError {
     Map(#[from] aya::maps::MapError),
 }
 
-/// The counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub kills: u64,
-    pub marked: u64,
-    pub events_dropped: u64,
-    pub kill_events_dropped: u64,
-    pub oom_signals: u64,
-    pub kills_memcg: u64,
-    pub kills_global: u64,
-    /// Of `kill_events_dropped`, those the kernel split as memcg and as other (global) kills.
-    pub kill_events_dropped_memcg: u64,
-    pub kill_events_dropped_global: u64,
-}
-
 /// How the probe came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Attached now, and pinned.
     Attached,
     /// Attached now, not pinned (`--no-pin`, or a kernel whose attachments cannot be pinned).
@@ -99,7 +92,7 @@ pub enum Origin {
 }
 
 /// oomcount's programs, attached. Dropping it detaches them unless they are pinned.
-pub struct Probe {
+pub(crate) struct Probe {
     /// The loaded object, when loaded by this process (not when adopted).
     _ebpf: Option<Ebpf>,
     /// Links taken from their programs but not pinned: dropping them detaches.
@@ -107,7 +100,7 @@ pub struct Probe {
     /// This process's own descriptors of its pinned maps and links, when pinned: the probe
     /// stays attached while they are held, whatever becomes of the pins.
     held: Option<pins::Held>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: CounterMap,
     events: Option<RingBuf<MapData>>,
     attached_at: SystemTime,
     origin: Origin,
@@ -117,7 +110,7 @@ impl Probe {
     /// Attaches the programs, pinning them under `pin_dir` when given: adopts the pins found
     /// there when their version is this one's, replaces them (keeping their counts and the
     /// watchdog's latch) when not, or when their links are missing.
-    pub fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
+    pub(crate) fn attach(pin_dir: Option<&Path>) -> Result<Self, ProbeError> {
         if !system::may_load_bpf() {
             return Err(ProbeError::NotPrivileged);
         }
@@ -170,7 +163,7 @@ impl Probe {
     fn load(pin_dir: Option<&Path>, replacing: Option<pins::Pinned>) -> Result<Self, ProbeError> {
         let tracefs = tracefs::ensure_mounted()?;
         let mut config = tracefs::load_config(&tracefs)?;
-        crate::offsets::fill(&mut config);
+        crate::probe::offsets::fill(&mut config);
         // Raw `mark_victim` arguments: `(task, uid)` on the new layout, `(pid)` on the old.
         config.mark_raw_task = u32::from(config.mark_victim.total_vm != ABSENT);
         // Both programs go on raw tracepoints wherever BTF gives the task's offsets. A classic
@@ -202,10 +195,11 @@ impl Probe {
                 dir.display()
             );
         }
-        let mut counters: PerCpuArray<MapData, u64> = ebpf
+        let counters: PerCpuArray<MapData, u64> = ebpf
             .take_map(MAP_COUNTERS)
             .ok_or(ProbeError::Missing(MAP_COUNTERS))?
             .try_into()?;
+        let mut counters = CounterMap::new(counters);
         let events: RingBuf<MapData> = ebpf
             .take_map(MAP_EVENTS)
             .ok_or(ProbeError::Missing(MAP_EVENTS))?
@@ -236,7 +230,7 @@ impl Probe {
         let mut carried_attach = None;
         if let Some(old) = replacing {
             for (index, value) in old.carry_over()? {
-                set_slot(&mut counters, index, value)?;
+                counters.set(index, value)?;
                 if index == counter::ATTACHED_AT_NS && value != 0 {
                     carried_attach = Some(UNIX_EPOCH + Duration::from_nanos(value));
                 }
@@ -253,7 +247,7 @@ impl Probe {
             }
         }
         if let Some(dir) = pinning {
-            pins::pin_maps(dir, pins::map_fd(&counters), events.as_fd())?;
+            pins::pin_maps(dir, counters.fd(), events.as_fd())?;
             // The tests' stand-in for a crash between pinning the maps and the links.
             if std::env::var_os("OOMCOUNT_TEST_CRASH_AFTER_MAPS").is_some() {
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
@@ -275,8 +269,8 @@ impl Probe {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        set_slot(&mut counters, counter::VERSION, pin_version())?;
-        set_slot(&mut counters, counter::ATTACHED_AT_NS, attached_ns as u64)?;
+        counters.set(counter::VERSION, pin_version())?;
+        counters.set(counter::ATTACHED_AT_NS, attached_ns as u64)?;
 
         let mut origin = Origin::Unpinned;
         let mut links = Vec::new();
@@ -289,7 +283,7 @@ impl Probe {
                         .map_err(|err| pins::PinError::Pin(dir.join(name), err))
                 };
                 let maps = [
-                    (pin::COUNTERS, dup(pins::map_fd(&counters), pin::COUNTERS)?),
+                    (pin::COUNTERS, dup(counters.fd(), pin::COUNTERS)?),
                     (pin::EVENTS, dup(events.as_fd(), pin::EVENTS)?),
                 ];
                 held = Some(pins::Held::new(dir, maps.into_iter().chain(links))?);
@@ -310,44 +304,44 @@ impl Probe {
     }
 
     /// The pin folder this probe is pinned in, if pinned.
-    pub fn pin_dir(&self) -> Option<&Path> {
+    pub(crate) fn pin_dir(&self) -> Option<&Path> {
         self.held.as_ref().map(pins::Held::dir)
     }
 
     /// Looks at the pins after a change in their folder: pins again what was removed, reports
     /// pins that are not this probe's (see [`pins::Held::check`]).
-    pub fn check_pins(&mut self) {
+    pub(crate) fn check_pins(&mut self) {
         if let Some(held) = &mut self.held {
             held.check();
         }
     }
 
     /// When the programs were attached: counts start there.
-    pub fn attached_at(&self) -> SystemTime {
+    pub(crate) fn attached_at(&self) -> SystemTime {
         self.attached_at
     }
 
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         self.origin
     }
 
     /// The counters, each summed over all CPUs.
-    pub fn counters(&self) -> Result<Counters, ProbeError> {
-        read_counters(&self.counters)
+    pub(crate) fn counters(&self) -> Result<Counters, ProbeError> {
+        Ok(self.counters.counters()?)
     }
 
     /// A user-side slot ([`counter::SEQ`], ...).
-    pub fn slot(&self, index: u32) -> Result<u64, ProbeError> {
-        Ok(self.counters.get(&index, 0)?.iter().sum())
+    pub(crate) fn slot(&self, index: u32) -> Result<u64, ProbeError> {
+        Ok(self.counters.get(index)?)
     }
 
     /// Sets a user-side slot, kept with the pins.
-    pub fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
-        set_slot(&mut self.counters, index, value)
+    pub(crate) fn set_slot(&mut self, index: u32, value: u64) -> Result<(), ProbeError> {
+        Ok(self.counters.set(index, value)?)
     }
 
     /// The event ring buffer; `None` once taken.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    pub(crate) fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
 }
@@ -360,35 +354,6 @@ fn pin_version() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(PIN_VERSION)
-}
-
-/// Counter values by index, carried from old pins to new ones.
-pub type PerCpuValuesByIndex = Vec<(u32, u64)>;
-
-/// Sums each counter over all CPUs.
-pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<Counters, ProbeError> {
-    let read = |index: u32| -> Result<u64, ProbeError> { Ok(map.get(&index, 0)?.iter().sum()) };
-    Ok(Counters {
-        kills: read(counter::KILLS)?,
-        marked: read(counter::MARKED)?,
-        events_dropped: read(counter::EVENTS_DROPPED)?,
-        kill_events_dropped: read(counter::KILL_EVENTS_DROPPED)?,
-        oom_signals: read(counter::OOM_SIGNALS)?,
-        kills_memcg: read(counter::KILLS_MEMCG)?,
-        kills_global: read(counter::KILLS_GLOBAL)?,
-        kill_events_dropped_memcg: read(counter::KILL_EVENTS_DROPPED_MEMCG)?,
-        kill_events_dropped_global: read(counter::KILL_EVENTS_DROPPED_GLOBAL)?,
-    })
-}
-
-/// Writes `value` to CPU 0's copy of slot `index` and zero to the others, so that the sum is
-/// `value`.
-fn set_slot(map: &mut PerCpuArray<MapData, u64>, index: u32, value: u64) -> Result<(), ProbeError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, err)| aya::maps::MapError::IoError(err))?;
-    let mut values = vec![0u64; cpus];
-    values[0] = value;
-    let values = PerCpuValues::try_from(values).map_err(aya::maps::MapError::IoError)?;
-    Ok(map.set(index, values, 0)?)
 }
 
 /// What a failure of `program` on Linux `kernel` is reported as.
@@ -522,15 +487,4 @@ fn set_kill_program(
         .ok_or(ProbeError::Missing(MAP_KILL_PROG))?
         .try_into()?;
     Ok(array.set(0, &fd, 0)?)
-}
-
-/// The pin folder used unless told otherwise.
-pub fn default_pin_dir() -> PathBuf {
-    PathBuf::from(pins::DEFAULT_DIR)
-}
-
-/// Opens a pinned counter map.
-pub fn open_counters(path: &Path) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
-    let map = Map::from_map_data(MapData::from_pin(path)?)?;
-    Ok(map.try_into()?)
 }

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 /// `struct watchdog_info` from `<linux/watchdog.h>`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WatchdogInfo {
+pub(crate) struct WatchdogInfo {
     pub options: u32,
     pub firmware_version: u32,
     pub identity: [u8; 32],
@@ -27,11 +27,9 @@ pub struct WatchdogInfo {
 const _: () = assert!(size_of::<WatchdogInfo>() == 40);
 
 /// `WDIOF_MAGICCLOSE`: the driver disarms on 'V' then close.
-pub const WDIOF_MAGICCLOSE: u32 = 0x0100;
-/// `WDIOF_SETTIMEOUT`: the timeout can be set.
-pub const WDIOF_SETTIMEOUT: u32 = 0x0080;
+pub(crate) const WDIOF_MAGICCLOSE: u32 = 0x0100;
 /// `WDIOF_KEEPALIVEPING`: the KEEPALIVE ioctl works.
-pub const WDIOF_KEEPALIVEPING: u32 = 0x8000;
+pub(crate) const WDIOF_KEEPALIVEPING: u32 = 0x8000;
 
 mod ioctl {
     use super::WatchdogInfo;
@@ -72,7 +70,7 @@ pub enum WatchdogError {
 
 /// An open, armed watchdog.
 #[derive(Debug)]
-pub struct Device {
+pub(crate) struct Device {
     file: File,
     path: PathBuf,
     /// Whether the ioctls apply (a character device that answered GETSUPPORT).
@@ -83,7 +81,7 @@ pub struct Device {
 
 impl Device {
     /// Opens (arms) `path` and sets its timeout when asked.
-    pub fn open(path: &Path, timeout: Option<Duration>) -> Result<Device, WatchdogError> {
+    pub(crate) fn open(path: &Path, timeout: Option<Duration>) -> Result<Device, WatchdogError> {
         let file = OpenOptions::new()
             .write(true)
             .open(path)
@@ -141,32 +139,32 @@ impl Device {
         Ok(device)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The driver's name (`Software Watchdog` for softdog), or "" without the ioctls.
-    pub fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         String::from_utf8_lossy(oomcount_common::c_str(&self.info.identity)).into_owned()
     }
 
     /// WDIOF_* bits from GETSUPPORT (0 without the ioctls).
-    pub fn options(&self) -> u32 {
+    pub(crate) fn options(&self) -> u32 {
         self.info.options
     }
 
     /// The timeout the driver uses, where it says.
-    pub fn timeout(&self) -> Option<Duration> {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
     /// Whether ioctls apply (false for a file or FIFO standing in for a device).
-    pub fn has_ioctls(&self) -> bool {
+    pub(crate) fn has_ioctls(&self) -> bool {
         self.ioctls
     }
 
     /// One ping.
-    pub fn keepalive(&mut self) -> io::Result<()> {
+    pub(crate) fn keepalive(&mut self) -> io::Result<()> {
         if self.ioctls && self.info.options & WDIOF_KEEPALIVEPING != 0 {
             let mut dummy: libc::c_int = 0;
             // SAFETY: KEEPALIVE writes at most one int we own.
@@ -179,13 +177,13 @@ impl Device {
 
     /// Closes with the magic 'V': the driver disarms (where it has MAGICCLOSE and was loaded
     /// without nowayout). Returns whether the driver claims MAGICCLOSE.
-    pub fn disarm(mut self) -> io::Result<bool> {
+    pub(crate) fn disarm(mut self) -> io::Result<bool> {
         self.file.write_all(b"V")?;
         Ok(!self.ioctls || self.info.options & WDIOF_MAGICCLOSE != 0)
     }
 
     /// Closes without the magic: the watchdog stays armed and fires after its timeout.
-    pub fn leave_armed(self) {
+    pub(crate) fn leave_armed(self) {
         drop(self.file);
     }
 }

@@ -43,7 +43,7 @@ pub enum TracefsError {
 }
 
 /// The tracefs mount point, mounting tracefs at `/sys/kernel/tracing` if none is mounted.
-pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+pub(crate) fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     if let Some(found) = find() {
         return Ok(found);
     }
@@ -61,7 +61,7 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
 }
 
 /// A mounted tracefs: one of the usual paths with an `events` folder in it.
-pub fn find() -> Option<PathBuf> {
+pub(crate) fn find() -> Option<PathBuf> {
     TRACEFS_PATHS
         .iter()
         .map(PathBuf::from)
@@ -175,7 +175,7 @@ pub fn config_from_formats(
 }
 
 /// Reads both tracepoints' layouts from tracefs and builds the program's configuration.
-pub fn load_config(tracefs: &Path) -> Result<Config, TracefsError> {
+pub(crate) fn load_config(tracefs: &Path) -> Result<Config, TracefsError> {
     let read = |(category, name): (&'static str, &'static str)| {
         let path = tracefs
             .join("events")
@@ -199,7 +199,7 @@ pub fn load_config(tracefs: &Path) -> Result<Config, TracefsError> {
 }
 
 /// `uname -r`, for messages.
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned())

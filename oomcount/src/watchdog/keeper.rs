@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Config,
-    event::monotonic,
-    rules::{Health, Kill, Monitor, Pressure, Verdict},
-    watchdog::{Device, WDIOF_MAGICCLOSE, WatchdogError},
+    probe::event::monotonic,
+    watchdog::{
+        device::{Device, WDIOF_MAGICCLOSE, WatchdogError},
+        rules::{Health, Kill, Monitor, Pressure, Verdict},
+    },
 };
 
 /// What `oomcount status` and `check --explain` show of the keepalive.
@@ -85,7 +87,7 @@ impl std::fmt::Display for KeeperState {
     }
 }
 
-pub struct Keeper {
+pub(crate) struct Keeper {
     monitor: Monitor,
     device: Option<Device>,
     dry_run: bool,
@@ -111,7 +113,7 @@ impl Keeper {
     /// judged the machine unrecoverable at `latched` (kept with the pins): then the verdict
     /// starts there, and the device is left alone, since opening it (and setting its timeout)
     /// would ping it and put off the reset that verdict called for.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         dry_run: bool,
         latched: Option<SystemTime>,
@@ -149,7 +151,7 @@ impl Keeper {
             _ => None,
         };
         if watchdog.realtime {
-            crate::system::realtime();
+            crate::host::system::realtime();
         }
         let systemd = sd_notify::watchdog_enabled();
         // The device's interval, and half of systemd's WATCHDOG_USEC (it asks for a ping
@@ -195,12 +197,12 @@ impl Keeper {
     }
 
     /// How often [`Keeper::tick`] must run; `None` when nothing is pinged.
-    pub fn interval(&self) -> Option<Duration> {
+    pub(crate) fn interval(&self) -> Option<Duration> {
         self.interval
     }
 
     /// How many likely next victims the rules look at (0: no need to rank processes).
-    pub fn likely_needed(&self) -> usize {
+    pub(crate) fn likely_needed(&self) -> usize {
         let rules = self.monitor.rules();
         if rules.critical.is_empty() {
             0
@@ -211,12 +213,12 @@ impl Keeper {
 
     /// Records a kill; the next [`Keeper::judge`] (the daemon's, right after each batch of
     /// events) weighs it.
-    pub fn kill(&mut self, kill: Kill) {
+    pub(crate) fn kill(&mut self, kill: Kill) {
         self.monitor.kill(kill);
     }
 
     /// States a fault that leaves the rules in part blind: never healthy from now on.
-    pub fn fault(&mut self, reason: String) {
+    pub(crate) fn fault(&mut self, reason: String) {
         self.monitor.fault(reason);
     }
 
@@ -225,13 +227,13 @@ impl Keeper {
     /// Ranking them is a scan of /proc, which takes milliseconds to seconds with the number of
     /// processes: the daemon does it on a thread of its own, at most once a second, and hands
     /// the result in here, so that neither a keepalive nor an answer to `check` waits for one.
-    pub fn set_likely(&mut self, likely: Vec<String>) {
+    pub(crate) fn set_likely(&mut self, likely: Vec<String>) {
         self.likely = likely;
     }
 
     /// Judges now, from memory as it is now and the likely victims as last ranked, logging each
     /// change of health once.
-    pub fn judge(&mut self) -> Verdict {
+    pub(crate) fn judge(&mut self) -> Verdict {
         let pressure = pressure();
         let likely = std::mem::take(&mut self.likely);
         let verdict = self.judge_with(monotonic(), pressure, &likely);
@@ -267,7 +269,7 @@ impl Keeper {
     }
 
     /// At each interval: judge, then ping while recoverable.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         let verdict = self.judge();
         if !verdict.health.recoverable() {
             return;
@@ -295,15 +297,11 @@ impl Keeper {
 
     /// When this daemon judged the machine unrecoverable, once (then `None`): for the daemon
     /// to keep with the pins, so that a daemon started after this one keeps the verdict.
-    pub fn take_newly_latched(&mut self) -> Option<SystemTime> {
+    pub(crate) fn take_newly_latched(&mut self) -> Option<SystemTime> {
         self.newly_latched.take()
     }
 
-    pub fn verdict(&self) -> &Verdict {
-        &self.verdict
-    }
-
-    pub fn state(&self) -> KeeperState {
+    pub(crate) fn state(&self) -> KeeperState {
         KeeperState {
             device: self.device.as_ref().map(|d| d.path().display().to_string()),
             identity: self
@@ -329,7 +327,7 @@ impl Keeper {
 
     /// A clean stop: disarm with the magic 'V', unless `nowayout`, or unless the machine was
     /// judged unrecoverable (stopping the daemon must not cancel that reset).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(device) = self.device.take() else {
             return;
         };
@@ -377,7 +375,7 @@ fn open(config: &Config, path: &std::path::Path) -> Result<Device, WatchdogError
 
 /// Memory now; a figure the kernel does not give is left out of the judgement.
 fn pressure() -> Pressure {
-    match crate::vitals::read() {
+    match crate::host::vitals::read() {
         Ok(vitals) => Pressure {
             mem_available: vitals.mem_available_kb.map(|kb| kb * 1024),
             psi_full_avg10: vitals
@@ -440,7 +438,7 @@ mod tests {
             at: Duration::from_secs(1),
             pid: 42,
             comm: Some("xenstored".into()),
-            constraint: Some("memcg".into()),
+            constraint: Some(crate::probe::event::Constraint::Memcg),
             cgroup: None,
         });
         let verdict = keeper.judge_with(Duration::from_secs(2), Pressure::default(), &[]);

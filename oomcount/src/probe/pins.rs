@@ -37,7 +37,7 @@ use oomcount_common::{counter, pin};
 
 use crate::{
     files::{self, Unsafe},
-    probe::{Counters, PerCpuValuesByIndex, read_counters},
+    probe::counters::{CounterMap, Counters, ValuesByIndex},
 };
 
 /// Where the pins live unless told otherwise.
@@ -68,7 +68,7 @@ pub enum PinError {
     #[error("cannot remove the pin {0}")]
     Remove(PathBuf, #[source] io::Error),
     #[error("cannot read the pinned counters")]
-    Read(#[source] Box<crate::probe::ProbeError>),
+    Read(#[source] aya::maps::MapError),
     #[error(
         "the probe pinned in {dir} is held by {holders}: stop that daemon first (`systemctl stop oomcount`), then detach (a running daemon pins its probe again)"
     )]
@@ -77,7 +77,7 @@ pub enum PinError {
 
 /// Makes `dir` ready to pin in: mounts bpffs (mode 0700) at `/sys/fs/bpf` where `dir` is under
 /// it and it is not mounted, then makes `dir` the daemon's own folder, or refuses it.
-pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PinError> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && !is_bpffs(root) {
         nix::mount::mount(
@@ -118,12 +118,12 @@ fn remove_leftovers(dir: &Path) -> Result<(), PinError> {
 
 /// What a daemon takes over from pins: the counters, the events, when they were attached (ns),
 /// and its own descriptors of them all.
-pub type Adopted = (PerCpuArray<MapData, u64>, RingBuf<MapData>, u64, Held);
+pub(crate) type Adopted = (CounterMap, RingBuf<MapData>, u64, Held);
 
 /// Pins found in a folder.
 pub struct Pinned {
     dir: PathBuf,
-    counters: PerCpuArray<MapData, u64>,
+    counters: CounterMap,
     version: u64,
     attached_ns: u64,
 }
@@ -140,13 +140,8 @@ impl Pinned {
         let open = || -> Result<PerCpuArray<MapData, u64>, aya::maps::MapError> {
             Map::from_map_data(MapData::from_pin(&path)?)?.try_into()
         };
-        let counters = open().map_err(|err| PinError::Open(path.clone(), err))?;
-        let slot = |index: u32| -> u64 {
-            counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let counters = CounterMap::new(open().map_err(|err| PinError::Open(path.clone(), err))?);
+        let slot = |index: u32| -> u64 { counters.get(index).unwrap_or(0) };
         let (version, attached_ns) = (slot(counter::VERSION), slot(counter::ATTACHED_AT_NS));
         Ok(Some(Self {
             dir: dir.to_path_buf(),
@@ -157,7 +152,7 @@ impl Pinned {
     }
 
     /// The layout version recorded with the pins (0: none recorded).
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
@@ -167,20 +162,20 @@ impl Pinned {
     }
 
     /// Whether both links are pinned (a daemon that died while pinning leaves only maps).
-    pub fn links_present(&self) -> bool {
+    pub(crate) fn links_present(&self) -> bool {
         [pin::LINK_SIGNAL, pin::LINK_MARK]
             .iter()
             .all(|name| self.dir.join(name).exists())
     }
 
     pub fn counters(&self) -> Result<Counters, PinError> {
-        read_counters(&self.counters).map_err(|err| PinError::Read(Box::new(err)))
+        self.counters.counters().map_err(PinError::Read)
     }
 
     /// The counts to carry into a new probe: every counter the programs keep, the attach time,
     /// the event sequence and the unrecoverable latch, whose indexes are the same in every layout
     /// version.
-    pub fn carry_over(&self) -> Result<PerCpuValuesByIndex, PinError> {
+    pub(crate) fn carry_over(&self) -> Result<ValuesByIndex, PinError> {
         let mut carried = Vec::new();
         for index in (0..counter::VERSION).chain([
             counter::ATTACHED_AT_NS,
@@ -189,18 +184,14 @@ impl Pinned {
             counter::UNRECOVERABLE_AT,
             counter::KILL_EVENTS_DROPPED_GLOBAL,
         ]) {
-            let value = self
-                .counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0);
+            let value = self.counters.get(index).unwrap_or(0);
             carried.push((index, value));
         }
         Ok(carried)
     }
 
     /// The pinned maps and links, for a daemon that adopts them.
-    pub fn into_parts(self) -> Result<Adopted, PinError> {
+    pub(crate) fn into_parts(self) -> Result<Adopted, PinError> {
         let path = self.dir.join(pin::EVENTS);
         let open = || -> Result<RingBuf<MapData>, aya::maps::MapError> {
             Map::from_map_data(MapData::from_pin(&path)?)?.try_into()
@@ -211,7 +202,7 @@ impl Pinned {
                 .map_err(|err| PinError::Pin(self.dir.join(name), err))
         };
         let maps = [
-            (pin::COUNTERS, dup(map_fd(&self.counters), pin::COUNTERS)?),
+            (pin::COUNTERS, dup(self.counters.fd(), pin::COUNTERS)?),
             (pin::EVENTS, dup(events.as_fd(), pin::EVENTS)?),
         ];
         let mut links = Vec::new();
@@ -227,16 +218,10 @@ impl Pinned {
     }
 }
 
-/// The descriptor of a counter map (to pin it, or to keep it).
-pub fn map_fd(map: &PerCpuArray<MapData, u64>) -> BorrowedFd<'_> {
-    use aya::maps::IterableMap as _;
-    map.map().fd().as_fd()
-}
-
 /// Pins a freshly loaded probe's maps, each under a temporary name first, then renamed to its
 /// own: a rename replaces the map of the pins being replaced at once, so that a crash at any
 /// point leaves a counter map in the folder.
-pub fn pin_maps(
+pub(crate) fn pin_maps(
     dir: &Path,
     counters: BorrowedFd<'_>,
     events: BorrowedFd<'_>,
@@ -252,7 +237,7 @@ pub fn pin_maps(
 }
 
 /// Pins the links of a freshly attached probe; returns this process's own descriptors of them.
-pub fn pin_links(
+pub(crate) fn pin_links(
     dir: &Path,
     signal: FdLink,
     mark: FdLink,
@@ -281,7 +266,7 @@ pub fn pin_links(
 }
 
 /// Removes the link pins in `dir`: the programs detach unless something else holds them.
-pub fn remove_links(dir: &Path) -> Result<(), PinError> {
+pub(crate) fn remove_links(dir: &Path) -> Result<(), PinError> {
     for name in [pin::LINK_MARK, pin::LINK_SIGNAL] {
         let path = dir.join(name);
         match fs::remove_file(&path) {
@@ -296,7 +281,7 @@ pub fn remove_links(dir: &Path) -> Result<(), PinError> {
 
 /// Removes every pin in `dir` (the programs detach once nothing else holds them). Returns how
 /// many pins there were.
-pub fn remove(dir: &Path) -> Result<usize, PinError> {
+pub(crate) fn remove(dir: &Path) -> Result<usize, PinError> {
     let mut removed = 0;
     // Links first, so that the programs stop before their maps go.
     for name in [pin::LINK_MARK, pin::LINK_SIGNAL, pin::EVENTS, pin::COUNTERS] {
@@ -320,7 +305,7 @@ struct Object {
 
 /// A running daemon's own descriptors of its pinned objects, maps first: while it holds them
 /// its probe stays attached whatever happens to the pins, and it can pin them again.
-pub struct Held {
+pub(crate) struct Held {
     dir: PathBuf,
     objects: Vec<Object>,
     /// What was last reported about pins that are not this daemon's, so as to say it once.
@@ -328,7 +313,7 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new(
+    pub(crate) fn new(
         dir: &Path,
         objects: impl IntoIterator<Item = (&'static str, OwnedFd)>,
     ) -> Result<Held, PinError> {
@@ -346,13 +331,13 @@ impl Held {
         })
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Looks at the pins: pins again those that were removed (the folder too); reports, once,
     /// pins that are not this daemon's objects any more and leaves them alone.
-    pub fn check(&mut self) {
+    pub(crate) fn check(&mut self) {
         let mut missing = Vec::new();
         let mut foreign = Vec::new();
         for object in &self.objects {
@@ -416,7 +401,7 @@ impl Held {
 
 /// Changes in a pin folder, as inotify reports them: the daemon's cue to [`Held::check`], with
 /// no polling.
-pub struct Watch {
+pub(crate) struct Watch {
     inotify: tokio::io::unix::AsyncFd<InotifyFd>,
     dir: PathBuf,
     watch: Option<nix::sys::inotify::WatchDescriptor>,
@@ -435,7 +420,7 @@ impl std::os::fd::AsRawFd for InotifyFd {
 
 impl Watch {
     /// Watches `dir` (inside a tokio runtime).
-    pub fn new(dir: &Path) -> io::Result<Watch> {
+    pub(crate) fn new(dir: &Path) -> io::Result<Watch> {
         use nix::sys::inotify::{InitFlags, Inotify};
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         // SAFETY: the inotify instance owns its descriptor for as long as the AsyncFd owns it.
@@ -456,7 +441,7 @@ impl Watch {
     }
 
     /// Waits for the next change (a pin made, removed or renamed; the folder removed).
-    pub async fn changed(&mut self) -> io::Result<()> {
+    pub(crate) async fn changed(&mut self) -> io::Result<()> {
         use nix::sys::inotify::AddWatchFlags as F;
         loop {
             let mut ready = self.inotify.readable().await?;
@@ -481,7 +466,7 @@ impl Watch {
     }
 
     /// Watches the folder's path again when the folder watched went (once it is made again).
-    pub fn rewatch(&mut self) -> io::Result<()> {
+    pub(crate) fn rewatch(&mut self) -> io::Result<()> {
         use nix::sys::inotify::AddWatchFlags as F;
         if !self.stale {
             return Ok(());
@@ -682,7 +667,7 @@ mod sys {
     }
 
     /// Pins the object `fd` at `path` (which must not exist).
-    pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    pub(crate) fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
         let path = c_path(path)?;
         let mut attr = ObjAttr {
             pathname: path.as_ptr() as u64,
@@ -693,7 +678,7 @@ mod sys {
     }
 
     /// A descriptor of the object pinned at `path`.
-    pub fn get(path: &Path) -> io::Result<OwnedFd> {
+    pub(crate) fn get(path: &Path) -> io::Result<OwnedFd> {
         let path = c_path(path)?;
         let mut attr = ObjAttr {
             pathname: path.as_ptr() as u64,
@@ -705,7 +690,7 @@ mod sys {
     }
 
     /// The kernel's id of the map or link `fd` (both infos begin with `type`, then `id`).
-    pub fn id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    pub(crate) fn id(fd: BorrowedFd<'_>) -> io::Result<u32> {
         let mut info = [0u32; 2];
         let mut attr = InfoAttr {
             bpf_fd: fd.as_raw_fd() as u32,
@@ -717,12 +702,12 @@ mod sys {
     }
 
     /// The id of the object pinned at `path`.
-    pub fn pinned_id(path: &Path) -> io::Result<u32> {
+    pub(crate) fn pinned_id(path: &Path) -> io::Result<u32> {
         id(get(path)?.as_fd())
     }
 
     /// Whether the link `id` still exists: pinned, or held by a process.
-    pub fn link_exists(id: u32) -> bool {
+    pub(crate) fn link_exists(id: u32) -> bool {
         let mut attr = IdAttr {
             id,
             ..IdAttr::default()

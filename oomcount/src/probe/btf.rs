@@ -10,11 +10,10 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{self, BufRead, BufReader, Read, Seek, SeekFrom},
-    path::Path,
 };
 
 /// Where the running kernel publishes its BTF.
-pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 /// Members one lookup may look at. Kernels nest a few anonymous structs and unions a few levels
@@ -34,16 +33,16 @@ pub enum BtfError {
 
 /// BTF kinds (`linux/btf.h`).
 mod kind {
-    pub const INT: u32 = 1;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const DECL_TAG: u32 = 17;
-    pub const ENUM64: u32 = 19;
+    pub(crate) const INT: u32 = 1;
+    pub(crate) const ARRAY: u32 = 3;
+    pub(crate) const STRUCT: u32 = 4;
+    pub(crate) const UNION: u32 = 5;
+    pub(crate) const ENUM: u32 = 6;
+    pub(crate) const FUNC_PROTO: u32 = 13;
+    pub(crate) const VAR: u32 = 14;
+    pub(crate) const DATASEC: u32 = 15;
+    pub(crate) const DECL_TAG: u32 = 17;
+    pub(crate) const ENUM64: u32 = 19;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +56,7 @@ struct Member {
 /// What was kept of the BTF: the wanted structs, all anonymous structs and unions (members of a
 /// wanted struct may sit inside one), and the wanted enum values.
 #[derive(Debug, Default)]
-pub struct Btf {
+pub(crate) struct Btf {
     strings: HashMap<String, u32>,
     /// Named structs and unions that were asked for: name offset -> members.
     structs: HashMap<u32, Vec<Member>>,
@@ -70,7 +69,7 @@ pub struct Btf {
 
 impl Btf {
     /// Reads the running kernel's BTF, keeping `structs`, `members` and `enumerators` by name.
-    pub fn from_sys_fs(
+    pub(crate) fn from_sys_fs(
         structs: &[&str],
         members: &[&str],
         enumerators: &[&str],
@@ -79,8 +78,9 @@ impl Btf {
     }
 
     /// Reads BTF from `path` (tests and other kernels' files).
-    pub fn from_path(
-        path: &Path,
+    #[cfg(test)]
+    pub(crate) fn from_path(
+        path: &std::path::Path,
         structs: &[&str],
         members: &[&str],
         enumerators: &[&str],
@@ -205,7 +205,7 @@ impl Btf {
 
     /// The byte offset of `member` in struct `name`, looking through anonymous structs and
     /// unions; `None` if absent or a bitfield.
-    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+    pub(crate) fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
         let members = self.structs.get(self.strings.get(name)?)?;
         let wanted = *self.strings.get(member)?;
         let mut budget = LOOKUP_BUDGET;
@@ -229,12 +229,12 @@ impl Btf {
     }
 
     /// The size in bytes of struct `name`.
-    pub fn struct_size(&self, name: &str) -> Option<u32> {
+    pub(crate) fn struct_size(&self, name: &str) -> Option<u32> {
         self.sizes.get(self.strings.get(name)?).copied()
     }
 
     /// The value of enumerator `name`.
-    pub fn enum_value(&self, name: &str) -> Option<i64> {
+    pub(crate) fn enum_value(&self, name: &str) -> Option<i64> {
         self.enum_values.get(self.strings.get(name)?).copied()
     }
 }
@@ -309,7 +309,7 @@ fn skip(reader: &mut impl BufRead, mut n: usize) -> io::Result<()> {
 pub(crate) mod testing {
     use super::{MAGIC, kind};
 
-    pub struct Blob {
+    pub(crate) struct Blob {
         types: Vec<u8>,
         strings: Vec<u8>,
         offsets: std::collections::HashMap<String, u32>,
@@ -329,7 +329,7 @@ pub(crate) mod testing {
 
     impl Blob {
         /// The offset of `name` in the string section, added if new.
-        pub fn name(&mut self, name: &str) -> u32 {
+        pub(crate) fn name(&mut self, name: &str) -> u32 {
             if let Some(offset) = self.offsets.get(name) {
                 return *offset;
             }
@@ -341,21 +341,21 @@ pub(crate) mod testing {
         }
 
         /// A type's 12-byte header; its id.
-        pub fn push(&mut self, header: &[u32; 3]) -> u32 {
+        pub(crate) fn push(&mut self, header: &[u32; 3]) -> u32 {
             self.words(header);
             self.count += 1;
             self.count
         }
 
         /// The words that follow a header (members, enumerators).
-        pub fn words(&mut self, words: &[u32]) {
+        pub(crate) fn words(&mut self, words: &[u32]) {
             words
                 .iter()
                 .for_each(|w| self.types.extend(w.to_le_bytes()));
         }
 
         /// `int`.
-        pub fn int(&mut self) -> u32 {
+        pub(crate) fn int(&mut self) -> u32 {
             let name = self.name("int");
             let id = self.push(&[name, kind::INT << 24, 4]);
             self.words(&[32]);
@@ -363,7 +363,7 @@ pub(crate) mod testing {
         }
 
         /// A struct of `int` members (after [`Blob::int`], type 1) at byte offsets.
-        pub fn structure(&mut self, name: &str, size: u32, members: &[(&str, u32)]) -> u32 {
+        pub(crate) fn structure(&mut self, name: &str, size: u32, members: &[(&str, u32)]) -> u32 {
             let name = self.name(name);
             let id = self.push(&[name, (kind::STRUCT << 24) | members.len() as u32, size]);
             for (member, offset) in members {
@@ -373,7 +373,7 @@ pub(crate) mod testing {
             id
         }
 
-        pub fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
+        pub(crate) fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
             let name = self.name(name);
             let id = self.push(&[name, (kind::ENUM << 24) | values.len() as u32, 4]);
             for (enumerator, value) in values {
@@ -383,7 +383,7 @@ pub(crate) mod testing {
             id
         }
 
-        pub fn bytes(&self) -> Vec<u8> {
+        pub(crate) fn bytes(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend(MAGIC.to_le_bytes());
             out.extend([1u8, 0]);
@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn reads_this_kernel() {
-        if !Path::new(VMLINUX).exists() {
+        if !std::path::Path::new(VMLINUX).exists() {
             eprintln!("skipped: no {VMLINUX} on this kernel");
             return;
         }

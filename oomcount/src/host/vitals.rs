@@ -15,7 +15,7 @@ use procfs::{
 use serde::Serialize;
 
 /// Where the kernel reports memory pressure.
-pub const PRESSURE: &str = "/proc/pressure/memory";
+pub(crate) const PRESSURE: &str = "/proc/pressure/memory";
 
 /// What `oomcount status` reports about memory.
 #[derive(Clone, Debug, PartialEq, Serialize)]

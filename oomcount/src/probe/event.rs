@@ -4,17 +4,89 @@
 //! [`VictimEvent`] with names, paths and a wall-clock time. A field the kernel could not give
 //! exactly on this machine (its flag clear) is `None` here and left out of the JSON: never
 //! guessed, never read from /proc after the fact.
-use std::time::{Duration, SystemTime};
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use oomcount_common::{CGROUP_DEPTH, Event, c_str, constraint, flags, kind};
 use serde::{Deserialize, Serialize};
 
+/// What an event is: a kill, or a mark without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A victim killed by the OOM killer.
+    Kill,
+    /// A mark without a kill: another thread of a victim, or a victim already dying.
+    Mark,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Kill => "kill",
+            Kind::Mark => "mark",
+        })
+    }
+}
+
+/// The constraint the OOM killer ran under (the kernel's `enum oom_constraint`): which memory
+/// ran out. One type for the events, the rules and the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Constraint {
+    /// The whole machine (`CONSTRAINT_NONE`).
+    Global,
+    /// A memory cgroup's limit.
+    Memcg,
+    /// A cpuset's memory nodes.
+    Cpuset,
+    /// A memory policy's nodes.
+    Mempolicy,
+}
+
+impl Constraint {
+    pub const ALL: [Constraint; 4] = [
+        Constraint::Global,
+        Constraint::Memcg,
+        Constraint::Cpuset,
+        Constraint::Mempolicy,
+    ];
+
+    /// The kernel's value; `None` for one this oomcount does not know.
+    pub fn from_kernel(value: u16) -> Option<Self> {
+        match value {
+            constraint::NONE => Some(Constraint::Global),
+            constraint::CPUSET => Some(Constraint::Cpuset),
+            constraint::MEMORY_POLICY => Some(Constraint::Mempolicy),
+            constraint::MEMCG => Some(Constraint::Memcg),
+            _ => None,
+        }
+    }
+
+    /// Its name, as in the JSON and the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Constraint::Global => "global",
+            Constraint::Memcg => "memcg",
+            Constraint::Cpuset => "cpuset",
+            Constraint::Mempolicy => "mempolicy",
+        }
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One victim event, as `watch --json` and `list --json` print it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VictimEvent {
-    /// `kill` (a victim killed by the OOM killer) or `mark` (a mark without a kill: another
-    /// thread of a victim, or a victim already dying).
-    pub kind: String,
+    /// `kill` or `mark`.
+    pub kind: Kind,
     /// Per-boot sequence number of events, in the order the daemon received them.
     pub seq: u64,
     /// When the kernel marked the victim (RFC 3339, UTC, nanoseconds).
@@ -40,7 +112,7 @@ pub struct VictimEvent {
     pub oom_score_adj: Option<i16>,
     /// `memcg`, `global`, `cpuset` or `mempolicy`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub constraint: Option<String>,
+    pub constraint: Option<Constraint>,
     /// The victim's memory cgroup, as a path in the memory controller's hierarchy.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cgroup: Option<String>,
@@ -65,26 +137,26 @@ pub struct VictimEvent {
 
 /// Converts kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     /// Wall-clock time at monotonic zero.
     boot: SystemTime,
 }
 
 impl Clock {
     /// Reads both clocks now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             boot: SystemTime::now() - monotonic(),
         }
     }
 
-    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+    pub(crate) fn wall(&self, ktime_ns: u64) -> SystemTime {
         self.boot + Duration::from_nanos(ktime_ns)
     }
 }
 
 /// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`bpf_ktime_get_ns`).
-pub fn monotonic() -> Duration {
+pub(crate) fn monotonic() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
         .unwrap_or_default()
@@ -96,7 +168,7 @@ fn text(bytes: &[u8]) -> String {
 
 impl VictimEvent {
     /// Decodes a kernel record; `seq` is the daemon's.
-    pub fn decode(event: &Event, seq: u64, clock: &Clock) -> Self {
+    pub(crate) fn decode(event: &Event, seq: u64, clock: &Clock) -> Self {
         let has = |flag: u32| event.flags & flag != 0;
         fn when<T>(event: &Event, flag: u32, value: T) -> Option<T> {
             (event.flags & flag != 0).then_some(value)
@@ -111,11 +183,10 @@ impl VictimEvent {
         };
         Self {
             kind: if event.kind == kind::KILL {
-                "kill"
+                Kind::Kill
             } else {
-                "mark"
-            }
-            .to_owned(),
+                Kind::Mark
+            },
             seq,
             time: humantime::format_rfc3339_nanos(clock.wall(event.ktime_ns)).to_string(),
             pid: event.pid,
@@ -128,8 +199,10 @@ impl VictimEvent {
             shmem_rss_kb: when(event, flags::MEMORY, event.shmem_rss_kb),
             pgtables_kb: when(event, flags::MEMORY, event.pgtables_kb),
             oom_score_adj: when(event, flags::OOM_SCORE_ADJ, event.oom_score_adj),
+            // A value this oomcount does not know is left out, as a field not read exactly.
             constraint: has(flags::CONSTRAINT)
-                .then(|| constraint_name(event.constraint).to_owned()),
+                .then(|| Constraint::from_kernel(event.constraint))
+                .flatten(),
             cgroup: path,
             cgroup_id: when(event, flags::CGROUP, event.cgroup_id),
             oom_cgroup,
@@ -174,16 +247,6 @@ impl VictimEvent {
             self.trigger_pid, self.trigger_comm, self.seq
         );
         out
-    }
-}
-
-fn constraint_name(value: u16) -> &'static str {
-    match value {
-        constraint::NONE => "global",
-        constraint::CPUSET => "cpuset",
-        constraint::MEMORY_POLICY => "mempolicy",
-        constraint::MEMCG => "memcg",
-        _ => "unknown",
     }
 }
 
@@ -245,8 +308,8 @@ mod tests {
         let decoded = VictimEvent::decode(&event(&["child", "parent", "top"]), 9, &clock());
         assert_eq!(decoded.cgroup.as_deref(), Some("/top/parent/child"));
         assert_eq!(decoded.oom_cgroup.as_deref(), Some("/top/parent"));
-        assert_eq!(decoded.constraint.as_deref(), Some("memcg"));
-        assert_eq!(decoded.kind, "kill");
+        assert_eq!(decoded.constraint, Some(Constraint::Memcg));
+        assert_eq!(decoded.kind, Kind::Kill);
         assert_eq!(decoded.time, "1970-01-01T00:00:01.500000000Z");
         assert_eq!(decoded.seq, 9);
     }

@@ -18,21 +18,111 @@ use std::{collections::VecDeque, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Rules;
+use serde::{Deserializer, de};
+
+use crate::probe::event::Constraint;
 
 /// Kills remembered at most: the window's worth, bounded for a storm (`max_kills` stays below).
-pub const MAX_REMEMBERED: usize = 4096;
+pub(crate) const MAX_REMEMBERED: usize = 4096;
+
+/// Which kills the `max_kills` rule counts: those of one [`Constraint`], or `any`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Kills of this constraint.
+    Only(Constraint),
+    /// Every kill.
+    Any,
+}
+
+impl Scope {
+    /// Whether a kill with this constraint (`None`: unknown) counts. A kill whose constraint
+    /// could not be read (a `memory.oom.group` member, a lost event) counts only for `any`.
+    pub(crate) fn counts(self, constraint: Option<Constraint>) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Only(only) => constraint == Some(only),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["global", "memcg", "cpuset", "mempolicy", "any"];
+        let name = String::deserialize(deserializer)?;
+        if name == "any" {
+            return Ok(Scope::Any);
+        }
+        Constraint::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .map(Scope::Only)
+            .ok_or_else(|| de::Error::unknown_variant(&name, NAMES))
+    }
+}
+
+impl fmt::Display for Scope {
+    /// As an adjective before "OOM kills".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Only(constraint) => write!(f, "{constraint} "),
+            Scope::Any => Ok(()),
+        }
+    }
+}
+
+/// `[rules]`: when OOM activity stops being recoverable.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    /// `max_kills`, default 3: more kills than this within `window` is unrecoverable.
+    pub max_kills: u32,
+    /// `window`, default 5 min.
+    #[serde(deserialize_with = "crate::units::duration")]
+    pub window: Duration,
+    /// `constraint`, default `global`: which kills `max_kills` counts.
+    pub constraint: Scope,
+    /// `critical`, default none: one kill of a process matching one of these is unrecoverable:
+    /// a name (`comm`), `cgroup:/PATH` or `unit:NAME.service` ([`crate::watchdog::rules::Critical`]).
+    pub critical: Vec<String>,
+    /// `critical_top`, default 0 (off): degraded while a critical process is among this many
+    /// likely next victims (by `oom_score`).
+    pub critical_top: usize,
+    /// `quiet`, default 10 min: how long after the last kill or strain things stay degraded.
+    #[serde(deserialize_with = "crate::units::duration")]
+    pub quiet: Duration,
+    /// `mem_available_min`, default 32 MiB: degraded below this MemAvailable; `0` for off.
+    #[serde(deserialize_with = "crate::units::bytes")]
+    pub mem_available_min: u64,
+    /// `psi_full_avg10_max`, default 60.0: degraded above this share of time (%) in which every
+    /// task stalled on memory (where /proc/pressure/memory exists); 100 for off.
+    pub psi_full_avg10_max: f64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            max_kills: 3,
+            window: Duration::from_secs(300),
+            constraint: Scope::Only(Constraint::Global),
+            critical: Vec::new(),
+            critical_top: 0,
+            quiet: Duration::from_secs(600),
+            mem_available_min: 32 << 20,
+            psi_full_avg10_max: 60.0,
+        }
+    }
+}
 
 /// One OOM kill as the rules see it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Kill {
+pub(crate) struct Kill {
     /// When the kernel marked the victim (CLOCK_MONOTONIC).
     pub at: Duration,
     pub pid: u32,
     /// `None` where the event was lost (the count stays exact; the name is unknown).
     pub comm: Option<String>,
-    /// `global`, `memcg`, `cpuset`, `mempolicy`; `None` where unknown.
-    pub constraint: Option<String>,
+    /// `None` where unknown.
+    pub constraint: Option<Constraint>,
     /// The victim's memory cgroup path, as the kernel named it; `None` where unknown.
     pub cgroup: Option<String>,
 }
@@ -47,14 +137,14 @@ pub struct Kill {
 /// - `unit:NAME.service` (or `.scope`): a system unit, i.e. `cgroup:/system.slice/NAME.service`.
 ///   A unit of the same name under a user's slice does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Critical {
+pub(crate) enum Critical {
     Comm(String),
     Cgroup(String),
 }
 
 impl Critical {
     /// Parses one `critical` entry, or says what is wrong with it.
-    pub fn parse(entry: &str) -> Result<Critical, String> {
+    pub(crate) fn parse(entry: &str) -> Result<Critical, String> {
         if let Some(path) = entry.strip_prefix("cgroup:") {
             let path = path.trim_end_matches('/');
             if !path.starts_with('/') || path.contains("//") || path.contains('\0') {
@@ -85,7 +175,7 @@ impl Critical {
     }
 
     /// Whether a victim with this comm and memory cgroup matches.
-    pub fn matches(&self, comm: Option<&str>, cgroup: Option<&str>) -> bool {
+    pub(crate) fn matches(&self, comm: Option<&str>, cgroup: Option<&str>) -> bool {
         match self {
             Critical::Comm(name) => comm == Some(name.as_str()),
             Critical::Cgroup(path) => cgroup.is_some_and(|cgroup| {
@@ -101,7 +191,7 @@ impl Critical {
 /// reading of their constraint (its `oom_control`): the rules weigh them as they would the
 /// events, so that lost events never make the verdict fail open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Unseen {
+pub(crate) struct Unseen {
     pub memcg: u64,
     /// Not a memory cgroup's limit: the whole machine, or (rarely) a cpuset or memory policy,
     /// which the kernel-side split does not tell apart; weighed as `global`.
@@ -114,7 +204,7 @@ impl Unseen {
     /// The growth between two readings of a (total, memcg, global) triple of kernel counters:
     /// the lost kill events and their split, or where no event arrives at all (the ring buffer
     /// failed), the kills and theirs. The split never claims more than the total grew.
-    pub fn between(before: [u64; 3], after: [u64; 3]) -> Unseen {
+    pub(crate) fn between(before: [u64; 3], after: [u64; 3]) -> Unseen {
         let grew = |i: usize| after[i].saturating_sub(before[i]);
         let total = grew(0);
         let memcg = grew(1).min(total);
@@ -127,17 +217,17 @@ impl Unseen {
     }
 
     /// One [`Kill`] each, at `at`, without a name or pid.
-    pub fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
-        let kill = move |constraint: Option<&str>| Kill {
+    pub(crate) fn kills(self, at: Duration) -> impl Iterator<Item = Kill> {
+        let kill = move |constraint: Option<Constraint>| Kill {
             at,
             pid: 0,
             comm: None,
-            constraint: constraint.map(str::to_owned),
+            constraint,
             cgroup: None,
         };
-        std::iter::repeat_n(kill(Some("memcg")), self.memcg as usize)
+        std::iter::repeat_n(kill(Some(Constraint::Memcg)), self.memcg as usize)
             .chain(std::iter::repeat_n(
-                kill(Some("global")),
+                kill(Some(Constraint::Global)),
                 self.global as usize,
             ))
             .chain(std::iter::repeat_n(kill(None), self.unknown as usize))
@@ -146,7 +236,7 @@ impl Unseen {
 
 /// Memory as sampled at one keepalive; `None` where the kernel does not say.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Pressure {
+pub(crate) struct Pressure {
     /// MemAvailable, bytes.
     pub mem_available: Option<u64>,
     /// `/proc/pressure/memory` `full avg10`, percent.
@@ -179,7 +269,7 @@ impl fmt::Display for Health {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub health: Health,
     /// Why, in one line; empty when healthy.
     pub reason: String,
@@ -203,7 +293,7 @@ impl Verdict {
 
 /// The rules' memory: recent kills, the last strain, and a latched unrecoverable verdict.
 #[derive(Debug)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     rules: Rules,
     /// `rules.critical`, parsed (the config was validated: an entry that does not parse is
     /// left out).
@@ -218,7 +308,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(rules: Rules) -> Self {
+    pub(crate) fn new(rules: Rules) -> Self {
         let critical = rules
             .critical
             .iter()
@@ -235,16 +325,16 @@ impl Monitor {
     }
 
     /// States a fault: the verdict is at least degraded, with `reason`, from now on.
-    pub fn fault(&mut self, reason: String) {
+    pub(crate) fn fault(&mut self, reason: String) {
         self.fault = Some(reason);
     }
 
-    pub fn rules(&self) -> &Rules {
+    pub(crate) fn rules(&self) -> &Rules {
         &self.rules
     }
 
     /// Records a kill; the next [`Monitor::judge`] weighs it.
-    pub fn kill(&mut self, kill: Kill) {
+    pub(crate) fn kill(&mut self, kill: Kill) {
         if self.kills.len() == MAX_REMEMBERED {
             // Room is made at the expense of the kills the rules do not count, oldest first, so
             // that a burst of them never pushes a counted kill out of the window.
@@ -262,7 +352,7 @@ impl Monitor {
 
     /// Whether a kill counts toward the rules: the configured constraint, or a critical name.
     fn counted(&self, kill: &Kill) -> bool {
-        self.rules.constraint.counts(kill.constraint.as_deref()) || self.critical(kill)
+        self.rules.constraint.counts(kill.constraint) || self.critical(kill)
     }
 
     fn critical(&self, kill: &Kill) -> bool {
@@ -273,7 +363,12 @@ impl Monitor {
 
     /// The verdict at `now` (CLOCK_MONOTONIC), given memory now and the likely next victims'
     /// names, most likely first.
-    pub fn judge(&mut self, now: Duration, pressure: Pressure, likely: &[String]) -> Verdict {
+    pub(crate) fn judge(
+        &mut self,
+        now: Duration,
+        pressure: Pressure,
+        likely: &[String],
+    ) -> Verdict {
         if let Some(latched) = &self.latched {
             return latched.clone();
         }
@@ -394,7 +489,7 @@ impl Monitor {
     }
 
     /// Latches the unrecoverable verdict with `reason`: every later judgement is this one.
-    pub fn latch(&mut self, reason: String) -> Verdict {
+    pub(crate) fn latch(&mut self, reason: String) -> Verdict {
         let verdict = Verdict {
             health: Health::Unrecoverable,
             reason,
@@ -417,7 +512,6 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scope;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -425,7 +519,7 @@ mod tests {
         Rules {
             max_kills: 3,
             window: 300 * S,
-            constraint: Scope::Global,
+            constraint: Scope::Only(Constraint::Global),
             critical: vec!["xenstored".to_owned()],
             critical_top: 3,
             quiet: 600 * S,
@@ -434,12 +528,12 @@ mod tests {
         }
     }
 
-    fn kill(at_secs: u64, comm: &str, constraint: Option<&str>) -> Kill {
+    fn kill(at_secs: u64, comm: &str, constraint: Option<Constraint>) -> Kill {
         Kill {
             at: Duration::from_secs(at_secs),
             pid: 1000 + at_secs as u32,
             comm: Some(comm.to_owned()),
-            constraint: constraint.map(str::to_owned),
+            constraint,
             cgroup: None,
         }
     }
@@ -478,7 +572,7 @@ mod tests {
     }
 
     fn global(at: u64) -> Kill {
-        kill(at, "hog", Some("global"))
+        kill(at, "hog", Some(Constraint::Global))
     }
 
     #[test]
@@ -514,7 +608,7 @@ mod tests {
             },
             Row {
                 kills: (0..10)
-                    .map(|i| kill(9000 + i, "hog", Some("memcg")))
+                    .map(|i| kill(9000 + i, "hog", Some(Constraint::Memcg)))
                     .collect(),
                 now: 9_010,
                 health: Health::Healthy,
@@ -522,11 +616,11 @@ mod tests {
             },
             Row {
                 rules: Rules {
-                    constraint: Scope::Memcg,
+                    constraint: Scope::Only(Constraint::Memcg),
                     ..rules()
                 },
                 kills: (0..4)
-                    .map(|i| kill(9000 + i, "hog", Some("memcg")))
+                    .map(|i| kill(9000 + i, "hog", Some(Constraint::Memcg)))
                     .collect(),
                 now: 9_010,
                 health: Health::Unrecoverable,
@@ -535,7 +629,7 @@ mod tests {
             },
             Row {
                 rules: Rules {
-                    constraint: Scope::Memcg,
+                    constraint: Scope::Only(Constraint::Memcg),
                     ..rules()
                 },
                 kills: (0..4).map(|i| global(9000 + i)).collect(),
@@ -550,9 +644,9 @@ mod tests {
                 },
                 kills: vec![
                     global(9000),
-                    kill(9001, "a", Some("memcg")),
+                    kill(9001, "a", Some(Constraint::Memcg)),
                     kill(9002, "b", None),
-                    kill(9003, "c", Some("cpuset")),
+                    kill(9003, "c", Some(Constraint::Cpuset)),
                 ],
                 now: 9_010,
                 health: Health::Unrecoverable,
@@ -571,14 +665,14 @@ mod tests {
                 ..row("a kill of unknown constraint does not count for global")
             },
             Row {
-                kills: vec![kill(9000, "xenstored", Some("memcg"))],
+                kills: vec![kill(9000, "xenstored", Some(Constraint::Memcg))],
                 now: 9_001,
                 health: Health::Unrecoverable,
                 reason: "critical process xenstored (pid 10000) was OOM-killed 1s ago",
                 ..row("one critical kill, whatever its constraint")
             },
             Row {
-                kills: vec![kill(9000, "xenstored", Some("memcg"))],
+                kills: vec![kill(9000, "xenstored", Some(Constraint::Memcg))],
                 now: 9_300,
                 health: Health::Degraded,
                 ..row("a critical kill older than the window")
@@ -743,7 +837,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded_in_a_storm() {
         let mut monitor = Monitor::new(Rules {
-            constraint: Scope::Memcg,
+            constraint: Scope::Only(Constraint::Memcg),
             max_kills: u32::MAX,
             ..rules()
         });
@@ -752,7 +846,7 @@ mod tests {
                 at: Duration::from_millis(at),
                 pid: 1,
                 comm: None,
-                constraint: Some("global".to_owned()),
+                constraint: Some(Constraint::Global),
                 cgroup: None,
             });
         }
@@ -788,14 +882,10 @@ mod tests {
             );
             let kills: Vec<Kill> = unseen.kills(Duration::from_secs(1)).collect();
             assert_eq!(kills.len() as u64, memcg + global + unknown);
-            let with = |c: Option<&str>| {
-                kills
-                    .iter()
-                    .filter(|k| k.constraint.as_deref() == c)
-                    .count() as u64
-            };
-            assert_eq!(with(Some("memcg")), memcg);
-            assert_eq!(with(Some("global")), global);
+            let with =
+                |c: Option<Constraint>| kills.iter().filter(|k| k.constraint == c).count() as u64;
+            assert_eq!(with(Some(Constraint::Memcg)), memcg);
+            assert_eq!(with(Some(Constraint::Global)), global);
             assert_eq!(with(None), unknown);
         }
     }
@@ -826,7 +916,7 @@ mod tests {
         assert_eq!(verdict.health, Health::Degraded);
         assert!(verdict.reason.contains("ring buffer"), "{verdict:?}");
         for at in 0..4 {
-            monitor.kill(kill(9_990 + at, "x", Some("global")));
+            monitor.kill(kill(9_990 + at, "x", Some(Constraint::Global)));
         }
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
@@ -905,13 +995,13 @@ mod tests {
         // A user's process renamed xenstored, killed in the user's own cgroup: memcg, no effect.
         monitor.kill(Kill {
             cgroup: Some("/user.slice/user-1000.slice/session-1.scope".into()),
-            ..kill(9_999, "xenstored", Some("memcg"))
+            ..kill(9_999, "xenstored", Some(Constraint::Memcg))
         });
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_ne!(verdict.health, Health::Unrecoverable, "{verdict:?}");
         monitor.kill(Kill {
             cgroup: Some("/system.slice/xenstored.service".into()),
-            ..kill(9_999, "xenstored", Some("memcg"))
+            ..kill(9_999, "xenstored", Some(Constraint::Memcg))
         });
         let verdict = monitor.judge(Duration::from_secs(10_000), calm(), &[]);
         assert_eq!(verdict.health, Health::Unrecoverable, "{verdict:?}");
@@ -929,12 +1019,12 @@ mod tests {
         // that fills the memory many times over; the four stay and trip the rule.
         let mut monitor = Monitor::new(rules());
         for at in 0..4 {
-            monitor.kill(kill(1_000 + at, "g", Some("global")));
+            monitor.kill(kill(1_000 + at, "g", Some(Constraint::Global)));
         }
         for i in 0..3 * MAX_REMEMBERED as u64 {
             monitor.kill(Kill {
                 at: Duration::from_secs(1_010) + Duration::from_micros(i),
-                ..kill(0, "m", Some("memcg"))
+                ..kill(0, "m", Some(Constraint::Memcg))
             });
         }
         assert_eq!(monitor.kills.len(), MAX_REMEMBERED);

@@ -17,7 +17,7 @@ const MCL_ONFAULT: libc::c_int = 4;
 
 /// Whether this process may load and attach tracing BPF programs: CAP_SYS_ADMIN, or CAP_BPF with
 /// CAP_PERFMON (Linux 5.8+).
-pub fn may_load_bpf() -> bool {
+pub(crate) fn may_load_bpf() -> bool {
     let Some(caps) = effective_caps() else {
         return nix::unistd::geteuid().is_root();
     };
@@ -37,7 +37,7 @@ fn effective_caps() -> Option<u64> {
 
 /// Lifts RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps to it, and its default (64 KiB or
 /// 8 MiB) is too small for the ring buffer. Newer kernels charge memory cgroups instead.
-pub fn lift_memlock_limit() {
+pub(crate) fn lift_memlock_limit() {
     use nix::sys::resource::{Resource::RLIMIT_MEMLOCK, getrlimit, setrlimit};
     let infinity = libc::RLIM_INFINITY;
     if setrlimit(RLIMIT_MEMLOCK, infinity, infinity).is_ok() {
@@ -53,7 +53,7 @@ pub fn lift_memlock_limit() {
 
 /// Makes the OOM killer leave this process alone and keeps its pages in memory: the pages it
 /// uses from now on, not those that only loading needed (see [`release_loading_pages`]).
-pub fn protect_self() {
+pub(crate) fn protect_self() {
     release_loading_pages();
     match fs::write("/proc/self/oom_score_adj", "-1000") {
         Ok(()) => log::debug!("oom_score_adj set to -1000"),
@@ -75,7 +75,7 @@ pub fn protect_self() {
 
 /// Runs this process at SCHED_FIFO priority 1 (the lowest real-time one, as watchdog(8) does);
 /// where it may not, says so in one line and goes on.
-pub fn realtime() {
+pub(crate) fn realtime() {
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: sched_setscheduler on this process with a parameter we own.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
@@ -91,7 +91,7 @@ pub fn realtime() {
 /// Runs the calling thread at the ordinary policy (SCHED_OTHER), whatever the process runs at:
 /// for a helper thread whose work must never hold up the real-time one (a helper at the same
 /// SCHED_FIFO priority would run until it blocks, ahead of the keepalive, on a single CPU).
-pub fn ordinary_thread() {
+pub(crate) fn ordinary_thread() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on the calling thread (0) with a parameter we own.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
@@ -115,7 +115,7 @@ pub fn ordinary_thread() {
 /// data (the eBPF object) 0.66 -> 0.26 MB, libc 1.4 -> 0.9 MB, ld.so 0.2 -> 0 MB. The code
 /// comes back nearly whole: each fault maps the 64 KiB around it (the kernel's fault-around),
 /// and the daemon's code is spread across the binary, so the binary's code size is what is left.
-pub fn release_loading_pages() {
+pub(crate) fn release_loading_pages() {
     // SAFETY: malloc_trim only returns free memory of glibc's heap to the kernel.
     #[cfg(target_env = "gnu")]
     unsafe {
@@ -215,7 +215,7 @@ pub fn kernel_oom_kill() -> Option<u64> {
 /// loader is then told to use none, which costs ~17 MB of peak RSS. oomcount's programs need no
 /// kernel BTF, so the loader is created where there is none to read. If any step fails (no
 /// CAP_SYS_ADMIN, a kernel without BTF), `f` simply runs as it is.
-pub fn without_kernel_btf<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn without_kernel_btf<T>(f: impl FnOnce() -> T) -> T {
     use nix::{
         mount::{MntFlags, MsFlags, mount, umount2},
         sched::{CloneFlags, setns, unshare},

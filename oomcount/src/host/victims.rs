@@ -27,7 +27,7 @@ use procfs::{ProcError, ProcResult, ProcessCGroup, process::Process};
 use serde::Serialize;
 
 /// The `oom_score_adj` of a process the OOM killer never chooses.
-pub const PROTECTED_ADJ: i32 = -1000;
+pub(crate) const PROTECTED_ADJ: i32 = -1000;
 
 /// A process as the OOM killer sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -76,7 +76,7 @@ pub fn rank(n: usize) -> Result<Ranking, VictimsError> {
 }
 
 /// [`rank`] over the processes of the procfs at `proc_root`.
-pub fn rank_in(proc_root: &Path, n: usize) -> Result<Ranking, VictimsError> {
+pub(crate) fn rank_in(proc_root: &Path, n: usize) -> Result<Ranking, VictimsError> {
     let processes = procfs::process::all_processes_with_root(proc_root).map_err(|source| {
         VictimsError::List {
             path: proc_root.to_path_buf(),

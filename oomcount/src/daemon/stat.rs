@@ -22,7 +22,7 @@ pub fn path_for(socket: &Path) -> PathBuf {
 }
 
 /// The file's contents.
-pub fn render(counts: &CountReply) -> String {
+pub(crate) fn render(counts: &CountReply) -> String {
     let mut out = String::with_capacity(256);
     let mut line = |name: &str, value: &dyn std::fmt::Display| {
         out.push_str(name);
@@ -40,7 +40,7 @@ pub fn render(counts: &CountReply) -> String {
 }
 
 /// Replaces `path` with `contents`, atomically, mode 0644, never through a link.
-pub use crate::files::write_atomic;
+pub(crate) use crate::files::write_atomic;
 
 #[cfg(test)]
 mod tests {
@@ -49,20 +49,7 @@ mod tests {
     use super::*;
 
     fn counts() -> CountReply {
-        CountReply {
-            kills: 3,
-            marked: 5,
-            kills_memcg: 2,
-            kills_global: 1,
-            events_dropped: 0,
-            kill_events_dropped: 0,
-            oom_signals: 0,
-            events_received: 5,
-            kill_events_received: 3,
-            attached_at: "2026-11-26T05:00:00Z".into(),
-            kernel_oom_kill: Some(9),
-            source: "daemon".into(),
-        }
+        CountReply::sample()
     }
 
     #[test]

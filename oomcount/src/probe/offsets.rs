@@ -8,7 +8,7 @@
 //! not know, gets fewer event details (their flags clear) and the same exact counts.
 use oomcount_common::{Config, OC_BYTES, feature};
 
-use crate::btf::Btf;
+use crate::probe::btf::Btf;
 
 /// Where a value comes from in BTF.
 #[derive(Clone, Copy, Debug)]
@@ -171,7 +171,7 @@ impl Names {
 }
 
 /// Fills the BTF part of `config` from the running kernel, setting the `features` found.
-pub fn fill(config: &mut Config) {
+pub(crate) fn fill(config: &mut Config) {
     let names = Names::of_table();
     match Btf::from_sys_fs(&names.structs, &names.members, &names.enumerators) {
         Ok(btf) => fill_from(config, &btf, thread_size()),
@@ -182,7 +182,7 @@ pub fn fill(config: &mut Config) {
 }
 
 /// Fills `config` from `btf`; separate from [`fill`] so that tests can hand in any BTF.
-pub fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
+pub(crate) fn fill_from(config: &mut Config, btf: &Btf, thread_size: u32) {
     let mut found = Found {
         config: *config,
         ..Found::default()
@@ -291,7 +291,7 @@ fn resolve_features(absent: &[(u32, String)], said: &mut Vec<String>) -> u32 {
 
 /// The size of a kernel stack: 16 KiB on x86_64 and arm64, twice that with KASAN.
 fn thread_size() -> u32 {
-    let config = format!("/boot/config-{}", crate::tracefs::kernel_release());
+    let config = format!("/boot/config-{}", crate::probe::tracefs::kernel_release());
     let kasan = std::fs::read_to_string(config)
         .map(|text| text.lines().any(|l| l == "CONFIG_KASAN=y"))
         .unwrap_or(false);
@@ -304,10 +304,10 @@ mod tests {
 
     #[test]
     fn this_kernel_has_every_feature() {
-        if !std::path::Path::new(crate::btf::VMLINUX).exists() {
+        if !std::path::Path::new(crate::probe::btf::VMLINUX).exists() {
             eprintln!(
                 "skipped: this kernel ({}) has no BTF",
-                crate::tracefs::kernel_release()
+                crate::probe::tracefs::kernel_release()
             );
             return;
         }
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn counters_past_u32_leave_mm_off() {
         let blob = |shmem_index: i32| {
-            let mut blob = crate::btf::testing::Blob::default();
+            let mut blob = crate::probe::btf::testing::Blob::default();
             blob.int();
             let members: [(&str, &[&str]); 5] = [
                 (

@@ -1,0 +1,527 @@
+//! `oomcount daemon`: holds the probe, serves queries on a unix socket, logs each kill.
+//!
+//! Built for starved machines: one thread (tokio's current-thread runtime; a second only to rank
+//! the likely next victims where `critical_top` asks for them), no timers or polling (it wakes
+//! only for a ring-buffer event, a client, a signal or the keepalive), bounded memory (a fixed
+//! number of clients, bounded request lines, a bounded history and per-watcher queue), and it
+//! never exits because of a client or an event it cannot read: those are logged and dropped. It
+//! exits 0 on SIGINT or SIGTERM.
+//!
+//! The socket is open to every user, and the keepalive and root's `oomcount check` share the
+//! one thread with every client; so that no client can hold them up, whatever it sends or fails
+//! to read:
+//!
+//! - connections are limited per uid, with slots of root's own ([`crate::daemon::slots`]);
+//! - each client task answers one request per turn, then lets the others (and the keepalive)
+//!   run;
+//! - every write to a client has a deadline ([`clients::WRITE_DEADLINE`], [`clients::WATCH_DEADLINE`] for a
+//!   watcher's events), and a request client that sends nothing for `CLIENT_IDLE` is let go;
+//!   a watcher is let go as soon as it closes its end (it sends nothing after its request: its
+//!   end reading EOF means it is gone);
+//! - the one slow part of a judgement, ranking the likely next victims for `critical_top` (a
+//!   scan of /proc), runs on a blocking thread of its own, at most once per [`RANK_EVERY`],
+//!   and the verdict uses the last ranking: a flood of verdict requests costs no scan.
+//!
+//! Its state is one [`State`] behind one lock, never held across an await: the probe, the
+//! books ([`state::Ledger`], where every decision between the kernel's records and the clients
+//! is made, free of I/O), the keeper and the ranking. The runtime has one thread, so the lock is
+//! never contended; it is there for the ranking thread's result and for `Send` tasks.
+mod clients;
+pub(crate) mod slots;
+mod socket;
+pub mod stat;
+pub(crate) mod state;
+
+use std::{
+    fs, io,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use oomcount_common::counter;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::broadcast,
+};
+
+use crate::{
+    config::Config,
+    host::system,
+    probe::{
+        Origin, Probe, ProbeError,
+        event::{Clock, monotonic},
+    },
+    protocol::{CountReply, DropOrigin, Dropped, Response},
+    watchdog::{
+        keeper::Keeper,
+        rules::{Kill, Verdict},
+    },
+};
+use slots::{RefusalLog, Slots};
+use state::Ledger;
+
+/// The likely next victims are ranked at most this often.
+pub(crate) const RANK_EVERY: Duration = Duration::from_secs(1);
+/// Events a watcher may fall behind before it is told it missed some.
+const WATCH_QUEUE: usize = 256;
+/// Events kept for `list`: about 400 bytes each, so 1024 cost ~0.4 MiB when full.
+pub const DEFAULT_HISTORY: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(
+        "an oomcount daemon is already running on {0}: stop it first, or give this one another --socket"
+    )]
+    AlreadyRunning(PathBuf),
+    #[error("cannot create socket {path} (choose a writable path with --socket)")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "refusing to make the {what} there (name a folder only root can write with {flag}, such as /run/oomcount)"
+    )]
+    Folder {
+        what: &'static str,
+        flag: &'static str,
+        #[source]
+        source: crate::files::Unsafe,
+    },
+    #[error("cannot start the runtime")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::device::WatchdogError),
+}
+
+pub struct Options {
+    pub socket: PathBuf,
+    /// Where to pin the probe; `None` for no pins.
+    pub pin_dir: Option<PathBuf>,
+    /// The stat file; `None` for none.
+    pub stat: Option<PathBuf>,
+    /// Events kept for `list`.
+    pub history: usize,
+    /// The watchdog and its rules.
+    pub config: Config,
+    /// Judge and log, but open no watchdog device.
+    pub dry_run: bool,
+}
+
+/// What the daemon's tasks share: its state, and the watchers' queue (which has its own).
+struct Shared {
+    state: Mutex<State>,
+    /// Serialized response lines for watchers.
+    watchers: broadcast::Sender<Arc<[u8]>>,
+}
+
+/// Everything the daemon keeps, in one place.
+struct State {
+    probe: Probe,
+    ledger: Ledger,
+    keeper: Keeper,
+    ranking: Ranking,
+    /// Where the counts are published for `cat`; `None` when disabled.
+    stat: Option<PathBuf>,
+}
+
+/// The ranking of the likely next victims, done off the runtime's thread.
+#[derive(Default)]
+struct Ranking {
+    /// When the last ranking finished.
+    at: Option<std::time::Instant>,
+    /// One is under way.
+    running: bool,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(options: Options) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        // For the ranking of likely victims only (one at a time): the thread is started for the
+        // first and ends after a while without one. It never runs at the real-time priority
+        // the daemon may have, which it would otherwise inherit.
+        .max_blocking_threads(1)
+        .on_thread_start(system::ordinary_thread)
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: Options) -> Result<(), DaemonError> {
+    // First of all: a SIGTERM that came while loading, or between the `serving on` line and the
+    // loop, would otherwise kill the daemon outright (the default action), with the watchdog
+    // armed and the socket left behind. Caught from here, it ends the daemon cleanly at the loop.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let socket = options.socket;
+    let lock = socket::lock_socket(&socket)?;
+    if let Some(stat) = &options.stat {
+        crate::files::ensure_folder(crate::files::parent(stat), 0o755).map_err(|source| {
+            DaemonError::Folder {
+                what: "stat file",
+                flag: "--stat",
+                source,
+            }
+        })?;
+    }
+    let mut probe = Probe::attach(options.pin_dir.as_deref())?;
+    system::protect_self();
+    let listener = socket::bind(&socket)?;
+    // Armed from here, the last step that can fail: an error after it would leave the
+    // watchdog armed. The first keepalive goes out as the loop starts.
+    // An unrecoverable verdict an earlier daemon kept with the pins still holds.
+    let latched = probe
+        .slot(counter::UNRECOVERABLE_AT)
+        .ok()
+        .and_then(state::latched_at);
+    let keeper = Keeper::new(&options.config, options.dry_run, latched)?;
+    let events = probe.take_events().expect("a fresh probe has its events");
+    let origin = probe.origin();
+    // The sequence and the drops already reported go on where the previous daemon left them.
+    let ledger = Ledger::new(
+        options.history,
+        probe.slot(counter::SEQ).unwrap_or(0),
+        probe.slot(counter::DROPS_SEEN).unwrap_or(0),
+        probe.counters().ok().as_ref(),
+    );
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            probe,
+            ledger,
+            keeper,
+            ranking: Ranking::default(),
+            stat: options.stat,
+        }),
+        watchers: broadcast::channel(WATCH_QUEUE).0,
+    });
+    shared.lock().publish_stat();
+    let how = match (origin, &options.pin_dir) {
+        (Origin::Adopted, Some(dir)) => format!("adopted the probe pinned in {}", dir.display()),
+        (Origin::Upgraded, Some(dir)) => format!("replaced older pins in {}", dir.display()),
+        (Origin::Attached, Some(dir)) => format!("attached, pinned in {}", dir.display()),
+        _ => "attached, not pinned".to_owned(),
+    };
+    log::info!(
+        "{how}: oom/mark_victim on Linux {}, counting since {}; serving on {}",
+        crate::probe::tracefs::kernel_release(),
+        humantime::format_rfc3339_seconds(shared.lock().probe.attached_at()),
+        socket.display()
+    );
+
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
+    let mut events = match registered {
+        Ok(events) => Some(events),
+        Err(err) => {
+            shared
+                .lock()
+                .ring_failed(&format!("cannot watch the event ring buffer ({err})"));
+            None
+        }
+    };
+    // Pins removed or replaced under the daemon are noticed as it happens (inotify).
+    let mut pin_watch = shared.lock().probe.pin_dir().and_then(|dir| {
+        crate::probe::pins::Watch::new(dir)
+            .inspect_err(|err| {
+                log::warn!(
+                    "cannot watch {} ({err}): pins removed while the daemon runs are not pinned again",
+                    dir.display()
+                )
+            })
+            .ok()
+    });
+    let slots = Slots::new();
+    let mut refusals = RefusalLog::default();
+    shared.rank_likely();
+    // Only when something is pinged: otherwise the daemon judges when asked, and sleeps.
+    let mut keepalive = shared.lock().keeper.interval().map(|period| {
+        let mut timer = tokio::time::interval(period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick(&mut keepalive) => {
+                shared.rank_likely();
+                shared.lock().tick();
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => clients::admit(stream, &shared, &slots, &mut refusals),
+                Err(err) => log::warn!("accept: {err}"),
+            },
+            changed = pins_changed(&mut pin_watch) => {
+                shared.lock().probe.check_pins();
+                if let Some(watch) = &mut pin_watch
+                    && let Err(err) = changed.and_then(|()| watch.rewatch())
+                {
+                    log::warn!("watching the pins: {err}; pins removed from now on are not pinned again");
+                    pin_watch = None;
+                }
+            }
+            _ = clients::refusals_due(&refusals) => {
+                if let Some(line) = refusals.flush(std::time::Instant::now()) {
+                    log::warn!("{line}");
+                }
+            },
+            ready = readable(&mut events) => match ready {
+                Ok(mut guard) => {
+                    let seen = shared.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    if seen {
+                        // The watchers' lines are queued: let them go out before the
+                        // bookkeeping (counters, verdict, pins' slots, stat file).
+                        tokio::task::yield_now().await;
+                        shared.settle();
+                    }
+                }
+                Err(err) => {
+                    shared.lock().ring_failed(&format!("event ring buffer: {err}"));
+                    events = None;
+                }
+            },
+        }
+    }
+    log::info!("stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let mut state = shared.lock();
+    state.keeper.stop();
+    let _ = fs::remove_file(&socket);
+    if let Some(stat) = &state.stat {
+        let _ = fs::remove_file(stat);
+    }
+    drop(state);
+    drop(lock);
+    Ok(())
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes every event waiting in the ring buffer: tells watchers, logs kills, keeps them,
+    /// hands them to the rules. Returns whether there was any.
+    fn drain(&self, ring: &mut RingBuf<MapData>) -> bool {
+        let clock = Clock::now();
+        let mut state = self.lock();
+        let mut seen = false;
+        while let Some(item) = ring.next() {
+            seen = true;
+            let Some((event, kill)) = state.ledger.receive(&item, &clock) else {
+                log::warn!("short event record ({} bytes) ignored", item.len());
+                continue;
+            };
+            if self.watchers.receiver_count() > 0 {
+                let _ = self
+                    .watchers
+                    .send(clients::line(&Response::Event((*event).clone())));
+            }
+            match kill {
+                Some(kill) => {
+                    log::info!("{}", event.line());
+                    state.keeper.kill(kill);
+                }
+                None => log::debug!("{}", event.line()),
+            }
+        }
+        seen
+    }
+
+    /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
+    fn settle(&self) {
+        let dropped = self.lock().settle();
+        if let Some(count) = dropped {
+            log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
+            let dropped = Response::Dropped(Dropped {
+                count,
+                by: DropOrigin::Kernel,
+            });
+            let _ = self.watchers.send(clients::line(&dropped));
+        }
+    }
+
+    /// Ranks the likely next victims on a blocking thread, when the rules need them and the last
+    /// ranking is older than [`RANK_EVERY`]; the judgements use it once done. Never waits.
+    fn rank_likely(self: &Arc<Self>) {
+        let n = {
+            let mut state = self.lock();
+            let n = state.keeper.likely_needed();
+            let ranking = &mut state.ranking;
+            if n == 0 || ranking.running || ranking.at.is_some_and(|at| at.elapsed() < RANK_EVERY) {
+                return;
+            }
+            ranking.running = true;
+            n
+        };
+        let scan = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let ranked = crate::host::victims::rank(n);
+            (ranked, started.elapsed())
+        });
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let likely = match scan.await {
+                Ok((Ok(ranking), took)) => {
+                    log::debug!(
+                        "ranked the likely next victims in {took:.1?}: {} processes unreadable",
+                        ranking.unreadable
+                    );
+                    ranking.likely.into_iter().map(|c| c.comm).collect()
+                }
+                Ok((Err(err), _)) => {
+                    log::debug!("ranking likely victims: {err}");
+                    Vec::new()
+                }
+                Err(err) => {
+                    log::warn!("ranking likely victims: {err}");
+                    Vec::new()
+                }
+            };
+            let mut state = shared.lock();
+            state.keeper.set_likely(likely);
+            state.ranking.running = false;
+            state.ranking.at = Some(std::time::Instant::now());
+        });
+    }
+}
+
+impl State {
+    /// After a batch of events: the books settled with the counters read now (see
+    /// [`Ledger::settle`]), the verdict judged at once (an unrecoverable kill stops the very next
+    /// keepalive), the books' slots kept with the pins, the stat file rewritten. Returns the
+    /// events dropped since the last batch, for the watchers.
+    fn settle(&mut self) -> Option<u64> {
+        let mut dropped = None;
+        if let Ok(counters) = self.probe.counters() {
+            let settled = self.ledger.settle(&counters, monotonic());
+            self.weigh(settled.unseen);
+            dropped = settled.dropped;
+        }
+        self.judge();
+        for (slot, value) in self.ledger.slots() {
+            let _ = self.probe.set_slot(slot, value);
+        }
+        self.publish_stat();
+        dropped
+    }
+
+    /// Hands the rules kills the kernel counted that reached the daemon only as counts.
+    fn weigh(&mut self, kills: Vec<Kill>) {
+        if !kills.is_empty() {
+            log::debug!("{} kills weighed without their events", kills.len());
+        }
+        for kill in kills {
+            self.keeper.kill(kill);
+        }
+    }
+
+    /// Once the ring buffer has failed: the kills counted since the last look, at each
+    /// keepalive and verdict (nothing while events flow).
+    fn weigh_unseen(&mut self) {
+        if let Ok(counters) = self.probe.counters() {
+            let kills = self.ledger.weigh(&counters, monotonic());
+            self.weigh(kills);
+        }
+    }
+
+    /// A keepalive is due: judged, and sent or not.
+    fn tick(&mut self) {
+        self.weigh_unseen();
+        self.keeper.tick();
+        self.keep_latch();
+    }
+
+    /// Judges now; an unrecoverable verdict is kept with the pins.
+    fn judge(&mut self) -> Verdict {
+        let verdict = self.keeper.judge();
+        self.keep_latch();
+        verdict
+    }
+
+    /// The ring buffer cannot be read: kills still count, and from now on reach the rules from
+    /// the kernel's counters (with their constraint, without names); the verdict says so, never
+    /// healthy.
+    fn ring_failed(&mut self, why: &str) {
+        log::error!(
+            "{why}; counting goes on and the rules weigh kills from the kernel's counters, but kills are no longer logged"
+        );
+        if let Ok(counters) = self.probe.counters() {
+            let lost = self.ledger.ring_failed(&counters, monotonic());
+            self.weigh(lost);
+        }
+        self.keeper.fault(format!(
+            "{why}: kills are weighed from the kernel's counters, without names (restart the daemon)"
+        ));
+    }
+
+    /// Keeps an unrecoverable verdict the keeper just reached with the pins, for any later
+    /// daemon.
+    fn keep_latch(&mut self) {
+        let Some(at) = self.keeper.take_newly_latched() else {
+            return;
+        };
+        let kept = self
+            .probe
+            .set_slot(counter::UNRECOVERABLE_AT, state::latch_ns(at));
+        if let Err(err) = kept {
+            log::warn!(
+                "cannot keep the verdict with the pins ({err}): a restarted daemon would start healthy"
+            );
+        }
+    }
+
+    fn count_reply(&self) -> io::Result<CountReply> {
+        let counters = self.probe.counters().map_err(io::Error::other)?;
+        let attached_at = self.probe.attached_at();
+        let kernel = system::kernel_oom_kill();
+        Ok(self.ledger.count_reply(&counters, attached_at, kernel))
+    }
+
+    /// Rewrites the stat file; a failure is logged, never fatal.
+    fn publish_stat(&self) {
+        let Some(path) = &self.stat else { return };
+        let written = self
+            .count_reply()
+            .and_then(|counts| stat::write_atomic(path, &stat::render(&counts)));
+        if let Err(err) = written {
+            log::warn!("cannot write {} ({err})", path.display());
+        }
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn pins_changed(watch: &mut Option<crate::probe::pins::Watch>) -> io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn readable(
+    events: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match events {
+        Some(events) => events.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
