@@ -363,3 +363,116 @@ fn a_stopped_xenstored_never_holds_up_the_caller() {
     eprintln!("1000 reports handed over in {handed:?} while xenstored was stopped");
     assert_eq!(r.published.unwrap().kills, Field::Valid(1234));
 }
+
+/// The real daemon with `[xenstore] mode = "on"`, reaching the host's oxenstored through
+/// `$XENSTORED_PATH`: as a dom0 connection it publishes under `/local/domain/0/data/oomcount`.
+/// Its kills there must equal the kernel's, and `oomcount guests --json` must list it (from the
+/// daemon) and a guest (from the store).
+#[test]
+fn the_daemon_publishes_its_kills_and_guests_lists_them() {
+    use oomcount_integration_test::{Daemon, MemCg, Watch, producer, require_root};
+    require_root();
+    let store = Xenstored::start();
+    let dir = std::env::temp_dir().join(format!("oomcount-xs-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("oomcount.toml");
+    std::fs::write(&config, "[xenstore]\nmode = \"on\"\ninterval = \"1s\"\n").unwrap();
+    let socket = store.socket();
+    let daemon = Daemon::start_env(
+        &["--config".as_ref(), config.as_os_str()],
+        &[("XENSTORED_PATH", socket.as_os_str())],
+    );
+    let cg = MemCg::new("xenstore", 32 << 20);
+    let watch = Watch::new(Some(&daemon));
+    producer::single_kills(&cg, 5);
+    let d = watch.settle("the daemon to count 5 kills", |d| d.kills() >= 5);
+    assert_eq!(
+        d.vmstat, 5,
+        "/proc/vmstat oom_kill delta (another OOM on this machine?)"
+    );
+    let mut dom0 = connect(&store);
+    let published = wait_until(
+        deadline(Duration::from_secs(10)),
+        "5 kills in xenstore",
+        || {
+            let p = row(&mut dom0, 0).published;
+            match p {
+                Some(p) if p.kills == Field::Valid(5) => Ok(p),
+                other => Err(other.map(|p| p.kills)),
+            }
+        },
+    );
+    assert_eq!(published.kills_memcg, Field::Valid(5));
+    assert_eq!(
+        published.last_kill_constraint,
+        Field::Valid(Constraint::Memcg)
+    );
+    assert!(published.last_kill_comm.valid().is_some(), "{published:?}");
+    assert!(
+        published.mem_total_kb.valid().is_some_and(|kb| *kb > 0),
+        "{published:?}"
+    );
+    assert!(published.invalid_keys().is_empty(), "{published:?}");
+
+    // dom0's view: its own row from the daemon, a guest's from the store.
+    dom0.write(Tx::NONE, "/local/domain/5/name", b"guest5")
+        .unwrap();
+    let g5 = publisher(&store, "/local/domain/5/data/oomcount");
+    g5.publish(report(2));
+    assert!(g5.flush(Duration::from_secs(10)));
+    let out = std::process::Command::new(oomcount_integration_test::locate::oomcount())
+        .args(["guests", "--json", "--socket"])
+        .arg(daemon.socket())
+        .env("XENSTORED_PATH", &socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["domid"], 0);
+    assert_eq!(rows[0]["kills"], 5);
+    assert_eq!(rows[1]["domid"], 5);
+    assert_eq!(rows[1]["name"], "guest5");
+    assert_eq!(rows[1]["kills"], 2);
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// No xenstore: `mode = "on"` stops the daemon in one line; `guests` says so and exits 1.
+#[test]
+fn no_xenstore_is_one_line() {
+    let dir = std::env::temp_dir().join(format!("oomcount-xs-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("oomcount.toml");
+    std::fs::write(&config, "[xenstore]\nmode = \"on\"\n").unwrap();
+    let bin = oomcount_integration_test::locate::oomcount();
+    let nowhere = dir.join("no-socket");
+    let out = std::process::Command::new(&bin)
+        .args(["guests"])
+        .env("XENSTORED_PATH", &nowhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no xenstore answers here"), "{err}");
+    let out = std::process::Command::new(&bin)
+        .args(["daemon", "--no-pin", "--socket"])
+        .arg(dir.join("s"))
+        .arg("--config")
+        .arg(&config)
+        .env("XENSTORED_PATH", &nowhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("[xenstore] mode = \"on\""), "{err}");
+    assert!(
+        !err.contains("attached"),
+        "stopped before the probe was attached: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,7 @@ pub mod config;
 pub mod count;
 pub mod daemon;
 pub mod detach;
+pub mod guests;
 pub mod list;
 pub mod next;
 pub mod status;
@@ -55,6 +56,8 @@ pub enum Command {
     Config(config::Args),
     /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
     Status(status::Args),
+    /// Xen dom0: every domain's OOM count, verdict and vitals, from xenstore.
+    Guests(guests::Args),
 }
 
 /// The daemon's socket, shared by every subcommand that talks to it.
@@ -148,6 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Check(args) => check::run(args),
         Command::Config(args) => config::run(args),
+        Command::Guests(args) => guests::run(args),
     }
 }
 

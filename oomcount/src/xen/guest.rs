@@ -30,6 +30,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(300);
 /// The vitals' default interval (the daemon publishes on this timer besides its events).
 pub const VITALS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The writer thread's stack: a message buffer of 4 KiB and a few paths.
+const STACK: usize = 128 * 1024;
+
 #[derive(Default)]
 struct Shared {
     pending: Option<Report>,
@@ -60,9 +63,15 @@ impl Publisher {
             logged: HashSet::new(),
         };
         let s = shared.clone();
+        // A small stack (the daemon locks its memory) and ordinary priority: the daemon may run
+        // at real-time priority, which this thread must not take to a store that stalls.
         let thread = std::thread::Builder::new()
             .name("xenstore".into())
-            .spawn(move || writer.run(&s, min_interval))?;
+            .stack_size(STACK)
+            .spawn(move || {
+                crate::host::system::ordinary_thread();
+                writer.run(&s, min_interval)
+            })?;
         Ok(Publisher {
             shared,
             thread: Some(thread),
