@@ -5,7 +5,8 @@
 //!    (`cargo xtask fuzz`);
 //! 3. the privileged integration tests on this machine's kernel (real eBPF, real OOM kills in a
 //!    memory cgroup), one at a time because they compare against machine-wide counters;
-//! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`).
+//! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`), then
+//!    oomcount on a real Xen hypervisor (`cargo xtask xen-test`).
 use clap::Args;
 
 use crate::{cargo, check, setup};
@@ -84,6 +85,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     drop(_machine);
     if !args.no_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
+        crate::vm::xen::run(crate::vm::xen::XenTestArgs::default())?;
     }
     Ok(())
 }
