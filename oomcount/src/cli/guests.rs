@@ -92,6 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     let mut emit = |line: String| writeln!(out, "{line}").and_then(|()| out.flush());
+    // dom0's own row comes from its daemon: domain 0's entry in xenstore is not shown beside it.
+    let skip_zero = own.is_some();
     if let Some(row) = own {
         emit(guests::Change::Appeared(row).line(args.json, now())).map_err(super::Stdout)?;
     }
@@ -101,6 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("reading the domains from xenstore")?;
     loop {
         for change in changes {
+            if skip_zero && change.domid() == 0 {
+                continue;
+            }
             emit(change.line(args.json, now())).map_err(super::Stdout)?;
         }
         changes = watcher

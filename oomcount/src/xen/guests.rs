@@ -267,6 +267,14 @@ pub enum Change {
 }
 
 impl Change {
+    /// The domain that changed.
+    pub fn domid(&self) -> u32 {
+        match self {
+            Change::Appeared(r) | Change::Changed(r) => r.domid,
+            Change::Gone(d) => *d,
+        }
+    }
+
     /// One line: JSON (`{"change": ..., "guest": row}`) or text.
     pub fn line(&self, json: bool, now: u64) -> String {
         let (what, row) = match self {
@@ -274,10 +282,7 @@ impl Change {
             Change::Changed(r) => ("changed", Some(r)),
             Change::Gone(_) => ("gone", None),
         };
-        let domid = match self {
-            Change::Appeared(r) | Change::Changed(r) => r.domid,
-            Change::Gone(d) => *d,
-        };
+        let domid = self.domid();
         if json {
             return json!({"change": what, "domid": domid, "guest": row.map(|r| r.to_json(now))})
                 .to_string();

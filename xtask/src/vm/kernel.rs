@@ -139,8 +139,12 @@ impl Archive {
             .context("download the Xen packages (is Debian's archive reachable?)")?;
         let partial = root.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)
+            .with_context(|| format!("create {}", partial.display()))?;
         for package in packages {
-            let deb = find_deb(&debs, package)?;
+            // `NAME/SUITE` picks the suite; the file is named after NAME.
+            let name = package.split('/').next().unwrap_or(package);
+            let deb = find_deb(&debs, name)?;
             crate::check(Command::new("dpkg").arg("-x").arg(&deb).arg(&partial))?;
             let _ = std::fs::remove_file(&deb);
         }

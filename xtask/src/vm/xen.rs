@@ -29,24 +29,26 @@ use serde_json::Value;
 
 use super::{cpio::Cpio, kernel::Archive};
 
-/// Debian's Xen 4.17: the hypervisor, the tools and the libraries they link.
+/// Debian 12's Xen 4.17 (from bookworm-security: the hypervisor, the tools and the libraries
+/// they link), and busybox; each named with its suite, since the VM cache's lists also hold
+/// sid's newer Xen.
 const XEN_PACKAGES: &[&str] = &[
-    "xen-hypervisor-4.17-amd64",
-    "xen-utils-4.17",
-    "xen-utils-common",
-    "xenstore-utils",
-    "libxenstore4",
-    "libxenmisc4.17",
-    "libxenevtchn1",
-    "libxengnttab1",
-    "libxentoolcore1",
-    "libxentoollog1",
-    "libxencall1",
-    "libxenforeignmemory1",
-    "libxendevicemodel1",
-    "libxenhypfs1",
-    "libyajl2",
-    "busybox-static",
+    "xen-hypervisor-4.17-amd64/bookworm-security",
+    "xen-utils-4.17/bookworm-security",
+    "xen-utils-common/bookworm-security",
+    "xenstore-utils/bookworm-security",
+    "libxenstore4/bookworm-security",
+    "libxenmisc4.17/bookworm-security",
+    "libxenevtchn1/bookworm-security",
+    "libxengnttab1/bookworm-security",
+    "libxentoolcore1/bookworm-security",
+    "libxentoollog1/bookworm-security",
+    "libxencall1/bookworm-security",
+    "libxenforeignmemory1/bookworm-security",
+    "libxendevicemodel1/bookworm-security",
+    "libxenhypfs1/bookworm-security",
+    "libyajl2/bookworm",
+    "busybox-static/bookworm",
 ];
 /// The Xen tools dom0 runs.
 const DOM0_TOOLS: &[&str] = &[
