@@ -34,6 +34,17 @@ const PACKAGES: [&str; 12] = [
 
 const SHIM: &str = include_str!("xs-shim.c");
 
+/// Why no oxenstored can run here, if so: the VM guests carry no apt, dpkg, gcc or unshare (the
+/// protocol does not depend on the kernel: the host's run and `cargo xtask xen-test` check it).
+pub fn unavailable() -> Option<String> {
+    crate::in_vm().then(|| {
+        format!(
+            "no oxenstored in the VM guest ({}): the host's run and `cargo xtask xen-test` test xenstore",
+            crate::kernel_release()
+        )
+    })
+}
+
 /// The cache folder of the Xen packages.
 pub fn cache() -> PathBuf {
     if let Some(dir) = std::env::var_os("OOMCOUNT_XEN_CACHE") {
