@@ -174,6 +174,29 @@ impl MemCg {
         cg
     }
 
+    /// [`MemCg::child`] with exactly `name` (a name shaped like a container's scope or a pod's
+    /// slice); the caller makes it unique by its parent.
+    pub fn child_named(&self, name: &str, limit: Option<u64>) -> MemCg {
+        if self.version == Version::V2 {
+            enable_memory(&self.dir).unwrap_or_else(|err| {
+                panic!(
+                    "enable +memory for the children of {}: {err}",
+                    self.dir.display()
+                )
+            });
+        }
+        let dir = self.dir.join(name);
+        fs::create_dir(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+        let cg = MemCg {
+            dir,
+            version: self.version,
+        };
+        if let Some(limit) = limit {
+            cg.set_limit(limit);
+        }
+        cg
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod events;
 pub mod fake_daemon;
+pub mod hook_probe;
 pub mod hostile;
 pub mod kmsg;
 pub mod locate;

@@ -45,6 +45,11 @@ pub fn set_oom_score_adj(adj: i32) {
 /// Renames this process (its comm, at most 15 bytes: the kernel cuts the rest), so that a test
 /// can tell its victim from the process that made the OOM by name too.
 pub fn set_comm(name: &str) {
+    set_comm_bytes(name.as_bytes());
+}
+
+/// [`set_comm`] with any bytes but NUL: a victim named with a newline or invalid UTF-8.
+pub fn set_comm_bytes(name: &[u8]) {
     let name = CString::new(name).expect("no NUL in a comm");
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of which it copies at most 16 bytes.
     let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };

@@ -211,7 +211,7 @@ fn watch_until_complete(watch: &WatchClient, skip: usize, received: u64) -> Vec<
     )
 }
 
-/// Kills per producer while the daemon is stopped: 4 x 100 events overflow the ring buffer's 199.
+/// Kills per producer while the daemon is stopped: 4 x 100 events overflow the ring buffer's 112.
 const PAUSED_DAEMON_EACH: u64 = 100;
 /// Kills per producer while the watcher is stopped: more than the daemon queues for a watcher
 /// (256) and its socket holds.

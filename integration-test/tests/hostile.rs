@@ -16,7 +16,7 @@ use oomcount_integration_test::{
     watchdog::{Scratch, check, verdict, wait_kills},
 };
 
-/// Kills made while the daemon is stopped, more than its ring buffer holds (199 events of 656
+/// Kills made while the daemon is stopped, more than its ring buffer holds (112 events of 1,168
 /// bytes in 128 KiB), and a rule between the two: the events that arrive cannot trip it alone.
 const KILLS_EACH: u64 = 75;
 const PRODUCERS: u64 = 4;

@@ -47,7 +47,7 @@ pub const GLOBAL_CONFIG: &str = "OOMCOUNT_CONFIG";
 pub const PENDING_ENTRIES: u32 = 4096;
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
-/// 128 KiB holds 128 KiB / (size_of::<Event>() + 8 bytes of header) = 199 events waiting to be
+/// 128 KiB holds 128 KiB / (size_of::<Event>() + 8 bytes of header) = 112 events waiting to be
 /// read: kernel memory paid once, and at most as much resident in the daemon, which maps it and
 /// copies each event out as it arrives. A burst larger than that while the daemon is slow or away
 /// is counted as dropped; the counters stay exact.
@@ -108,7 +108,8 @@ pub mod counter {
 /// The layout version recorded with pinned maps and links: bumped whenever a pinned map or the
 /// meaning of a counter changes, so that a daemon recognises pins it cannot adopt. Version 0 is
 /// "no version recorded" (pins of a probe whose daemon died before writing it).
-pub const PIN_VERSION: u64 = 1;
+pub const PIN_VERSION: u64 = 2;
+// Version 2: cgroup names of 128 bytes a level in `Event` (the ring buffer's records grew).
 
 /// Names of the pinned objects, in the pin folder (`/sys/fs/bpf/oomcount` by default).
 pub mod pin {
@@ -365,9 +366,11 @@ pub mod constraint {
     pub const MEMCG: u16 = 3;
 }
 
-/// Levels of the victim's cgroup path carried in an event, and bytes per level name.
+/// Levels of the victim's cgroup path carried in an event, and bytes per level name: 128, so
+/// that a container's scope arrives whole (`cri-containerd-<64 hex>.scope` is 92 bytes; 64 cut
+/// every runtime's container id).
 pub const CGROUP_DEPTH: usize = 8;
-pub const CGROUP_NAME: usize = 64;
+pub const CGROUP_NAME: usize = 128;
 
 /// One record per `mark_victim`, sent through [`MAP_EVENTS`].
 #[repr(C)]
@@ -415,7 +418,7 @@ pub struct Event {
     /// The victim's memory cgroup, leaf first, one NUL-terminated name per level.
     pub cgroup: [[u8; CGROUP_NAME]; CGROUP_DEPTH],
 }
-const _: () = assert!(size_of::<Event>() == 648);
+const _: () = assert!(size_of::<Event>() == 1160);
 
 impl Default for Event {
     fn default() -> Self {
@@ -493,7 +496,7 @@ mod tests {
         event.comm[..3].copy_from_slice(b"hog");
         event.cgroup[0][..4].copy_from_slice(b"leaf");
         let bytes = event.as_bytes().to_vec();
-        assert_eq!(bytes.len(), 648);
+        assert_eq!(bytes.len(), 1160);
         assert_eq!(Event::from_bytes(&bytes), Some(event));
         // The kernel writes native-endian; the pid sits at offset 16, the path at 136.
         assert_eq!(&bytes[16..20], &4242u32.to_ne_bytes());

@@ -1,11 +1,13 @@
-//! The daemon's configuration file: the watchdog device and the rules that judge OOM activity.
+//! The daemon's configuration file: the watchdog device, the rules that judge OOM activity, and
+//! the hooks run for kills and changes of verdict.
 //!
 //! TOML, every key optional with the default documented on [`Watchdog`] and [`Rules`]. The file
 //! is read once at start; a bad one stops the daemon before it touches the watchdog, with one
 //! line naming the file, the line and the key (`oomcount config check FILE` says the same
 //! without starting anything). The default path may be absent: the daemon then counts and
 //! judges with the default rules, and pings no watchdog. A `[watchdog]` table turns the pinger
-//! on, with `/dev/watchdog` unless `device` says otherwise.
+//! on, with `/dev/watchdog` unless `device` says otherwise. `[hooks]` is checked as the daemon
+//! will use it (programs, user), before anything is attached.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -32,6 +34,8 @@ pub struct Config {
     /// `None` without a `[watchdog]` table: no device is opened.
     pub watchdog: Option<Watchdog>,
     pub rules: Rules,
+    /// `[hooks]`: programs run for each kill and change of verdict (none by default).
+    pub hooks: crate::notify::hooks::HookConfig,
     /// `[xenstore]`: publishing the counts in xenstore on a Xen guest (default: `mode = "auto"`).
     pub xenstore: Xenstore,
     /// Where the file came from, for the one check made after parsing (the driver's timeout,
@@ -276,6 +280,16 @@ impl Config {
             .find_map(|entry| crate::watchdog::rules::Critical::parse(entry).err())
         {
             return fail("rules", "critical", err);
+        }
+        if let Err(err) = self.hooks.check() {
+            // The error names `hooks.KEY` itself; at_key puts it at the key's line (or the
+            // table's, for a default such as `user`).
+            let key = err.key();
+            let message = err.to_string();
+            let message = message
+                .strip_prefix(&format!("hooks.{key}: "))
+                .unwrap_or(&message);
+            return Err(at_key(path, text, "hooks", key, message));
         }
         Ok(())
     }
@@ -527,6 +541,50 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         }
         let err = parse("[rules]\nconstraint = \"unknown\"\n").unwrap_err();
         assert!(err.contains("expected one of `global`, `memcg`"), "{err}");
+    }
+
+    #[test]
+    fn hooks_parse_and_bad_ones_name_their_key_and_line() {
+        let config = parse(
+            "[hooks]\non_kill = [\"/bin/true\", \"--flag\"]\nuser = \"root\"\nmax_running = 4\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.hooks.on_kill,
+            Some(vec!["/bin/true".to_owned(), "--flag".to_owned()])
+        );
+        assert_eq!(config.hooks.max_running, 4);
+        assert_eq!(config.hooks.timeout, Duration::from_secs(3));
+        assert_eq!(parse("").unwrap().hooks.user, "nobody");
+        for (text, want) in [
+            (
+                "[rules]\n\n[hooks]\non_kill = [\"hook.sh\"]\n",
+                "oomcount.toml:4: hooks.on_kill: \"hook.sh\" is not an absolute path",
+            ),
+            (
+                "[hooks]\non_verdict = [\"/nonexistent/hook\"]\n",
+                "oomcount.toml:2: hooks.on_verdict: cannot use \"/nonexistent/hook\"",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\nuser = \"no-such-user-here\"\n",
+                "oomcount.toml:3: hooks.user: there is no user \"no-such-user-here\"",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\nmax_running = 0\n",
+                "oomcount.toml:3: hooks.max_running: give at least 1",
+            ),
+            (
+                "[hooks]\non_kill = [\"/bin/true\"]\ntimeout = \"soon\"\n",
+                "oomcount.toml:3: hooks.timeout: \"soon\" is not a duration",
+            ),
+            (
+                "[hooks]\non_kil = []\n",
+                "oomcount.toml:2: hooks.on_kil: unknown field",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]
@@ -830,5 +888,50 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
             let config = parse(&format!("[rules]\nmem_available_min = {text}\n")).unwrap();
             assert_eq!(config.rules.mem_available_min, bytes, "{text}");
         }
+    }
+
+    /// The keys the parser accepts in `[table]` (or at the top with ""), from serde's
+    /// unknown-field error, which lists them.
+    fn accepted_keys(table: &str) -> Vec<String> {
+        let text = if table.is_empty() {
+            "not_a_key = 1\n".to_owned()
+        } else {
+            format!("[{table}]\nnot_a_key = 1\n")
+        };
+        let err = parse(&text).unwrap_err();
+        let (_, list) = err.split_once("expected").expect(&err);
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The package's commented file and the oomcount.toml(5) page come from
+    /// `oomcount_args::config_keys`: it names every key this parser takes, no other, and its
+    /// defaults are the parser's.
+    #[test]
+    fn the_shipped_keys_are_the_parsers() {
+        use oomcount_args::config_keys::{TABLES, commented_file, uncommented_defaults};
+        let tables: Vec<_> = TABLES.iter().map(|t| t.name.to_owned()).collect();
+        assert_eq!(accepted_keys(""), tables);
+        for table in TABLES {
+            let keys: Vec<_> = table.keys.iter().map(|k| k.name.to_owned()).collect();
+            assert_eq!(accepted_keys(table.name), keys, "[{}]", table.name);
+            for key in table.keys {
+                let line = format!("[{}]\n{} = {}\n", table.name, key.name, key.example);
+                parse(&line).unwrap_or_else(|err| panic!("{line}: {err}"));
+            }
+        }
+        // As shipped, the file is no file at all.
+        assert_eq!(parse(&commented_file()).unwrap(), Config::default());
+        // Uncommented, it sets the defaults (and turns the watchdog table on).
+        assert_eq!(
+            parse(&uncommented_defaults()).unwrap(),
+            Config {
+                watchdog: Some(Watchdog::default()),
+                ..Config::default()
+            }
+        );
     }
 }

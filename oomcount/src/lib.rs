@@ -8,6 +8,7 @@
 //!   the watchdog device.
 //! - [`daemon`]: the serving. The daemon's state and loop, its clients, socket and stat file.
 //! - [`host`]: readings of the machine outside the probe (vmstat, vitals, likely victims).
+//! - [`notify`]: telling someone: kill and verdict hooks, journal entries, victims' containers.
 //! - [`config`], [`protocol`] and [`logger`]: the config file, the socket's protocol, the log.
 //!
 //! The `oomcount` binary (`src/main.rs`, `src/cli/`) parses flags, calls the library and
@@ -19,6 +20,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod host;
 pub mod logger;
+pub mod notify;
 pub mod probe;
 pub mod protocol;
 pub(crate) mod units;

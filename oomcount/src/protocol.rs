@@ -49,7 +49,8 @@ pub enum Response {
     Events(Vec<VictimEvent>),
     /// The watch has begun: every event after this line will follow.
     Watching(CountReply),
-    Event(VictimEvent),
+    /// Boxed: an event is the largest reply by far, and watchers get many.
+    Event(Box<VictimEvent>),
     /// Events the kernel could not hand over (ring buffer full), or that this watcher fell too
     /// far behind to receive.
     Dropped(Dropped),
@@ -132,6 +133,12 @@ pub struct CountReply {
     pub kernel_oom_kill: Option<u64>,
     /// Who answered.
     pub source: Source,
+    /// `[hooks]`: hooks started, and kills or verdict changes that ran none because
+    /// `max_running` hooks were busy (coalesced into the next). Absent without hooks.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooks_run: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooks_skipped: Option<u64>,
 }
 
 impl CountReply {
@@ -152,6 +159,8 @@ impl CountReply {
             events_dropped: counters.events_dropped,
             kill_events_dropped: counters.kill_events_dropped,
             oom_signals: counters.oom_signals,
+            hooks_run: None,
+            hooks_skipped: None,
             events_received,
             kill_events_received,
             attached_at: humantime::format_rfc3339_seconds(attached_at).to_string(),

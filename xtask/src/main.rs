@@ -4,6 +4,7 @@
 //! fresh Debian 12 machine has what the build needs, so that the README's two commands work on a
 //! clean clone. The eBPF object itself is built by `oomcount/build.rs`, not here.
 mod bench;
+mod deb;
 mod fuzz;
 mod setup;
 mod test;
@@ -22,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the build needs (apt packages, bpf-linker, the eBPF toolchain's rust-src),
-    /// idempotently.
+    /// Install what the build needs (apt packages, bpf-linker, cargo-deb, the eBPF toolchain's
+    /// rust-src), idempotently.
     Setup,
     /// Build and run the daemon in the foreground on built-in defaults (as root).
     Run {
@@ -44,7 +45,9 @@ enum Command {
     /// Measure the release daemon beside bpftrace, node_exporter and watchdog(8) (installing
     /// them), print the table of figures and goals, and write it to target/bench/bench.json.
     Bench(bench::BenchArgs),
-    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF, xenstore) for a bounded time
+    /// Build the Debian package, target/debian/oomcount_<version>_amd64.deb (with cargo-deb).
+    Deb(deb::DebArgs),
+    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF, cgroup paths, xenstore) for a bounded time
     /// each, from their seeds in fuzz/corpus; a crash fails, with the input saved to replay.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -61,6 +64,8 @@ fn main() -> ExitCode {
         Command::XenTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::xen::run(args)),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Deb(args) if args.test => deb::install_test::run(),
+        Command::Deb(args) => deb::run(args).map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

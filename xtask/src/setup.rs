@@ -69,6 +69,10 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
         ensure_backports()?;
         apt_install(&["qemu-system-x86"], Some("bookworm-backports"))?;
     }
+    // The tests build the Debian package: its cargo-deb, pinned, beside bpf-linker.
+    if needs >= Needs::Test {
+        ensure_cargo_deb()?;
+    }
     ensure_bpf_linker(llvm)
 }
 
@@ -298,22 +302,33 @@ fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<()> {
 /// Makes sure the project's own cargo-fuzz, pinned, is installed beside bpf-linker (building it
 /// when missing), and returns its binary. Only `cargo xtask fuzz` and `cargo xtask test` need it.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<std::path::PathBuf> {
-    const VERSION: &str = "0.13.2";
+    ensure_tool("cargo-fuzz", "0.13.2", "a few minutes")
+}
+
+/// Makes sure the project's own cargo-deb, pinned, is installed beside bpf-linker, and returns
+/// its binary. `cargo xtask deb` and `cargo xtask test` need it.
+pub fn ensure_cargo_deb() -> anyhow::Result<std::path::PathBuf> {
+    ensure_tool("cargo-deb", "3.8.0", "a few minutes")
+}
+
+/// Installs `krate` at `version` (pinned) into `$XDG_CACHE_HOME/oomcount/KRATE-VERSION` when its
+/// binary is not there yet (idempotent), and returns the binary.
+fn ensure_tool(krate: &str, version: &str, takes: &str) -> anyhow::Result<std::path::PathBuf> {
     let Some(root) = bpf_linker_root()
-        .and_then(|linker| Some(linker.parent()?.join(format!("cargo-fuzz-{VERSION}"))))
+        .and_then(|linker| Some(linker.parent()?.join(format!("{krate}-{version}"))))
     else {
-        bail!("neither XDG_CACHE_HOME nor HOME is set: setup needs one to keep cargo-fuzz in");
+        bail!("neither XDG_CACHE_HOME nor HOME is set: setup needs one to keep {krate} in");
     };
-    let bin = root.join("bin").join("cargo-fuzz");
+    let bin = root.join("bin").join(krate);
     if bin.is_file() {
         return Ok(bin);
     }
     eprintln!(
-        "setup: building cargo-fuzz {VERSION} into {} (cargo install, a few minutes)",
+        "setup: building {krate} {version} into {} (cargo install, {takes})",
         root.display()
     );
-    check(&mut cargo_install(&root, "cargo-fuzz", VERSION))
-        .with_context(|| format!("building cargo-fuzz {VERSION} failed"))?;
+    check(&mut cargo_install(&root, krate, version))
+        .with_context(|| format!("building {krate} {version} failed"))?;
     Ok(bin)
 }
 

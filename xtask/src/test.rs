@@ -5,7 +5,9 @@
 //!    (`cargo xtask fuzz`);
 //! 3. the privileged integration tests on this machine's kernel (real eBPF, real OOM kills in a
 //!    memory cgroup), one at a time because they compare against machine-wide counters;
-//! 4. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`), then
+//! 4. the Debian package: built, linted, installed on this machine, upgraded and purged
+//!    (`deb::install_test`);
+//! 5. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`), then
 //!    oomcount on a real Xen hypervisor (`cargo xtask xen-test`).
 use clap::Args;
 
@@ -22,6 +24,9 @@ pub struct TestArgs {
     /// Skip the short fuzzing run after the unit tests.
     #[arg(long)]
     pub no_fuzz: bool,
+    /// Skip the Debian package's build, install, upgrade and purge.
+    #[arg(long)]
+    pub no_deb: bool,
     /// Only integration tests whose name contains this filter.
     pub filter: Option<String>,
 }
@@ -83,6 +88,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let _machine = machine_lock()?;
     check(integration.args(["--test-threads=1", "--nocapture"]))?;
     drop(_machine);
+    if !args.no_deb {
+        crate::deb::install_test::run()?;
+    }
     if !args.no_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
         crate::vm::xen::run(crate::vm::xen::XenTestArgs::default())?;
@@ -98,6 +106,14 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
 /// man pages, which other packages own (watchdog(8)), are not asked for (`--man=no`). Unknown keys
 /// and bad values are only warnings to verify (exit 0), so any line it prints fails.
 fn verify_unit() -> anyhow::Result<()> {
+    let unit = crate::workspace_root().join("contrib/systemd/oomcount.service");
+    let text = std::fs::read_to_string(&unit)?;
+    verify_unit_text("contrib/systemd/oomcount.service", &text).map(drop)
+}
+
+/// `systemd-analyze verify` on a unit's `text` (see [`verify_unit`]), and its exposure by
+/// `systemd-analyze security --offline=yes`, which it returns (`None` without systemd-analyze).
+pub(crate) fn verify_unit_text(label: &str, text: &str) -> anyhow::Result<Option<String>> {
     use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
 
     if Command::new("systemd-analyze")
@@ -105,17 +121,15 @@ fn verify_unit() -> anyhow::Result<()> {
         .output()
         .is_err()
     {
-        eprintln!("test: no systemd-analyze here: contrib/systemd/oomcount.service not verified");
-        return Ok(());
+        eprintln!("test: no systemd-analyze here: {label} not verified");
+        return Ok(None);
     }
-    eprintln!("test: systemd-analyze verify contrib/systemd/oomcount.service");
-    let unit = crate::workspace_root().join("contrib/systemd/oomcount.service");
-    let text = fs::read_to_string(&unit)?;
+    eprintln!("test: systemd-analyze verify {label}");
     let root = std::env::temp_dir().join(format!("oomcount-unit-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     let installed = root.join("etc/systemd/system/oomcount.service");
     fs::create_dir_all(installed.parent().expect("a folder"))?;
-    fs::write(&installed, &text)?;
+    fs::write(&installed, text)?;
     for line in text.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
@@ -137,17 +151,29 @@ fn verify_unit() -> anyhow::Result<()> {
         .arg(&root)
         .arg("/etc/systemd/system/oomcount.service")
         .output();
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager", "--root"])
+        .arg(&root)
+        .arg("/etc/systemd/system/oomcount.service")
+        .output();
     let _ = fs::remove_dir_all(&root);
     let out = out?;
     let said =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success() && said.trim().is_empty(),
-        "systemd-analyze verify contrib/systemd/oomcount.service ({}):\n{}",
+        "systemd-analyze verify {label} ({}):\n{}",
         out.status,
         said.trim()
     );
-    Ok(())
+    let security = security?;
+    let exposure = String::from_utf8_lossy(&security.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")
+                .map(|(_, r)| r.to_owned())
+        });
+    Ok(exposure)
 }
 
 /// Seconds of fuzzing per target in a test run: the seeds, and a little more, every time.

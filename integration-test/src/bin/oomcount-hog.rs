@@ -2,13 +2,14 @@
 //! `victim` module). Modes:
 //!
 //!     oomcount-hog alloc   --cgroup DIR [--adj N] [--mb N [--hold]]   touch memory (until killed)
-//!                          [--comm NAME] [--uid N]                     renamed, as another user
+//!                          [--comm NAME|--comm-hex HEX] [--uid N]      renamed, as another user
 //!     oomcount-hog alloc   --global [--adj N]                          the VM's global OOM only
 //!     oomcount-hog threads N --cgroup DIR                              N threads touching memory
 //!     oomcount-hog vmshare --cgroup DIR                                clone(CLONE_VM) pair
 //!     oomcount-hog storm   --cgroup DIR... --kills-each K              forking producers
 //!     oomcount-hog dying   --cgroup DIR --mb N                         the already-dying victim
 //!     oomcount-hog nobody  OP ARGS...                                  another user's steps
+//!     oomcount-hog hook-probe DIR [--sleep-ms N] [--hang] ...         a hook that records
 //!
 //! `nobody` runs one step as uid and gid 65534 without groups, with no tool of the machine's
 //! (the VM guest has none): `mkdir PATH`, `rm PATH`, `ln TARGET LINK`, `ls DIR`, and
@@ -26,7 +27,7 @@ use std::{
     process::ExitCode,
 };
 
-use oomcount_integration_test::{attacker, victim, wait::in_vm};
+use oomcount_integration_test::{attacker, hook_probe, victim, wait::in_vm};
 
 #[derive(Default)]
 struct Options {
@@ -36,7 +37,7 @@ struct Options {
     hold: bool,
     global: bool,
     kills_each: Option<u64>,
-    comm: Option<String>,
+    comm: Option<Vec<u8>>,
     uid: Option<u32>,
 }
 
@@ -57,6 +58,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         .ok_or("name a mode: alloc, threads, vmshare, storm, dying or nobody")?;
     if mode == "nobody" {
         return nobody(rest);
+    }
+    // A hook for the hook tests (the library's `hook_probe`): shipped in the hog so that the VM
+    // guests have it too.
+    if mode == "hook-probe" {
+        return hook_probe::main(rest);
     }
     let (count, rest) = match (mode.as_str(), rest.split_first()) {
         ("threads", Some((n, rest))) => (
@@ -86,7 +92,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     // After the cgroup and oom_score_adj: a negative one needs root.
     if let Some(comm) = &o.comm {
-        victim::set_comm(comm);
+        victim::set_comm_bytes(comm);
     }
     if let Some(uid) = o.uid {
         victim::become_user(uid);
@@ -133,7 +139,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--adj" => o.adj = Some(number(flag, value()?)?),
             "--mb" => o.mb = Some(number(flag, value()?)?),
             "--kills-each" => o.kills_each = Some(number(flag, value()?)?),
-            "--comm" => o.comm = Some(value()?.clone()),
+            "--comm" => o.comm = Some(value()?.clone().into_bytes()),
+            // Any bytes (a newline, invalid UTF-8), which an argument as a String cannot hold.
+            "--comm-hex" => o.comm = Some(hex(value()?)?),
             "--uid" => o.uid = Some(number(flag, value()?)?),
             "--hold" => o.hold = true,
             "--global" => o.global = true,
@@ -141,6 +149,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(o)
+}
+
+fn hex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err(format!("--comm-hex {text:?}: an even number of hex digits"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .map_err(|_| format!("--comm-hex {text:?}: not hex"))
+        })
+        .collect()
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {

@@ -10,51 +10,11 @@ use oomcount::{
     watchdog::rules::Health,
 };
 
-/// Unrecoverable: watchdog(8)'s "reboot" code.
-pub const UNRECOVERABLE: u8 = 255;
-/// No daemon answers on the socket (ECONNREFUSED).
-pub const NO_DAEMON: u8 = libc::ECONNREFUSED as u8;
-/// The daemon did not answer: it closed the connection first, or gave no answer in time
-/// (ETIMEDOUT).
-pub const NO_ANSWER: u8 = libc::ETIMEDOUT as u8;
-/// The daemon answered something else than a verdict: garbage, or an error (EPROTO).
-pub const GARBAGE: u8 = libc::EPROTO as u8;
+pub use oomcount_args::check::{GARBAGE, NO_ANSWER, NO_DAEMON, UNRECOVERABLE};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Judge now (what watchdog(8) runs from its test-directory).
-    Test,
-    /// watchdog(8)'s second chance after CODE: 0 if things are recoverable now, else the code.
-    Repair,
-}
+pub use oomcount_args::check::Mode;
 
-#[derive(Debug, clap::Args)]
-#[command(
-    after_long_help = "Exit status: 0 recoverable (healthy or degraded); 255 unrecoverable \
-(watchdog(8) reboots); 111 no daemon answers on the socket; 110 the daemon did not answer (it \
-closed the connection, or gave no answer within 5 s); 71 the daemon answered something else than \
-a verdict (garbage, or an error). Never 0 without the daemon's verdict. In repair mode: 0 when \
-things are recoverable again, else one of these codes."
-)]
-pub struct Args {
-    /// `test` (the default) or `repair`, as watchdog(8) calls its test programs.
-    #[arg(value_enum, value_name = "MODE")]
-    pub mode: Option<Mode>,
-    /// The code the test returned, in repair mode.
-    #[arg(value_name = "CODE", requires = "mode")]
-    pub code: Option<i32>,
-    /// What watchdog(8) may name after the code (ignored).
-    #[arg(value_name = "OBJECT", requires = "code", hide = true)]
-    pub object: Option<std::ffi::OsString>,
-    /// Print the verdict and its reason, and the keepalive's state, even when recoverable.
-    #[arg(long)]
-    pub explain: bool,
-    /// Print the verdict as one JSON object: health, reason, watchdog.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub socket: super::SocketArg,
-}
+pub use oomcount_args::check::Args;
 
 /// A check that did not pass: its exit status and its one-line reason.
 #[derive(Debug, thiserror::Error)]

@@ -6,21 +6,9 @@ use std::path::PathBuf;
 
 use oomcount::config::{Config, DEFAULT_PATH};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+pub use oomcount_args::config::Args;
 
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Check a configuration file and print what it sets, defaults included.
-    Check {
-        /// The file [default: /etc/oomcount/oomcount.toml].
-        #[arg(value_name = "FILE")]
-        file: Option<PathBuf>,
-    },
-}
+pub use oomcount_args::config::Command;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Command::Check { file } = args.command;
@@ -46,6 +34,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         Some(_) => println!("watchdog: no device (device = \"\"); the verdict is served"),
         None => println!("watchdog: none (no [watchdog] table); the verdict is served"),
+    }
+    let h = &config.hooks;
+    if h.on_kill.is_none() && h.on_verdict.is_none() {
+        println!("hooks: none");
+    } else {
+        let show = |argv: &Option<Vec<String>>| {
+            argv.as_ref()
+                .map_or("none".to_owned(), |argv| format!("{argv:?}"))
+        };
+        println!(
+            "hooks: on_kill {} on_verdict {}, as user {}, at most {} at once, killed after {}",
+            show(&h.on_kill),
+            show(&h.on_verdict),
+            h.user,
+            h.max_running,
+            humantime::format_duration(h.timeout)
+        );
     }
     let r = &config.rules;
     println!(

@@ -6,16 +6,7 @@ use oomcount::{
     protocol::{self, ClientError, CountReply, Request, Response, Source},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Print one JSON object: kills, marked, kills_memcg, kills_global, events_dropped,
-    /// kill_events_dropped, events_received, kill_events_received, attached_at, kernel_oom_kill,
-    /// source (`daemon`, or `pins` when read from the pinned counters without a daemon).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub source: super::CountSource,
-}
+pub use oomcount_args::count::Args;
 
 /// The counts from the pinned counter map, when there are pins and this process may read them.
 pub(super) fn from_pins(dir: &std::path::Path) -> Option<CountReply> {
@@ -61,12 +52,18 @@ fn human(reply: &CountReply) -> String {
     let kernel = reply
         .kernel_oom_kill
         .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    let hooks = match (reply.hooks_run, reply.hooks_skipped) {
+        (Some(run), Some(skipped)) => format!(
+            "hooks            {run} run, {skipped} skipped  (kills and verdict changes that found max_running hooks busy)\n"
+        ),
+        _ => String::new(),
+    };
     format!(
         "kills            {}  (OOM kills since {}: {} by a cgroup limit, {} global)\n\
          marked           {}  (oom/mark_victim events: kills, threads of victims, victims already dying)\n\
          events dropped   {}\n\
          kernel oom_kill  {}  (/proc/vmstat, since boot)\n\
-         source           {}\n",
+         source           {}\n{hooks}",
         reply.kills,
         reply.attached_at,
         reply.kills_memcg,
@@ -96,6 +93,8 @@ mod tests {
             events_dropped: 0,
             kill_events_dropped: 0,
             oom_signals: 0,
+            hooks_run: None,
+            hooks_skipped: None,
             events_received: 34,
             kill_events_received: 30,
             attached_at: "2026-11-26T05:00:00Z".into(),

@@ -3,12 +3,7 @@
 //! process to stop first.
 use anyhow::Context as _;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The pin folder.
-    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
-    pub pin_dir: std::path::PathBuf,
-}
+pub use oomcount_args::detach::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = &args.pin_dir;

@@ -3,20 +3,7 @@ use oomcount::probe::event::Kind;
 
 use oomcount::protocol::{self, Request, Response};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// How many events, the most recent last.
-    #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
-    pub count: usize,
-    /// A JSON array of event objects (the fields of `watch --json`).
-    #[arg(long)]
-    pub json: bool,
-    /// Also list marks without a kill.
-    #[arg(long)]
-    pub marks: bool,
-    #[command(flatten)]
-    pub socket: super::SocketArg,
-}
+pub use oomcount_args::list::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Marks are filtered here, so ask for the whole history when they are left out.

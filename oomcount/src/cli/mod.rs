@@ -16,68 +16,11 @@ pub mod next;
 pub mod status;
 pub mod watch;
 
-use std::{io::Write as _, path::PathBuf};
+use std::io::Write as _;
 
-use clap::{Parser, Subcommand};
-
-use oomcount::protocol::DEFAULT_SOCKET;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "oomcount",
-    version,
-    about = "Counts the OOM killer's victims exactly, with eBPF, and serves the count",
-    long_about = "Counts the OOM killer's victims exactly, with eBPF on the oom/mark_victim \
-tracepoint: one per process the kernel kills, the figure /proc/vmstat oom_kill counts, with no \
-kernel patch and no log parsing. `oomcount daemon` (as root) holds the probe; `oomcount count` asks it."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Load and attach the probe, serve queries on a unix socket, log each kill (foreground).
-    Daemon(daemon::Args),
-    /// Print the OOM kills counted since the probe was attached, and the kernel's count since boot.
-    Count(count::Args),
-    /// Stream OOM kills as they happen, one line each.
-    Watch(watch::Args),
-    /// Print the most recent OOM victims from the daemon's history.
-    List(list::Args),
-    /// Remove the probe's pins from bpffs, detaching it (refused while a daemon holds it).
-    Detach(detach::Args),
-    /// List the processes the OOM killer would kill next, by oom_score, and the protected ones.
-    Next(next::Args),
-    /// Exit 0 while OOM activity is recoverable, non-zero otherwise (for watchdog(8) and scripts).
-    Check(check::Args),
-    /// Check the daemon's configuration file.
-    Config(config::Args),
-    /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
-    Status(status::Args),
-    /// Xen dom0: every domain's OOM count, verdict and vitals, from xenstore.
-    Guests(guests::Args),
-}
-
-/// The daemon's socket, shared by every subcommand that talks to it.
-#[derive(Debug, clap::Args)]
-pub struct SocketArg {
-    /// The daemon's unix socket.
-    #[arg(long, value_name = "PATH", env = "OOMCOUNT_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-}
-
-/// Where the count is read: the daemon's socket, else (as root) the pins it left.
-#[derive(Debug, clap::Args)]
-pub struct CountSource {
-    #[command(flatten)]
-    pub socket: SocketArg,
-    /// Where the daemon pins the probe: the count is read from there (as root) when no daemon
-    /// answers.
-    #[arg(long, value_name = "DIR", default_value = oomcount::probe::pins::DEFAULT_DIR)]
-    pub pin_dir: PathBuf,
-}
+// The definitions live in `oomcount-args`, which xtask also reads for the man pages and the
+// completions; each subcommand's `run` is here.
+pub use oomcount_args::{Cli, Command, CountSource};
 
 /// A write to stdout that failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +100,41 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
+    use oomcount::protocol::DEFAULT_SOCKET;
+
+    /// The defaults the command line shows are the library's.
+    #[test]
+    fn defaults_agree_with_the_library() {
+        assert_eq!(
+            oomcount_args::DEFAULT_SOCKET,
+            oomcount::protocol::DEFAULT_SOCKET
+        );
+        assert_eq!(
+            oomcount_args::DEFAULT_PIN_DIR,
+            oomcount::probe::pins::DEFAULT_DIR
+        );
+        assert_eq!(
+            oomcount_args::DEFAULT_HISTORY,
+            oomcount::daemon::DEFAULT_HISTORY
+        );
+        assert_eq!(
+            oomcount_args::DEFAULT_CONFIG,
+            oomcount::config::DEFAULT_PATH
+        );
+        assert_eq!(
+            [check::GARBAGE, check::NO_ANSWER, check::NO_DAEMON],
+            [
+                libc::EPROTO as u8,
+                libc::ETIMEDOUT as u8,
+                libc::ECONNREFUSED as u8
+            ]
+        );
+    }
 
     #[test]
     fn command_line_is_consistent() {

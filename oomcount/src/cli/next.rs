@@ -5,21 +5,34 @@ use anyhow::Context as _;
 
 use oomcount::host::victims::{self, Ranking};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// How many likely victims to list, the most likely first.
-    #[arg(short = 'n', long, default_value_t = 10, value_name = "N")]
-    pub count: usize,
-    /// Print one JSON object: `likely` (the top N by oom_score) and `protected` (oom_score_adj
-    /// -1000, never chosen), arrays of {pid, comm, oom_score, oom_score_adj, rss_kb, swap_kb,
-    /// cgroup}; and `unreadable`, the processes that could not be read.
-    #[arg(long)]
-    pub json: bool,
-}
+pub use oomcount_args::next::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ranking = victims::rank(args.count).context("rank the processes")?;
     Ok(super::print(args.json, &ranking, human)?)
+}
+
+/// After the cgroup: the container it names, as kill events show it (` container <short id>`,
+/// else ` unit <unit>`, and ` pod <uid> (<qos>)`).
+fn container(c: &oomcount::host::victims::Candidate) -> String {
+    let mut out = String::new();
+    let found = &c.container;
+    match (&found.container_id, &found.unit) {
+        (Some(id), _) => out += &format!(" container {}", &id[..id.len().min(12)]),
+        (None, Some(unit))
+            if !c
+                .cgroup
+                .as_deref()
+                .is_some_and(|p| p.ends_with(unit.as_str())) =>
+        {
+            out += &format!(" unit {unit}")
+        }
+        _ => {}
+    }
+    if let (Some(pod), Some(qos)) = (&found.pod_uid, &found.pod_qos) {
+        out += &format!(" pod {pod} ({qos})");
+    }
+    out
 }
 
 /// A table of the likely victims, then the protected ones on one line.
@@ -39,7 +52,7 @@ fn human(ranking: &Ranking) -> String {
             kb(c.rss_kb),
             kb(c.swap_kb),
             c.comm,
-            c.cgroup.as_deref().unwrap_or("-"),
+            c.cgroup.as_deref().unwrap_or("-").to_owned() + &container(c),
         );
     }
     if ranking.likely.is_empty() {
@@ -85,6 +98,7 @@ mod tests {
             rss_kb: 16404,
             swap_kb: 0,
             cgroup: Some("/demo".into()),
+            container: Default::default(),
         }
     }
 
@@ -110,6 +124,41 @@ mod tests {
                 "   2      77       666     0    16404kB       0kB  sshd             /demo",
                 "protected (oom_score_adj -1000, never chosen): 300 (udevd), 9 (oomcount)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_candidate_in_a_container_says_which() {
+        let id = "34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376";
+        let path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod74c13223_5a00_11e9_b385_42010a80018d.slice/cri-containerd-{id}.scope"
+        );
+        let mut c = candidate(4537, "postgres", 1333, 1000);
+        c.container = oomcount::notify::container::from_cgroup(&path);
+        c.cgroup = Some(path.clone());
+        let text = human(&Ranking {
+            likely: vec![c.clone()],
+            ..Ranking::default()
+        });
+        assert!(
+            text.contains(&format!(
+                "{path} container 34dc0b5e626f pod 74c13223-5a00-11e9-b385-42010a80018d (besteffort)"
+            )),
+            "{text}"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["container_id"], id);
+        assert_eq!(json["pod_qos"], "besteffort");
+        let mut unit = candidate(1, "nginx", 10, 0);
+        unit.cgroup = Some("/system.slice/nginx.service".into());
+        unit.container = oomcount::notify::container::from_cgroup("/system.slice/nginx.service");
+        let text = human(&Ranking {
+            likely: vec![unit],
+            ..Ranking::default()
+        });
+        assert!(
+            text.contains("/system.slice/nginx.service\n"),
+            "the path says the unit: {text}"
         );
     }
 

@@ -16,18 +16,7 @@ use oomcount::{
     protocol::{Client, ClientError, CountReply, Request, Response, Source, VerdictReply},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Print one JSON object: `vitals` (mem_total_kb, mem_available_kb, swap_total_kb,
-    /// swap_free_kb, psi: {some, full} each {avg10, avg60, avg300, total_us}, or null without
-    /// PSI), `count` (the object `count --json` prints, or null) and `count_error` (why it is
-    /// null), `verdict` (what `check --json` prints: health, reason, watchdog; null without a
-    /// daemon).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub source: super::CountSource,
-}
+pub use oomcount_args::status::Args;
 
 /// What `oomcount status --json` prints.
 #[derive(Debug, Serialize)]
@@ -243,6 +232,8 @@ mod tests {
                 events_dropped: 0,
                 kill_events_dropped: 0,
                 oom_signals: 0,
+                hooks_run: None,
+                hooks_skipped: None,
                 events_received: 0,
                 kill_events_received: 0,
                 attached_at: "2026-11-26T06:12:48Z".into(),

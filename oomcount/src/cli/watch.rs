@@ -6,18 +6,7 @@ use anyhow::Context as _;
 
 use oomcount::protocol::{Client, Request, Response};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// One JSON object per line: `kind` is `watching` (first line, with the counts), `kill`,
-    /// `mark` (with --marks), or `dropped` (events lost, with `count` and `by`).
-    #[arg(long)]
-    pub json: bool,
-    /// Also show marks without a kill (threads of a victim, victims already dying).
-    #[arg(long)]
-    pub marks: bool,
-    #[command(flatten)]
-    pub socket: super::SocketArg,
-}
+pub use oomcount_args::watch::Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;

@@ -50,9 +50,10 @@ use tokio::{
 use crate::{
     config::Config,
     host::system,
+    notify::{Notice, hooks::Hooks, journal::Journal},
     probe::{
         Origin, Probe, ProbeError,
-        event::{Clock, monotonic},
+        event::{Clock, ExactNames, VictimEvent, monotonic},
     },
     protocol::{CountReply, DropOrigin, Dropped, Response},
     watchdog::{
@@ -97,6 +98,8 @@ pub enum DaemonError {
     Runtime(#[source] io::Error),
     #[error(transparent)]
     Watchdog(#[from] crate::watchdog::device::WatchdogError),
+    #[error("{0}: fix [hooks] in the config file")]
+    Hooks(#[from] crate::notify::hooks::HookError),
     /// `[xenstore] mode = "on"` without a xenstore (one line, naming the key).
     #[error("{0}")]
     Xenstore(String),
@@ -121,6 +124,8 @@ struct Shared {
     state: Mutex<State>,
     /// Serialized response lines for watchers.
     watchers: broadcast::Sender<Arc<[u8]>>,
+    /// Where kills are told beyond the log: the journal's fields (under systemd).
+    journal: Option<Journal>,
 }
 
 /// Everything the daemon keeps, in one place.
@@ -131,6 +136,8 @@ struct State {
     ranking: Ranking,
     /// Where the counts are published for `cat`; `None` when disabled.
     stat: Option<PathBuf>,
+    /// `[hooks]`, when any is configured.
+    hooks: Option<Hooks>,
     /// The counts published in xenstore on a Xen guest; `None` when not.
     xen: Option<XenPublishing>,
 }
@@ -189,6 +196,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let xen =
         crate::xen::start_publisher(&options.config.xenstore).map_err(DaemonError::Xenstore)?;
     let xen_interval = options.config.xenstore.interval;
+    // Checked with the config already; built before anything is attached or armed.
+    let hooks = options.config.hooks.build()?;
+    let journal = Journal::from_env();
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     system::protect_self();
     let listener = socket::bind(&socket)?;
@@ -216,6 +226,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             keeper,
             ranking: Ranking::default(),
             stat: options.stat,
+            hooks,
             xen: xen.map(|publisher| XenPublishing {
                 publisher,
                 vitals: None,
@@ -223,6 +234,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             }),
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
+        journal,
     });
     shared.lock().publish_stat();
     let how = match (origin, &options.pin_dir) {
@@ -361,17 +373,43 @@ impl Shared {
             if self.watchers.receiver_count() > 0 {
                 let _ = self
                     .watchers
-                    .send(clients::line(&Response::Event((*event).clone())));
+                    .send(clients::line(&Response::Event(Box::new((*event).clone()))));
             }
             match kill {
                 Some(kill) => {
-                    log::info!("{}", event.line());
+                    self.tell_kill(&event, &item, state.hooks.as_ref());
                     state.keeper.kill(kill);
                 }
                 None => log::debug!("{}", event.line()),
             }
         }
         seen
+    }
+
+    /// A kill is logged (as a journal entry with fields under systemd, else as a line) and
+    /// handed to `on_kill`, with the names exactly as the kernel had them (`record`).
+    fn tell_kill(&self, event: &VictimEvent, record: &[u8], hooks: Option<&Hooks>) {
+        let line = event.line();
+        if self.journal.is_none() && hooks.is_none() {
+            log::info!("{line}");
+            return;
+        }
+        let exact = ExactNames::of(record).unwrap_or_default();
+        let notice = Notice::new(event)
+            .exact("comm", exact.comm.as_deref())
+            .exact("cgroup", exact.cgroup.as_deref())
+            .exact("oom_cgroup", exact.oom_cgroup.as_deref())
+            .exact("trigger_comm", Some(&exact.trigger_comm));
+        let journaled = self
+            .journal
+            .as_ref()
+            .is_some_and(|journal| journal.kill(&notice, &line));
+        if !journaled {
+            log::info!("{line}");
+        }
+        if let Some(hooks) = hooks {
+            hooks.kill(notice);
+        }
     }
 
     /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
@@ -509,13 +547,33 @@ impl State {
         {
             self.publish_xen(false);
         }
+        self.tell_verdict();
     }
 
     /// Judges now; an unrecoverable verdict is kept with the pins.
     fn judge(&mut self) -> Verdict {
         let verdict = self.keeper.judge();
         self.keep_latch();
+        self.tell_verdict();
         verdict
+    }
+
+    /// Hands a change of health the keeper just judged to `on_verdict`.
+    fn tell_verdict(&mut self) {
+        let Some((before, verdict)) = self.keeper.take_change() else {
+            return;
+        };
+        if let Some(hooks) = &self.hooks
+            && before != verdict.health
+        {
+            let change = VerdictChange {
+                time: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+                health: verdict.health,
+                previous: before,
+                reason: verdict.reason,
+            };
+            hooks.verdict(Notice::new(&change));
+        }
     }
 
     /// The ring buffer cannot be read: kills still count, and from now on reach the rules from
@@ -554,7 +612,12 @@ impl State {
         let counters = self.probe.counters().map_err(io::Error::other)?;
         let attached_at = self.probe.attached_at();
         let kernel = system::kernel_oom_kill();
-        Ok(self.ledger.count_reply(&counters, attached_at, kernel))
+        let mut reply = self.ledger.count_reply(&counters, attached_at, kernel);
+        if let Some(hooks) = &self.hooks {
+            reply.hooks_run = Some(hooks.ran());
+            reply.hooks_skipped = Some(hooks.skipped());
+        }
+        Ok(reply)
     }
 
     /// Rewrites the stat file; a failure is logged, never fatal.
@@ -567,6 +630,16 @@ impl State {
             log::warn!("cannot write {} ({err})", path.display());
         }
     }
+}
+
+/// What `on_verdict` is told: `OOMCOUNT_HEALTH`, `OOMCOUNT_PREVIOUS`, `OOMCOUNT_REASON`, and the
+/// whole as JSON in `OOMCOUNT_EVENT`.
+#[derive(serde::Serialize)]
+struct VerdictChange {
+    time: String,
+    health: crate::watchdog::rules::Health,
+    previous: crate::watchdog::rules::Health,
+    reason: String,
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {

@@ -46,6 +46,10 @@ pub struct Candidate {
     /// The memory cgroup, as a path in its hierarchy: the cgroup v1 `memory` controller's line
     /// of `/proc/PID/cgroup`, else the cgroup2 line (`0::PATH`). `None` when it has neither.
     pub cgroup: Option<String>,
+    /// The container `cgroup` names (`unit`, `container_id`, `pod_uid`, `pod_qos`; absent when
+    /// it names none), as kill events give it.
+    #[serde(flatten)]
+    pub container: crate::notify::container::Container,
 }
 
 /// The processes the OOM killer would choose, most likely first, and those it never chooses.
@@ -125,6 +129,10 @@ fn read_candidate(p: &Process, top: &TopN) -> ProcResult<Option<Candidate>> {
         return Ok(None);
     };
     let cgroup = memory_cgroup(&p.cgroups()?.0);
+    let container = cgroup
+        .as_deref()
+        .map(crate::notify::container::from_cgroup)
+        .unwrap_or_default();
     Ok(Some(Candidate {
         pid: p.pid,
         comm: status.name,
@@ -133,6 +141,7 @@ fn read_candidate(p: &Process, top: &TopN) -> ProcResult<Option<Candidate>> {
         rss_kb,
         swap_kb: status.vmswap.unwrap_or(0),
         cgroup,
+        container,
     }))
 }
 
@@ -246,6 +255,7 @@ mod tests {
             rss_kb,
             swap_kb,
             cgroup: None,
+            container: Default::default(),
         }
     }
 
@@ -395,6 +405,7 @@ mod tests {
                 rss_kb: 1000,
                 swap_kb: 7,
                 cgroup: Some("/demo/chosen".into()),
+                container: Default::default(),
             }
         );
 

@@ -12,6 +12,8 @@ use std::{
 use oomcount_common::{CGROUP_DEPTH, Event, c_str, constraint, flags, kind};
 use serde::{Deserialize, Serialize};
 
+use crate::notify::container::{self, Container};
+
 /// What an event is: a kill, or a mark without one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +125,10 @@ pub struct VictimEvent {
     pub oom_cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub oom_cgroup_id: Option<u64>,
+    /// The container the victim ran in, as its cgroup path shows it (`unit`, `container_id`,
+    /// `pod_uid`, `pod_qos`; each absent when the path does not show it).
+    #[serde(flatten)]
+    pub container: Container,
     /// The victim was already an OOM victim when it was killed (again): a `memory.oom.group`
     /// kill reaches its first victim twice and the kernel counts both; this event comes from the
     /// signal, without the tracepoint's memory fields.
@@ -174,6 +180,10 @@ impl VictimEvent {
             (event.flags & flag != 0).then_some(value)
         }
         let path = has(flags::CGROUP).then(|| cgroup_path(event, event.cgroup_depth as usize));
+        let container = path
+            .as_deref()
+            .map(container::from_cgroup)
+            .unwrap_or_default();
         let oom_cgroup = if has(flags::OOM_CGROUP) {
             let level = event.oom_cgroup_level as usize;
             let depth = event.cgroup_depth as usize;
@@ -207,6 +217,7 @@ impl VictimEvent {
             cgroup_id: when(event, flags::CGROUP, event.cgroup_id),
             oom_cgroup,
             oom_cgroup_id: when(event, flags::OOM_CGROUP, event.oom_cgroup_id),
+            container,
             again: has(flags::AGAIN),
             trigger_pid: event.trigger_pid,
             trigger_tgid: event.trigger_tgid,
@@ -219,7 +230,7 @@ impl VictimEvent {
     pub fn line(&self) -> String {
         let mut out = format!("{} {} pid {}", self.time, self.kind, self.pid);
         if let Some(comm) = &self.comm {
-            out += &format!(" ({comm})");
+            out += &format!(" ({})", printable(comm));
         }
         if let Some(uid) = self.uid {
             out += &format!(" uid {uid}");
@@ -234,19 +245,86 @@ impl VictimEvent {
             out += &format!(" {constraint}");
         }
         if let Some(cgroup) = &self.oom_cgroup {
-            out += &format!(" limit {cgroup}");
+            out += &format!(" limit {}", printable(cgroup));
         }
         if let Some(cgroup) = &self.cgroup {
-            out += &format!(" in {cgroup}");
+            out += &format!(" in {}", printable(cgroup));
+        }
+        let Container {
+            unit,
+            container_id,
+            pod_uid,
+            pod_qos,
+        } = &self.container;
+        // The unit names the container where there is one (`docker-<id>.scope`): the short id
+        // (as `docker ps` shows it) says the rest.
+        match (container_id, unit) {
+            (Some(id), _) => out += &format!(" container {}", &id[..id.len().min(12)]),
+            (None, Some(unit)) => out += &format!(" unit {unit}"),
+            (None, None) => {}
+        }
+        if let Some(pod) = pod_uid {
+            out += &format!(" pod {pod}");
+            if let Some(qos) = pod_qos {
+                out += &format!(" ({qos})");
+            }
         }
         if self.again {
             out += " (again)";
         }
         out += &format!(
             " by pid {} ({}) seq {}",
-            self.trigger_pid, self.trigger_comm, self.seq
+            self.trigger_pid,
+            printable(&self.trigger_comm),
+            self.seq
         );
         out
+    }
+}
+
+/// A name anyone chooses (a comm, a cgroup's) for the one-line form: control characters
+/// escaped, so that a victim named with a newline or an escape sequence cannot forge a log line
+/// or rewrite a terminal. The JSON and the hooks carry the name as it is.
+fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(char::is_control) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// The names of an event exactly as the kernel had them (any bytes but NUL), for the hooks'
+/// environment and the journal: the JSON holds them as lossy UTF-8.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ExactNames {
+    pub comm: Option<Vec<u8>>,
+    pub cgroup: Option<Vec<u8>>,
+    pub oom_cgroup: Option<Vec<u8>>,
+    pub trigger_comm: Vec<u8>,
+}
+
+impl ExactNames {
+    /// Parses a kernel record, as [`VictimEvent::decode`] does.
+    pub(crate) fn of(record: &[u8]) -> Option<Self> {
+        let event = Event::from_bytes(record)?;
+        let has = |flag: u32| event.flags & flag != 0;
+        let depth = event.cgroup_depth as usize;
+        let level = event.oom_cgroup_level as usize;
+        Some(Self {
+            comm: has(flags::COMM).then(|| c_str(&event.comm).to_vec()),
+            cgroup: has(flags::CGROUP).then(|| cgroup_bytes_above(&event, 0, depth)),
+            oom_cgroup: (has(flags::OOM_CGROUP) && has(flags::CGROUP) && level <= depth)
+                .then(|| cgroup_bytes_above(&event, level, depth)),
+            trigger_comm: c_str(&event.trigger_comm).to_vec(),
+        })
     }
 }
 
@@ -257,17 +335,23 @@ fn cgroup_path(event: &Event, depth: usize) -> String {
 
 /// The path of the ancestor `level` levels above the victim's cgroup.
 fn cgroup_path_above(event: &Event, level: usize, depth: usize) -> String {
+    // Lossy as a whole is lossy name by name: `/` never ends a multi-byte sequence.
+    String::from_utf8_lossy(&cgroup_bytes_above(event, level, depth)).into_owned()
+}
+
+/// [`cgroup_path_above`], exact bytes.
+fn cgroup_bytes_above(event: &Event, level: usize, depth: usize) -> Vec<u8> {
     let depth = depth.min(CGROUP_DEPTH);
-    let mut path = String::new();
+    let mut path = Vec::new();
     if event.flags & flags::CGROUP_TRUNCATED != 0 {
-        path.push_str("/...");
+        path.extend_from_slice(b"/...");
     }
     for name in event.cgroup[level.min(depth)..depth].iter().rev() {
-        path.push('/');
-        path.push_str(&String::from_utf8_lossy(c_str(name)));
+        path.push(b'/');
+        path.extend_from_slice(c_str(name));
     }
     if path.is_empty() {
-        path.push('/');
+        path.push(b'/');
     }
     path
 }
@@ -349,5 +433,67 @@ mod tests {
             decoded.line(),
             "1970-01-01T00:00:01.500000000Z kill pid 42 (hog) memcg limit / in /c by pid 41 () seq 3"
         );
+    }
+
+    #[test]
+    fn the_cgroup_path_names_the_container() {
+        let uid = "74c13223-5a00-11e9-b385-42010a80018d";
+        let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+        // Leaf first, as the kernel walks them; the pod's slice cut as the record cuts it.
+        let cut = &slice[..slice.len().min(oomcount_common::CGROUP_NAME - 1)];
+        let decoded = VictimEvent::decode(
+            &event(&["leaf", cut, "kubepods-besteffort.slice", "kubepods.slice"]),
+            3,
+            &clock(),
+        );
+        assert_eq!(decoded.container.pod_uid.as_deref(), Some(uid));
+        assert_eq!(decoded.container.pod_qos.as_deref(), Some("besteffort"));
+        let json = serde_json::to_value(&decoded).unwrap();
+        assert_eq!(json["pod_uid"], uid);
+        assert_eq!(json["pod_qos"], "besteffort");
+        assert!(json.get("container_id").is_none(), "{json}");
+        assert!(json.get("unit").is_none(), "{json}");
+        assert_eq!(
+            serde_json::from_value::<VictimEvent>(json).unwrap(),
+            decoded
+        );
+        assert!(
+            decoded
+                .line()
+                .contains(&format!(" pod {uid} (besteffort) by pid")),
+            "{}",
+            decoded.line()
+        );
+        let mut forged = event(&["c"]);
+        forged.comm[..5].copy_from_slice(b"a\nb\x1b[");
+        let line = VictimEvent::decode(&forged, 3, &clock()).line();
+        assert!(line.contains(" (a\\nb\\u{1b}[) "), "{line}");
+        let unit = VictimEvent::decode(&event(&["nginx.service", "system.slice"]), 3, &clock());
+        assert!(
+            unit.line().contains(" unit nginx.service by pid"),
+            "{}",
+            unit.line()
+        );
+        let plain = VictimEvent::decode(&event(&["c"]), 3, &clock());
+        assert!(plain.container.is_empty());
+    }
+
+    #[test]
+    fn exact_names_keep_every_byte() {
+        let mut raw = event(&["ok", "top"]);
+        raw.comm = [0; 16];
+        raw.comm[..5].copy_from_slice(b"a\nb\xff\"");
+        raw.cgroup[0][..4].copy_from_slice(b"x\xfe\ny");
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const Event).cast::<u8>(), size_of::<Event>())
+        };
+        let exact = ExactNames::of(bytes).unwrap();
+        assert_eq!(exact.comm.as_deref(), Some(&b"a\nb\xff\""[..]));
+        assert_eq!(exact.cgroup.as_deref(), Some(&b"/top/x\xfe\ny"[..]));
+        assert_eq!(exact.oom_cgroup.as_deref(), Some(&b"/top"[..]));
+        let decoded = VictimEvent::decode(&raw, 1, &clock());
+        assert_eq!(decoded.comm.as_deref(), Some("a\nb\u{fffd}\""));
+        assert_eq!(decoded.cgroup.as_deref(), Some("/top/x\u{fffd}\ny"));
+        assert!(ExactNames::of(&bytes[..10]).is_none());
     }
 }

@@ -103,6 +103,9 @@ pub(crate) struct Keeper {
     /// When this daemon latched the unrecoverable verdict, until the daemon has kept it with
     /// the pins ([`Keeper::take_newly_latched`]).
     newly_latched: Option<SystemTime>,
+    /// The last change of health not yet taken by the daemon (for `on_verdict`): the health
+    /// before, and the verdict now.
+    change: Option<(Health, Verdict)>,
     /// The likely next victims' names, most likely first, as last ranked
     /// ([`Keeper::set_likely`]): judging never scans /proc itself.
     likely: Vec<String>,
@@ -192,6 +195,7 @@ impl Keeper {
             last_keepalive: None,
             ping_error: None,
             newly_latched: None,
+            change: None,
             likely: Vec::new(),
         })
     }
@@ -263,6 +267,9 @@ impl Keeper {
                 Health::Degraded => log::warn!("degraded: {}", verdict.reason),
                 Health::Healthy => log::info!("healthy again"),
             }
+            // Several changes between two looks: the health before the first, the last verdict.
+            let before = self.change.take().map_or(self.verdict.health, |(b, _)| b);
+            self.change = Some((before, verdict.clone()));
         }
         self.verdict = verdict.clone();
         verdict
@@ -304,6 +311,11 @@ impl Keeper {
     /// to keep with the pins, so that a daemon started after this one keeps the verdict.
     pub(crate) fn take_newly_latched(&mut self) -> Option<SystemTime> {
         self.newly_latched.take()
+    }
+
+    /// The change of health since the last call, if any: the health before, the verdict now.
+    pub(crate) fn take_change(&mut self) -> Option<(Health, Verdict)> {
+        self.change.take()
     }
 
     pub(crate) fn state(&self) -> KeeperState {
