@@ -25,3 +25,4 @@ pub mod probe;
 pub mod protocol;
 pub(crate) mod units;
 pub mod watchdog;
+pub mod xen;

@@ -2,8 +2,9 @@
 //!
 //! The targets feed arbitrary bytes to what reads untrusted or hand-written input: the socket's
 //! request lines (`request`), the configuration file (`config`), tracefs `format` files
-//! (`tracefs`), the kernel's BTF (`btf`) and victims' cgroup paths, which anyone names
-//! (`cgroup`). They are built by the project's own cargo-fuzz
+//! (`tracefs`), the kernel's BTF (`btf`), victims' cgroup paths, which anyone names
+//! (`cgroup`), and xenstore's wire messages and the values a Xen guest publishes there
+//! (`xenstore`). They are built by the project's own cargo-fuzz
 //! (`setup::ensure_cargo_fuzz`) with libFuzzer and no sanitizer, which the stable toolchain
 //! builds: the parsers are safe Rust, where what a sanitizer would add is caught by panics and
 //! overflow checks (on in these builds).
@@ -25,7 +26,7 @@ use clap::Args;
 use crate::{check, setup, workspace_root};
 
 /// The fuzz targets, in the order they run.
-pub const TARGETS: [&str; 5] = ["request", "config", "tracefs", "btf", "cgroup"];
+pub const TARGETS: [&str; 6] = ["request", "config", "tracefs", "btf", "cgroup", "xenstore"];
 
 /// Seconds one input may take: each parser takes microseconds on the inputs libFuzzer makes
 /// (at most a few KiB), so this is a hang even on a loaded machine.
@@ -38,7 +39,7 @@ pub struct FuzzArgs {
     /// Seconds of fuzzing per target.
     #[arg(long, default_value_t = 10)]
     pub seconds: u32,
-    /// Only this target: request, config, tracefs, btf or cgroup (default: all five).
+    /// Only this target: request, config, tracefs, btf, cgroup or xenstore (default: all six).
     #[arg(value_parser = TARGETS)]
     pub target: Option<String>,
 }
