@@ -12,11 +12,17 @@ fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(data);
     let found = from_cgroup(&path);
     if let Some(unit) = &found.unit {
-        assert!(path.split('/').any(|name| name == unit), "{unit:?} in {path:?}");
+        assert!(
+            path.split('/').any(|name| name == unit),
+            "{unit:?} in {path:?}"
+        );
     }
     if let Some(id) = &found.container_id {
         assert_eq!(id.len(), 64);
-        assert!(id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{id:?}");
+        assert!(
+            id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{id:?}"
+        );
         assert!(path.contains(id.as_str()), "{id:?} in {path:?}");
     }
     if let Some(uid) = &found.pod_uid {
@@ -25,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
             "{uid:?} in {path:?}"
         );
         let qos = found.pod_qos.as_deref();
-        assert!(matches!(qos, Some("guaranteed" | "burstable" | "besteffort")), "{qos:?}");
+        assert!(
+            matches!(qos, Some("guaranteed" | "burstable" | "besteffort")),
+            "{qos:?}"
+        );
     } else {
         assert_eq!(found.pod_qos, None);
     }

@@ -24,6 +24,7 @@ pub mod vmstat;
 pub mod wait;
 pub mod watch;
 pub mod watchdog;
+pub mod xenstored;
 
 pub use cgroup::{MemCg, Version};
 pub use daemon::{Counts, Daemon};

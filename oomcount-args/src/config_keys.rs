@@ -147,6 +147,23 @@ environment (OOMCOUNT_PID, OOMCOUNT_COMM, ..., OOMCOUNT_EVENT as JSON), never in
         ],
     },
     Table {
+        name: "xenstore",
+        doc: "On a Xen guest: the counts, verdict, last kill and vitals in the guest's xenstore home (data/oomcount/), \
+for dom0's `oomcount guests`.",
+        keys: &[
+            key(
+                "mode",
+                "\"auto\"",
+                "\"auto\": where /proc/xen or /dev/xen/xenbus shows a Xen guest (not dom0); \"on\": a missing xenstore stops the daemon; \"off\".",
+            ),
+            key(
+                "interval",
+                "\"10s\"",
+                "Time between two publications of the vitals, at least 1s; kills and verdict changes go as they happen.",
+            ),
+        ],
+    },
+    Table {
         name: "metrics",
         doc: "Prometheus's text format, each output off unless set: a textfile for node_exporter's textfile \
 collector and GET /metrics on a port (the unit's drop-in opens the network for it).",

@@ -57,6 +57,8 @@ pub enum Command {
     Config(config::Args),
     /// Print the memory vitals (available, swap, pressure) and the OOM kills counted.
     Status(status::Args),
+    /// Xen dom0: every domain's OOM count, verdict and vitals, from xenstore.
+    Guests(guests::Args),
     /// Show which cgroups, or which commands, the OOM killer kills most (kills, last kill, last
     /// victim).
     Top(top::Args),
@@ -270,6 +272,26 @@ pub mod config {
             #[arg(value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
             file: Option<PathBuf>,
         },
+    }
+}
+
+pub mod guests {
+    #[derive(Debug, clap::Args)]
+    pub struct Args {
+        /// One JSON array of domains (with --watch: one JSON object per change): domid, name,
+        /// oomcount (whether it publishes), valid, invalid (the keys that did not parse: their
+        /// values are null), kills, kills_memcg, kills_global, marked, events_dropped, verdict,
+        /// reason, last_kill {time, age_s, pid, comm, constraint, cgroup}, mem_available_kb and
+        /// the other vitals, updated_at, stale_s, seq.
+        #[arg(long)]
+        pub json: bool,
+        /// Print a line for each change (a domain appears, publishes, or goes), from xenstore
+        /// watches, until interrupted. dom0's own row is printed once, first (its changes:
+        /// `oomcount watch`).
+        #[arg(long)]
+        pub watch: bool,
+        #[command(flatten)]
+        pub socket: super::SocketArg,
     }
 }
 

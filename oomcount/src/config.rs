@@ -36,6 +36,8 @@ pub struct Config {
     pub rules: Rules,
     /// `[hooks]`: programs run for each kill and change of verdict (none by default).
     pub hooks: crate::notify::hooks::HookConfig,
+    /// `[xenstore]`: publishing the counts in xenstore on a Xen guest (default: `mode = "auto"`).
+    pub xenstore: Xenstore,
     /// `[metrics]`: the Prometheus outputs, off by default.
     pub metrics: crate::metrics::Settings,
     /// Where the file came from, for the one check made after parsing (the driver's timeout,
@@ -91,6 +93,38 @@ impl Default for Watchdog {
             interval: Duration::from_secs(10),
             nowayout: false,
             realtime: false,
+        }
+    }
+}
+
+/// `[xenstore]`: the counts, verdict, last kill and vitals in the guest's xenstore home
+/// (`data/oomcount/`), for dom0's `oomcount guests`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Xenstore {
+    /// `mode`: `"auto"` (default: where `/proc/xen` or `/dev/xen/xenbus` shows a Xen guest; not in
+    /// dom0, whose own row `oomcount guests` takes from the daemon), `"on"` (a xenstore that
+    /// cannot be opened stops the daemon before it attaches), or `"off"`.
+    pub mode: XenstoreMode,
+    /// `interval` between two publications of the vitals, default 10 s, at least 1 s. Kills and
+    /// verdict changes are published as they happen, at most a few times a second.
+    #[serde(deserialize_with = "crate::units::duration")]
+    pub interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XenstoreMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl Default for Xenstore {
+    fn default() -> Self {
+        Self {
+            mode: XenstoreMode::Auto,
+            interval: crate::xen::guest::VITALS_INTERVAL,
         }
     }
 }
@@ -212,6 +246,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.xenstore.interval < Duration::from_secs(1) {
+            return fail(
+                "xenstore",
+                "interval",
+                "must be at least 1s: xenstored is shared by every domain; write it like \"10s\""
+                    .to_owned(),
+            );
         }
         let rules = &self.rules;
         if rules.max_kills as usize >= crate::watchdog::rules::MAX_REMEMBERED {
@@ -507,6 +549,18 @@ psi_full_avg10_max = 60.0  # where /proc/pressure/memory exists
         assert_eq!(config.rules.window, Duration::from_secs(300));
         assert_eq!(config.rules.critical, ["xenstored"]);
         assert_eq!(config.rules.mem_available_min, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn xenstore_table() {
+        assert_eq!(parse("").unwrap().xenstore.mode, XenstoreMode::Auto);
+        let config = parse("[xenstore]\nmode = \"on\"\ninterval = \"30s\"\n").unwrap();
+        assert_eq!(config.xenstore.mode, XenstoreMode::On);
+        assert_eq!(config.xenstore.interval, Duration::from_secs(30));
+        let err = parse("[xenstore]\nmode = \"yes\"\n").unwrap_err();
+        assert!(err.contains(":2:") && err.contains("mode"), "{err}");
+        let err = parse("\n[xenstore]\ninterval = \"10ms\"\n").unwrap_err();
+        assert!(err.contains(":3: ") && err.contains("at least 1s"), "{err}");
     }
 
     /// Found by the `config` fuzz target: the key quoted from the file brought its control

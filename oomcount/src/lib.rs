@@ -27,3 +27,4 @@ pub mod probe;
 pub mod protocol;
 pub(crate) mod units;
 pub mod watchdog;
+pub mod xen;

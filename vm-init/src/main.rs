@@ -34,6 +34,7 @@ fn main() {
     }
     let config = parse_args(std::env::args().skip(1));
     let mut errors = mounts::mount_all();
+    errors.extend(mounts::user_database());
     let mut reporter = Reporter::open();
     let version = std::fs::read_to_string("/proc/version").unwrap_or_default();
     reporter.send(&Line::Booted {

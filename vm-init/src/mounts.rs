@@ -27,6 +27,28 @@ pub fn mount_all() -> Vec<String> {
     errors
 }
 
+/// The user database every Debian system has (root, and nobody for unprivileged work such as
+/// the kill hooks' default user); the initramfs has none.
+pub fn user_database() -> Vec<String> {
+    let files = [
+        (
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        ),
+        ("/etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    ];
+    let _ = std::fs::create_dir_all("/etc");
+    files
+        .iter()
+        .filter(|(path, _)| !std::path::Path::new(path).exists())
+        .filter_map(|(path, text)| {
+            std::fs::write(path, text)
+                .err()
+                .map(|err| format!("write {path}: {err}"))
+        })
+        .collect()
+}
+
 fn mount(fstype: &str, target: &str) -> Result<(), String> {
     // Most mount points exist already (in sysfs); the others are made here.
     let _ = std::fs::create_dir_all(target);

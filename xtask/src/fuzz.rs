@@ -3,7 +3,8 @@
 //! The targets feed arbitrary bytes to what reads untrusted or hand-written input: the socket's
 //! request lines (`request`), the configuration file (`config`), tracefs `format` files
 //! (`tracefs`), the kernel's BTF (`btf`), victims' cgroup paths, which anyone names
-//! (`cgroup`), and victims' names through the Prometheus exposition with the metrics port's
+//! (`cgroup`), xenstore's wire messages and the values a Xen guest publishes there
+//! (`xenstore`), and victims' names through the Prometheus exposition with the metrics port's
 //! request heads (`metrics`). They are built by the project's own cargo-fuzz
 //! (`setup::ensure_cargo_fuzz`) with libFuzzer and no sanitizer, which the stable toolchain
 //! builds: the parsers are safe Rust, where what a sanitizer would add is caught by panics and
@@ -26,7 +27,9 @@ use clap::Args;
 use crate::{check, setup, workspace_root};
 
 /// The fuzz targets, in the order they run.
-pub const TARGETS: [&str; 6] = ["request", "config", "tracefs", "btf", "cgroup", "metrics"];
+pub const TARGETS: [&str; 7] = [
+    "request", "config", "tracefs", "btf", "cgroup", "xenstore", "metrics",
+];
 
 /// Seconds one input may take: each parser takes microseconds on the inputs libFuzzer makes
 /// (at most a few KiB), so this is a hang even on a loaded machine.
@@ -39,7 +42,8 @@ pub struct FuzzArgs {
     /// Seconds of fuzzing per target.
     #[arg(long, default_value_t = 10)]
     pub seconds: u32,
-    /// Only this target: request, config, tracefs, btf, cgroup or metrics (default: all six).
+    /// Only this target: request, config, tracefs, btf, cgroup, xenstore or metrics (default: all
+    /// seven).
     #[arg(value_parser = TARGETS)]
     pub target: Option<String>,
 }

@@ -39,12 +39,15 @@ enum Command {
     Test(test::TestArgs),
     /// Boot Debian kernels under QEMU and run the privileged tests inside each.
     VmTest(vm::VmTestArgs),
+    /// Boot Debian's Xen 4.17 under QEMU with a dom0 and two PV guests running oomcount, and
+    /// check what `oomcount guests` shows against each guest's own /proc/vmstat.
+    XenTest(vm::xen::XenTestArgs),
     /// Measure the release daemon beside bpftrace, node_exporter and watchdog(8) (installing
     /// them), print the table of figures and goals, and write it to target/bench/bench.json.
     Bench(bench::BenchArgs),
     /// Build the Debian package, target/debian/oomcount_<version>_amd64.deb (with cargo-deb).
     Deb(deb::DebArgs),
-    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF, cgroup paths) for a bounded time
+    /// Run the fuzz targets (socket requests, config, tracefs formats, BTF, cgroup paths, xenstore) for a bounded time
     /// each, from their seeds in fuzz/corpus; a crash fails, with the input saved to replay.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         }
         Command::Test(args) => test::run(args),
         Command::VmTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::run(args)),
+        Command::XenTest(args) => setup::run(setup::Needs::Vm).and_then(|()| vm::xen::run(args)),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Deb(args) if args.test => deb::install_test::run(),

@@ -31,8 +31,15 @@ const BUILD_PACKAGES: &[&str] = &["zlib1g-dev", "libzstd-dev"];
 /// Debian packages the VM matrix needs besides QEMU (which comes from bookworm-backports).
 const VM_PACKAGES: &[&str] = &["cpio", "xz-utils", "zstd", "kmod", "libc6-dev"];
 /// Debian packages the tests and benchmarks run for real: a Prometheus server and promtool, the
-/// node_exporter that reads the textfile, lintian for the package.
-const TEST_PACKAGES: &[&str] = &["prometheus", "prometheus-node-exporter", "lintian"];
+/// node_exporter that reads the textfile, lintian for the package; gcc and libc6-dev for the
+/// LD_PRELOAD shim under which the xenstore tests run Debian's oxenstored without Xen.
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "prometheus-node-exporter",
+    "lintian",
+    "gcc",
+    "libc6-dev",
+];
 
 pub fn run(needs: Needs) -> anyhow::Result<()> {
     let llvm = ebpf_toolchain_llvm()?;

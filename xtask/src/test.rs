@@ -8,7 +8,8 @@
 //!    memory cgroup), one at a time because they compare against machine-wide counters;
 //! 4. the Debian package: built, linted, installed on this machine, upgraded and purged
 //!    (`deb::install_test`);
-//! 5. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`).
+//! 5. the same integration tests inside the VM kernel matrix (`cargo xtask vm-test`), then
+//!    oomcount on a real Xen hypervisor (`cargo xtask xen-test`).
 use clap::Args;
 
 use crate::{cargo, check, setup};
@@ -105,6 +106,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     if !args.no_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
+        crate::vm::xen::run(crate::vm::xen::XenTestArgs::default())?;
     }
     Ok(())
 }

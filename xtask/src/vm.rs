@@ -22,6 +22,7 @@ mod kernel;
 mod qemu;
 mod summary;
 mod watchdog;
+pub mod xen;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -226,12 +227,17 @@ fn boot_all(
 /// `~/.cache/oomcount-vm`: outside the work tree, so that a fresh clone (CI's) reuses it; in
 /// `target/vm/cache` when there is no home at all.
 fn cache_dir(args: &VmTestArgs) -> PathBuf {
+    args.cache.clone().unwrap_or_else(default_cache)
+}
+
+/// `$OOMCOUNT_VM_CACHE`, else the user's cache folder (see [`cache_dir`]).
+pub(crate) fn default_cache() -> PathBuf {
     let env = |name| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(dir) = args.cache.clone().or_else(|| env("OOMCOUNT_VM_CACHE")) {
+    if let Some(dir) = env("OOMCOUNT_VM_CACHE") {
         return dir;
     }
     let user_cache = env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|home| home.join(".cache")));

@@ -10,6 +10,7 @@ pub mod config;
 pub mod count;
 pub mod daemon;
 pub mod detach;
+pub mod guests;
 pub mod list;
 pub mod next;
 pub mod status;
@@ -94,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Check(args) => check::run(args),
         Command::Config(args) => config::run(args),
+        Command::Guests(args) => guests::run(args),
         Command::Top(args) => top::run(args),
     }
 }

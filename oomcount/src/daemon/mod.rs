@@ -103,6 +103,9 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}: fix [hooks] in the config file")]
     Hooks(#[from] crate::notify::hooks::HookError),
+    /// `[xenstore] mode = "on"` without a xenstore (one line, naming the key).
+    #[error("{0}")]
+    Xenstore(String),
 }
 
 pub struct Options {
@@ -142,6 +145,17 @@ struct State {
     scraped_at: Option<std::time::Instant>,
     /// `[hooks]`, when any is configured.
     hooks: Option<Hooks>,
+    /// The counts published in xenstore on a Xen guest; `None` when not.
+    xen: Option<XenPublishing>,
+}
+
+/// Guest mode's part of the state: the writer (its own thread), and what was last published.
+struct XenPublishing {
+    publisher: crate::xen::guest::Publisher,
+    /// The vitals as last read (at each `[xenstore] interval`).
+    vitals: Option<crate::xen::report::Vitals>,
+    /// The verdict last published: a change is published at once.
+    health: Option<crate::watchdog::rules::Health>,
 }
 
 /// The ranking of the likely next victims, done off the runtime's thread.
@@ -188,6 +202,10 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     // The metrics' port and textfile folder: a port in use stops the daemon here, before it
     // attaches, naming the key as `config check` does.
     let metrics_port = options.config.bind_metrics()?;
+    // Before the probe is attached: `mode = "on"` without a xenstore stops the daemon here.
+    let xen =
+        crate::xen::start_publisher(&options.config.xenstore).map_err(DaemonError::Xenstore)?;
+    let xen_interval = options.config.xenstore.interval;
     // Checked with the config already; built before anything is attached or armed.
     let hooks = options.config.hooks.build()?;
     let journal = Journal::from_env();
@@ -221,6 +239,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             metrics: Publisher::new(options.config.metrics.clone()),
             scraped_at: None,
             hooks,
+            xen: xen.map(|publisher| XenPublishing {
+                publisher,
+                vitals: None,
+                health: None,
+            }),
         }),
         watchers: broadcast::channel(WATCH_QUEUE).0,
         journal,
@@ -285,6 +308,12 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
+    // The vitals in xenstore, at their own interval (kills and verdicts go as they happen).
+    let mut xen_vitals = shared.lock().xen.is_some().then(|| {
+        let mut timer = tokio::time::interval(xen_interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
@@ -294,6 +323,12 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             _ = tick(&mut keepalive) => {
                 shared.rank_likely();
                 shared.lock().tick();
+            }
+            _ = tick(&mut xen_vitals) => {
+                // Judged first: a verdict that changed with time alone (quiet again) goes too.
+                let mut state = shared.lock();
+                state.judge();
+                state.publish_xen(true);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => clients::admit(stream, &shared, &slots, &mut refusals),
@@ -506,7 +541,35 @@ impl State {
             let _ = self.probe.set_slot(slot, value);
         }
         self.publish_stat();
+        self.publish_xen(false);
         dropped
+    }
+
+    /// Hands the xenstore writer a report (it writes on its own thread, coalesced): after each
+    /// batch of events, each change of verdict, and with fresh vitals at each `[xenstore]
+    /// interval` (`read_vitals`).
+    fn publish_xen(&mut self, read_vitals: bool) {
+        let Some(xen) = &mut self.xen else { return };
+        if read_vitals {
+            match crate::host::vitals::read() {
+                Ok(v) => xen.vitals = Some(crate::xen::vitals(&v)),
+                Err(err) => log::debug!("xenstore: vitals: {err}"),
+            }
+        }
+        let Ok(counts) = self.count_reply() else {
+            return;
+        };
+        let Some(xen) = &mut self.xen else { return };
+        let verdict = self.keeper.verdict();
+        xen.health = Some(verdict.health);
+        let last = self.ledger.last_kill();
+        xen.publisher.publish(crate::xen::report_from(
+            &counts,
+            verdict.health,
+            &verdict.reason,
+            last.as_ref(),
+            xen.vitals.clone(),
+        ));
     }
 
     /// Hands the rules kills the kernel counted that reached the daemon only as counts.
@@ -534,6 +597,11 @@ impl State {
         self.keeper.tick();
         self.keep_latch();
         self.verdict_published();
+        if let Some(xen) = &self.xen
+            && xen.health != Some(self.keeper.verdict().health)
+        {
+            self.publish_xen(false);
+        }
         self.tell_verdict();
     }
 

@@ -179,6 +179,15 @@ impl Ledger {
     }
 
     /// The last `n` events kept, oldest first.
+    /// The newest kill in the history.
+    pub(crate) fn last_kill(&self) -> Option<VictimEvent> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e.kind == Kind::Kill)
+            .map(|e| (**e).clone())
+    }
+
     pub(crate) fn recent(&self, n: usize) -> Vec<VictimEvent> {
         let skip = self.events.len().saturating_sub(n);
         self.events

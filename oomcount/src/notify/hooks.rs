@@ -625,7 +625,17 @@ fn resolve(user: &str) -> Result<Identity, HookError> {
         user: user.to_owned(),
         source,
     };
-    if let Some(found) = nix::unistd::User::from_name(user).map_err(lookup)? {
+    // getpwnam(3): a missing database is "not found" (ENOENT and kin), not an error.
+    let absent = |result: nix::Result<Option<nix::unistd::User>>| match result {
+        Err(
+            nix::errno::Errno::ENOENT
+            | nix::errno::Errno::ESRCH
+            | nix::errno::Errno::EBADF
+            | nix::errno::Errno::EPERM,
+        ) => Ok(None),
+        other => other,
+    };
+    if let Some(found) = absent(nix::unistd::User::from_name(user)).map_err(lookup)? {
         return Ok(Identity {
             uid: found.uid.as_raw(),
             gid: found.gid.as_raw(),
@@ -635,7 +645,7 @@ fn resolve(user: &str) -> Result<Identity, HookError> {
         Ok(uid) if user.bytes().all(|b| b.is_ascii_digit()) => uid,
         _ => return Err(HookError::UnknownUser(user.to_owned())),
     };
-    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    let gid = absent(nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)))
         .map_err(lookup)?
         .map_or(uid, |found| found.gid.as_raw());
     Ok(Identity { uid, gid })

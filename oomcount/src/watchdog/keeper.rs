@@ -275,6 +275,11 @@ impl Keeper {
         verdict
     }
 
+    /// The verdict last judged (without judging again).
+    pub(crate) fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
     /// At each interval: judge, then ping while recoverable.
     pub(crate) fn tick(&mut self) {
         let verdict = self.judge();

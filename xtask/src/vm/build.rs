@@ -72,6 +72,27 @@ pub fn build(target_dir: &std::path::Path) -> anyhow::Result<Guest> {
     })
 }
 
+/// Only the daemon and the hog, static (for the Xen test's guests).
+pub fn bins(target_dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let bins = artifacts(
+        &[
+            "build",
+            "--package=oomcount",
+            "--package=oomcount-integration-test",
+            "--bin=oomcount",
+            "--bin=oomcount-hog",
+        ],
+        target_dir,
+    )?;
+    let bin = |name: &str| {
+        bins.iter()
+            .find(|a| a.kind == "bin" && a.name == name)
+            .map(|a| a.path.clone())
+            .with_context(|| format!("cargo built no binary {name}"))
+    };
+    Ok((bin("oomcount")?, bin("oomcount-hog")?))
+}
+
 struct Artifact {
     /// The target's kind (`bin`, `test`).
     kind: String,

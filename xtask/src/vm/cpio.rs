@@ -11,6 +11,7 @@ pub struct Cpio {
     next_ino: u32,
 }
 
+const S_IFLNK: u32 = 0o120_000;
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
@@ -31,6 +32,11 @@ impl Cpio {
 
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
         self.entry(path, S_IFREG | mode, (0, 0), data);
+    }
+
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        self.entry(path, S_IFLNK | 0o777, (0, 0), target.as_bytes());
     }
 
     pub fn char_device(&mut self, path: &str, major: u32, minor: u32) {

@@ -127,7 +127,7 @@ fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// The module's bytes, decompressed: there is no modprobe in the guest, and `finit_module`
 /// takes compressed modules only on newer kernels.
-fn decompress(file: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn decompress(file: &Path) -> anyhow::Result<Vec<u8>> {
     let tool = match file.extension().and_then(|e| e.to_str()) {
         Some("xz") => ["xz", "-dc"],
         Some("zst") => ["zstd", "-qdc"],

@@ -127,6 +127,31 @@ impl Archive {
         cmd
     }
 
+    /// Downloads `packages` and unpacks them all into `root` (for the Xen test).
+    pub fn unpack(&self, packages: &[&str], root: &Path) -> anyhow::Result<()> {
+        eprintln!("xen-test: downloading {}", packages.join(" "));
+        let debs = self.cache.join("deb");
+        let mut cmd = self.apt("apt-get");
+        cmd.current_dir(&debs)
+            .args(["-q", "download"])
+            .args(packages);
+        crate::check(&mut cmd)
+            .context("download the Xen packages (is Debian's archive reachable?)")?;
+        let partial = root.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)
+            .with_context(|| format!("create {}", partial.display()))?;
+        for package in packages {
+            // `NAME/SUITE` picks the suite; the file is named after NAME.
+            let name = package.split('/').next().unwrap_or(package);
+            let deb = find_deb(&debs, name)?;
+            crate::check(Command::new("dpkg").arg("-x").arg(&deb).arg(&partial))?;
+            let _ = std::fs::remove_file(&deb);
+        }
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::rename(&partial, root).with_context(|| format!("rename to {}", root.display()))
+    }
+
     /// The kernel of `series` and `flavour`, downloaded and unpacked unless the cache has it.
     pub fn fetch(&self, series: &str, flavour: &str) -> anyhow::Result<Kernel> {
         let image = self.image_package(series, flavour)?;
