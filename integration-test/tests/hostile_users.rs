@@ -166,7 +166,8 @@ fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
         // A connection costs a small fixed amount, and only those in a slot cost anything.
         assert!(
             rss < rss_before + 1024,
-            "the daemon grew from {rss_before} to {rss} kB under the {kind} attack"
+            "the daemon grew from {rss_before} to {rss} kB under the {kind} attack; its largest mappings: {}",
+            largest_mappings(daemon.pid())
         );
     }
     let spent = began.elapsed();
@@ -303,4 +304,36 @@ fn a_command_over_its_users_limit_says_so_in_one_line() {
     }
     // Root is not refused meanwhile.
     daemon.count();
+}
+
+/// The daemon's five largest mappings by resident size, to say where a growth went.
+fn largest_mappings(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut mappings: Vec<(u64, String)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Rss:"), Some(kb)) => {
+                if let Some(last) = mappings.last_mut() {
+                    last.0 = kb.parse().unwrap_or(0);
+                }
+            }
+            (Some(range), _) if range.contains('-') && !range.ends_with(':') => {
+                let name = line
+                    .split_whitespace()
+                    .nth(5)
+                    .unwrap_or("[anon]")
+                    .to_owned();
+                mappings.push((0, name));
+            }
+            _ => {}
+        }
+    }
+    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings
+        .iter()
+        .take(5)
+        .map(|(kb, name)| format!("{name} {kb} kB"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

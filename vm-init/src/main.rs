@@ -35,6 +35,7 @@ fn main() {
     let config = parse_args(std::env::args().skip(1));
     let mut errors = mounts::mount_all();
     errors.extend(mounts::user_database());
+    errors.extend(mounts::loopback_up().err());
     let mut reporter = Reporter::open();
     let version = std::fs::read_to_string("/proc/version").unwrap_or_default();
     reporter.send(&Line::Booted {

@@ -27,6 +27,38 @@ pub fn mount_all() -> Vec<String> {
     errors
 }
 
+/// Brings the loopback interface up, as every system's network setup does (the kernel starts
+/// it down): the daemon's metrics port listens on 127.0.0.1.
+pub fn loopback_up() -> Result<(), String> {
+    let fail = |what: &str| format!("bring lo up: {what}: {}", std::io::Error::last_os_error());
+    // SAFETY: a socket only for the ioctls below, closed at the end.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail("socket"));
+    }
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: fd is a socket, ifr a valid ifreq naming an interface, for the flag ioctls.
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            Err(fail("SIOCGIFFLAGS"))
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
+                Err(fail("SIOCSIFFLAGS"))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: closing the socket made above.
+    unsafe { libc::close(fd) };
+    result
+}
+
 /// The user database every Debian system has (root, and nobody for unprivileged work such as
 /// the kill hooks' default user); the initramfs has none.
 pub fn user_database() -> Vec<String> {

@@ -203,29 +203,34 @@ fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
 /// `/proc/vmstat` `oom_kill`: the kernel's own count of OOM kills since boot (Linux 4.13+).
 pub fn kernel_oom_kill() -> Option<u64> {
     use std::io::Read as _;
-    // Reads of a buffer the whole file fits in: every read(2) of /proc/vmstat sums each counter
-    // over the CPUs again (vmstat_start), and `read_to_string`'s small first reads (32 bytes,
-    // then doubling) did that eight times per call: 27% of the daemon's CPU per scrape of its
-    // metrics went there.
-    let mut file = fs::File::open("/proc/vmstat").ok()?;
-    let mut buf = vec![0u8; 16 << 10];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
+    thread_local! {
+        /// One buffer per thread for the whole file, kept: every read(2) of /proc/vmstat sums
+        /// each counter over the CPUs again (vmstat_start), so it is read in as few reads as
+        /// possible (`read_to_string`'s small first reads did that eight times per call: 27% of
+        /// a metrics scrape's CPU), and a buffer allocated per call churned the heap of a daemon
+        /// answering a flood of `count` requests.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 16 << 10]);
     }
-    std::str::from_utf8(&buf[..len])
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
+    let mut file = fs::File::open("/proc/vmstat").ok()?;
+    BUFFER.with_borrow_mut(|buf| {
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(len * 2, 0);
+            }
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        std::str::from_utf8(&buf[..len])
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Runs `f` with `/sys/kernel/btf` hidden, in a private mount namespace, then returns to ours.
