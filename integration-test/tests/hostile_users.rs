@@ -329,7 +329,7 @@ fn largest_mappings(pid: u32) -> String {
             _ => {}
         }
     }
-    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
     mappings
         .iter()
         .take(5)
