@@ -44,6 +44,7 @@ const GOALS: &[Goal] = &[
         text: "<= node_exporter's",
     },
     at_most("signal_cost", 50.0, "<= +50 ns"),
+    at_most("rss_xenstore", 256.0, "<= 0.25 MiB"),
     at_most("count_ratio", 1.5, "<= 1.5x"),
     at_most("latency_p99", 1.0, "<= 1 ms"),
     at_most("latency_rt_p99", 1.0, "<= 1 ms"),

@@ -103,6 +103,7 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
     };
     phases::memory::startup_rows(&mut bench, &starts);
     phases::memory::steady_memory(&mut bench)?;
+    phases::memory::xenstore_memory(&mut bench)?;
     phases::cpu::idle_cpu(&mut bench)?;
     phases::cpu::count_ratio(&mut bench)?;
     phases::cpu::scrapes(&mut bench)?;

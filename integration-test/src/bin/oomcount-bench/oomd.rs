@@ -36,7 +36,7 @@ pub struct Oomd {
 /// The config a dom0 would run with: the watchdog and its rules (critical names, vitals), both
 /// metrics outputs with the per-key tables, a kill hook, and xenstore where the bench found a
 /// store (`XENSTORED_PATH`, a host oxenstored: see `main`).
-fn every_feature(metrics: &str, textfile: &Path) -> String {
+fn every_feature(metrics: &str, textfile: &Path, xenstore: bool) -> String {
     let mut config = format!(
         "[watchdog]\n\
          [rules]\nmax_kills = 3\nconstraint = \"global\"\ncritical = [\"xenstored\", \"sshd\"]\n\
@@ -44,7 +44,7 @@ fn every_feature(metrics: &str, textfile: &Path) -> String {
          [hooks]\non_kill = [\"/bin/true\"]\nuser = \"nobody\"\n",
         textfile.display().to_string()
     );
-    if std::env::var_os("XENSTORED_PATH").is_some() {
+    if xenstore && std::env::var_os("XENSTORED_PATH").is_some() {
         config.push_str("[xenstore]\nmode = \"on\"\n");
     }
     config
@@ -53,6 +53,11 @@ fn every_feature(metrics: &str, textfile: &Path) -> String {
 impl Oomd {
     /// Starts it and waits (up to 30 s) until it says it is attached and serving.
     pub fn start(label: &str) -> Result<Oomd, String> {
+        Self::start_with(label, true)
+    }
+
+    /// [`Oomd::start`], with or without xenstore (where the bench has a store).
+    pub fn start_with(label: &str, xenstore: bool) -> Result<Oomd, String> {
         let bin = locate::oomcount();
         let dir =
             std::env::temp_dir().join(format!("oomcount-bench-{}-{label}", std::process::id()));
@@ -68,7 +73,7 @@ impl Oomd {
             .port();
         let metrics = format!("127.0.0.1:{port}");
         let config = dir.join("oomcount.toml");
-        std::fs::write(&config, every_feature(&metrics, &textfile))
+        std::fs::write(&config, every_feature(&metrics, &textfile, xenstore))
             .map_err(|err| format!("write {}: {err}", config.display()))?;
         let started = Instant::now();
         let mut child = Command::new(&bin)
