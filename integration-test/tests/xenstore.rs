@@ -485,3 +485,148 @@ fn no_xenstore_is_one_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.0 GET of `/metrics`: the body of a 200.
+fn scrape(addr: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!("not a 200: {answer:?}")),
+    }
+}
+
+/// dom0 with `[metrics]` on: the daemon (reaching the store through xenstored's socket, as dom0
+/// does) exports each guest's published count and verdict with its `domain` label, a guest
+/// whose values are garbage only as `oomcount_guest_report_valid 0`, a guest's new count as it
+/// publishes it (its `seq` watched), and none of a domain once it is gone; in the textfile too.
+#[test]
+fn dom0_exports_every_guest_in_its_metrics() {
+    use oomcount_integration_test::{Daemon, require_root};
+    require_root();
+    let Some(store) = start() else { return };
+    let mut dom0 = connect(&store);
+    // A name that tries to break out of its label.
+    let name = "web\"1\\";
+    dom0.write(Tx::NONE, "/local/domain/3/name", name.as_bytes())
+        .unwrap();
+    let g3 = publisher(&store, "/local/domain/3/data/oomcount");
+    let mut r = report(7);
+    r.verdict = Health::Healthy;
+    g3.publish(r.clone());
+    assert!(g3.flush(Duration::from_secs(10)));
+    dom0.write(Tx::NONE, "/local/domain/4/name", b"junk")
+        .unwrap();
+    for key in KEYS {
+        dom0.write(
+            Tx::NONE,
+            &format!("/local/domain/4/data/oomcount/{key}"),
+            b"\xff-1\x1b",
+        )
+        .unwrap();
+    }
+    dom0.write(Tx::NONE, "/local/domain/6/name", b"bare")
+        .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("oomcount-xs-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let textfile = dir.join("oomcount.prom");
+    let config = dir.join("oomcount.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[xenstore]\nmode = \"on\"\ninterval = \"1s\"\n\n[metrics]\nlisten = \"{addr}\"\ntextfile = {textfile:?}\n"
+        ),
+    )
+    .unwrap();
+    let socket = store.socket();
+    let daemon = Daemon::start_env(
+        &["--config".as_ref(), config.as_os_str()],
+        &[("XENSTORED_PATH", socket.as_os_str())],
+    );
+    let labels = r#"domain="web\"1\\",domid="3""#;
+    let kills = |n: u64| format!("oomcount_guest_oom_kills_total{{{labels}}} {n}\n");
+    let wanted = [
+        kills(7),
+        format!("oomcount_guest_report_valid{{{labels}}} 1\n"),
+        format!("oomcount_guest_verdict{{{labels},state=\"healthy\"}} 1\n"),
+        format!("oomcount_guest_verdict{{{labels},state=\"degraded\"}} 0\n"),
+        "oomcount_guest_report_valid{domain=\"junk\",domid=\"4\"} 0\n".to_owned(),
+    ];
+    let text = wait_until(
+        deadline(Duration::from_secs(20)),
+        "the guests in /metrics",
+        || {
+            let text = scrape(addr)?;
+            match wanted.iter().find(|w| !text.contains(w.as_str())) {
+                None => Ok(text),
+                Some(w) => Err(format!("no {w:?} yet in:\n{text}\n{}", daemon.log())),
+            }
+        },
+    );
+    assert!(
+        !text.contains("oom_kills_total{domain=\"junk\"")
+            && !text.contains("verdict{domain=\"junk\""),
+        "the garbage guest has no count:\n{text}"
+    );
+    assert!(!text.contains("domid=\"6\""), "no oomcount in 6:\n{text}");
+    assert!(
+        !text.contains("domid=\"0\""),
+        "dom0 is not a guest:\n{text}"
+    );
+    // The textfile says the same, rewritten for the guests alone (no kill here).
+    wait_until(
+        deadline(Duration::from_secs(10)),
+        "the guests in the textfile",
+        || {
+            let t = std::fs::read_to_string(&textfile).map_err(|e| e.to_string())?;
+            t.contains(&kills(7)).then_some(()).ok_or(t)
+        },
+    );
+
+    // The guest publishes again: its series follows (a watch on its seq, no timer).
+    r.kills = 8;
+    g3.publish(r);
+    assert!(g3.flush(Duration::from_secs(10)));
+    wait_until(
+        deadline(Duration::from_secs(10)),
+        "8 kills in /metrics",
+        || {
+            let text = scrape(addr)?;
+            text.contains(&kills(8)).then_some(()).ok_or(text)
+        },
+    );
+    wait_until(
+        deadline(Duration::from_secs(10)),
+        "8 kills in the textfile",
+        || {
+            let t = std::fs::read_to_string(&textfile).map_err(|e| e.to_string())?;
+            t.contains(&kills(8)).then_some(()).ok_or(t)
+        },
+    );
+    // The domain goes away (its home removed, as the toolstack does on destroy: its seq's watch
+    // fires).
+    dom0.rm(Tx::NONE, "/local/domain/3").unwrap();
+    wait_until(deadline(Duration::from_secs(10)), "guest 3 gone", || {
+        let text = scrape(addr)?;
+        (!text.contains("domid=\"3\"")).then_some(()).ok_or(text)
+    });
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -206,6 +206,22 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let xen =
         crate::xen::start_publisher(&options.config.xenstore).map_err(DaemonError::Xenstore)?;
     let xen_interval = options.config.xenstore.interval;
+    // In dom0 with [metrics] on: every guest's count, followed on a thread of its own.
+    let metrics_settings = &options.config.metrics;
+    let guests_changed = metrics_settings
+        .textfile
+        .is_some()
+        .then(|| Arc::new(tokio::sync::Notify::new()));
+    let guest_metrics = crate::xen::start_guest_metrics(
+        &options.config.xenstore,
+        metrics_settings.textfile.is_some() || metrics_settings.listen.is_some(),
+        guests_changed.clone(),
+    );
+    let guests_changed = guest_metrics.as_ref().and(guests_changed);
+    let mut metrics = Publisher::new(options.config.metrics.clone());
+    if let Some(guests) = &guest_metrics {
+        metrics.set_guests(guests.snapshot());
+    }
     // Checked with the config already; built before anything is attached or armed.
     let hooks = options.config.hooks.build()?;
     let journal = Journal::from_env();
@@ -236,7 +252,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             keeper,
             ranking: Ranking::default(),
             stat: options.stat,
-            metrics: Publisher::new(options.config.metrics.clone()),
+            metrics,
             scraped_at: None,
             hooks,
             xen: xen.map(|publisher| XenPublishing {
@@ -324,6 +340,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                 shared.rank_likely();
                 shared.lock().tick();
             }
+            _ = notified(&guests_changed) => shared.lock().publish_metrics(),
             _ = tick(&mut xen_vitals) => {
                 // Judged first: a verdict that changed with time alone (quiet again) goes too.
                 let mut state = shared.lock();
@@ -376,6 +393,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     }
     state.metrics.remove_textfile();
     drop(state);
+    drop(guest_metrics);
     drop(lock);
     Ok(())
 }
@@ -733,6 +751,14 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
         Some(timer) => {
             timer.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The guests' snapshot changed (dom0, with a textfile): rewrite it.
+async fn notified(changed: &Option<Arc<tokio::sync::Notify>>) {
+    match changed {
+        Some(changed) => changed.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -124,6 +124,109 @@ impl Writer {
         escape_into(&mut self.out, label_value);
         let _ = writeln!(self.out, "\"}} {value}");
     }
+
+    /// A sample with labels, each value escaped.
+    fn series(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        self.out.push('{');
+        for (i, (label, label_value)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push_str(label);
+            self.out.push_str("=\"");
+            escape_into(&mut self.out, label_value);
+            self.out.push('"');
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+}
+
+/// A Xen guest as dom0 exports it (`oomcount_guest_*`): what it published, already parsed from
+/// untrusted values; `report` is `None` where any of its values did not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestSample {
+    pub domid: u32,
+    /// `/local/domain/<id>/name`; empty where absent or invalid. Cut to [`GUEST_NAME_MAX`] bytes
+    /// when rendered.
+    pub name: String,
+    /// Its kill count and verdict, where every value it published parsed.
+    pub report: Option<(u64, Verdict)>,
+}
+
+/// The most bytes of a domain's name in a label (Xen's own limit on names is 64).
+pub const GUEST_NAME_MAX: usize = 64;
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends the guests' families to `out` (an exposition [`render`] made): one series per domain
+/// and family, in the order given (by domid). Nothing where `guests` is empty.
+pub fn render_guests(out: &mut String, guests: &[GuestSample]) {
+    if guests.is_empty() {
+        return;
+    }
+    let mut w = Writer {
+        out: std::mem::take(out),
+    };
+    let domid = |g: &GuestSample| g.domid.to_string();
+    w.family(
+        "oomcount_guest_report_valid",
+        Type::Gauge,
+        "1 where every value the Xen guest published under data/oomcount parsed, 0 where one did not (its counts are then left out).",
+    );
+    for g in guests {
+        let id = domid(g);
+        let labels = [("domain", cut(&g.name, GUEST_NAME_MAX)), ("domid", &id)];
+        w.series(
+            "oomcount_guest_report_valid",
+            &labels,
+            u8::from(g.report.is_some()),
+        );
+    }
+    if guests.iter().any(|g| g.report.is_some()) {
+        w.family(
+            "oomcount_guest_oom_kills_total",
+            Type::Counter,
+            "OOM kills a Xen guest's oomcount published in xenstore, as dom0 read them.",
+        );
+        for g in guests {
+            let Some((kills, _)) = g.report else { continue };
+            let id = domid(g);
+            let labels = [("domain", cut(&g.name, GUEST_NAME_MAX)), ("domid", &id)];
+            w.series("oomcount_guest_oom_kills_total", &labels, kills);
+        }
+        w.family(
+            "oomcount_guest_verdict",
+            Type::Gauge,
+            "A Xen guest's verdict as it published it: 1 for its current state, 0 for the others.",
+        );
+        for g in guests {
+            let Some((_, verdict)) = g.report else {
+                continue;
+            };
+            let id = domid(g);
+            for state in Verdict::ALL {
+                let labels = [
+                    ("domain", cut(&g.name, GUEST_NAME_MAX)),
+                    ("domid", &id),
+                    ("state", state.name()),
+                ];
+                w.series(
+                    "oomcount_guest_verdict",
+                    &labels,
+                    u8::from(state == verdict),
+                );
+            }
+        }
+    }
+    *out = w.out;
 }
 
 /// Appends `value` escaped as a label value of the text format: backslash, double quote and line
@@ -493,6 +596,85 @@ pub(crate) mod tests {
         let mut out = String::new();
         escape_into(&mut out, "a\\b\"c\nd\te");
         assert_eq!(out, "a\\\\b\\\"c\\nd\te");
+    }
+
+    #[test]
+    fn guests_one_series_per_domain_hostile_names_escaped() {
+        let mut text = render(&snapshot(None, None));
+        let long = "é".repeat(40);
+        let guests = [
+            GuestSample {
+                domid: 3,
+                name: "web\"1\\\n} 9\nfake_total 1".into(),
+                report: Some((7, Verdict::Healthy)),
+            },
+            GuestSample {
+                domid: 4,
+                name: String::new(),
+                report: None,
+            },
+            GuestSample {
+                domid: 5,
+                name: long.clone(),
+                report: Some((2, Verdict::Unrecoverable)),
+            },
+        ];
+        render_guests(&mut text, &guests);
+        let series = check_structure(&text);
+        let v = |k: &str| series.get(k).map(String::as_str);
+        let hostile = r#"domain="web\"1\\\n} 9\nfake_total 1",domid="3""#;
+        assert_eq!(
+            v(&format!("oomcount_guest_oom_kills_total{{{hostile}}}")),
+            Some("7")
+        );
+        assert_eq!(
+            v(&format!("oomcount_guest_report_valid{{{hostile}}}")),
+            Some("1")
+        );
+        assert_eq!(
+            v(&format!(
+                "oomcount_guest_verdict{{{hostile},state=\"healthy\"}}"
+            )),
+            Some("1")
+        );
+        assert_eq!(
+            v("oomcount_guest_report_valid{domain=\"\",domid=\"4\"}"),
+            Some("0")
+        );
+        assert!(
+            !series
+                .keys()
+                .any(|k| k.contains("domid=\"4\"") && !k.contains("report_valid")),
+            "an invalid report has no counts:\n{text}"
+        );
+        // 64 bytes of a 2-byte character: 32 of them, never half of one.
+        let cut_name = "é".repeat(32);
+        assert_eq!(
+            v(&format!(
+                "oomcount_guest_verdict{{domain=\"{cut_name}\",domid=\"5\",state=\"unrecoverable\"}}"
+            )),
+            Some("1")
+        );
+        assert!(!text.contains(&long));
+        assert_eq!(
+            series
+                .keys()
+                .filter(|k| k.starts_with("oomcount_guest_oom_kills_total"))
+                .count(),
+            2
+        );
+        assert!(!series.contains_key("fake_total"));
+        promtool_check(&text);
+        // No guests: no families.
+        let mut none = render(&snapshot(None, None));
+        render_guests(&mut none, &[]);
+        assert!(!none.contains("oomcount_guest"));
+        // Only invalid ones: the valid gauge alone.
+        let mut bad = render(&snapshot(None, None));
+        render_guests(&mut bad, &guests[1..2]);
+        assert!(!bad.contains("oomcount_guest_oom_kills_total"), "{bad}");
+        check_structure(&bad);
+        promtool_check(&bad);
     }
 
     #[test]

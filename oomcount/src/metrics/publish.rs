@@ -102,6 +102,8 @@ pub struct Publisher {
     mempolicy: u64,
     /// The verdict last published, to rewrite the textfile when it changes.
     published: Option<Health>,
+    /// dom0's snapshot of every Xen guest, where the daemon follows them.
+    guests: Option<crate::xen::dom0::Snapshot>,
 }
 
 /// A row of `oomcount top`.
@@ -158,7 +160,13 @@ impl Publisher {
             cpuset: 0,
             mempolicy: 0,
             published: None,
+            guests: None,
         }
+    }
+
+    /// Exports the Xen guests of `snapshot` too (`oomcount_guest_*`, dom0 only).
+    pub fn set_guests(&mut self, snapshot: crate::xen::dom0::Snapshot) {
+        self.guests = Some(snapshot);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -225,7 +233,12 @@ impl Publisher {
             cgroups: self.settings.by_cgroup.then_some(&self.cgroups),
             comms: self.settings.by_comm.then_some(&self.comms),
         };
-        super::render(&snapshot)
+        let mut text = super::render(&snapshot);
+        if let Some(guests) = &self.guests {
+            let guests = guests.lock().unwrap_or_else(|e| e.into_inner());
+            super::render_guests(&mut text, &guests);
+        }
+        text
     }
 
     /// Whether `health` differs from the verdict last written to the textfile.

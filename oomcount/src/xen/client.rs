@@ -176,6 +176,12 @@ impl Client {
         }
     }
 
+    /// Whether this is xenstored's unix socket (reachable only in the domain that runs it, dom0):
+    /// relative paths are then dom0's, `/local/domain/0`.
+    pub fn is_socket(&self) -> bool {
+        matches!(self.conn, Conn::Socket(_))
+    }
+
     /// What was opened.
     pub fn path(&self) -> &Path {
         &self.path

@@ -304,6 +304,8 @@ const SEQ: &str = "oomcount:seq:";
 /// Follows every domain through watches (see the module's docs).
 pub struct Watcher {
     rows: BTreeMap<u32, GuestRow>,
+    /// The most domains followed (the lowest ids).
+    max: usize,
 }
 
 impl Watcher {
@@ -313,7 +315,14 @@ impl Watcher {
         c.watch("@releaseDomain", RELEASE)?;
         Ok(Watcher {
             rows: BTreeMap::new(),
+            max: DOMAINS_MAX,
         })
+    }
+
+    /// Follows at most `max` domains (those of the lowest ids): bounded memory and watches.
+    pub fn limit(mut self, max: usize) -> Watcher {
+        self.max = max;
+        self
     }
 
     /// The domains seen now.
@@ -323,7 +332,7 @@ impl Watcher {
 
     /// Lists the domains again: watches `seq` of the new ones, forgets the gone ones.
     pub fn sync(&mut self, c: &mut Client) -> Result<Vec<Change>, XsError> {
-        let now: BTreeSet<u32> = domains(c)?.into_iter().collect();
+        let now: BTreeSet<u32> = domains(c)?.into_iter().take(self.max).collect();
         let mut changes = Vec::new();
         let gone: Vec<u32> = self
             .rows

@@ -4,9 +4,10 @@
 //! No existing tool carries an OOM count through xenstore, and the Rust xenstore crates are
 //! GPL, so the protocol is our own: [`wire`] (the codec of `xs_wire.h`, pure), [`client`] (a
 //! blocking client with deadlines, for a thread of its own or the CLI), [`report`] (the keys a
-//! guest writes, and their typed, distrustful parsing), [`guest`] (the coalescing writer) and
-//! [`guests`] (dom0's listing and watch).
+//! guest writes, and their typed, distrustful parsing), [`guest`] (the coalescing writer),
+//! [`guests`] (dom0's listing and watch) and [`dom0`] (every guest's series in dom0's metrics).
 pub mod client;
+pub mod dom0;
 pub mod guest;
 pub mod guests;
 pub mod report;
@@ -155,6 +156,46 @@ pub(crate) fn start_publisher(config: &Xenstore) -> Result<Option<Publisher>, St
         .map_err(|err| format!("xenstore: cannot start its thread: {err}"))?;
     log::info!("xenstore: publishing under {} through {path}", guest::BASE);
     Ok(Some(publisher))
+}
+
+/// dom0's follower of every guest for the metrics, where `[metrics]` publishes something and
+/// this is dom0: `/proc/xen/capabilities` says so, or (`mode = "on"`) the store reached is
+/// xenstored's unix socket, whose relative paths are `/local/domain/0`. Guests never read
+/// other domains. `None` elsewhere, and where the store cannot be opened (said once).
+pub(crate) fn start_guest_metrics(
+    config: &Xenstore,
+    metrics_on: bool,
+    changed: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Option<dom0::GuestMetrics> {
+    if !metrics_on || config.mode == XenstoreMode::Off {
+        return None;
+    }
+    let open: fn() -> Result<Client, client::XsError> = match (config.mode, role(Path::new("/"))) {
+        (_, Role::Dom0) => Client::open_dom0,
+        (XenstoreMode::On, _) => Client::open_guest,
+        _ => return None,
+    };
+    let client = match open() {
+        Ok(c) if c.is_socket() || role(Path::new("/")) == Role::Dom0 => c,
+        Ok(_) => return None,
+        Err(err) => {
+            log::warn!("xenstore: {err}: no guests in the metrics");
+            return None;
+        }
+    };
+    let path = client.path().display().to_string();
+    match dom0::GuestMetrics::start(client, Box::new(open), config.interval, changed) {
+        Ok(g) => {
+            log::info!("xenstore: dom0: every guest's count in the metrics, read through {path}");
+            Some(g)
+        }
+        Err(err) => {
+            log::warn!(
+                "xenstore: cannot start the guests' thread ({err}): no guests in the metrics"
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
