@@ -104,7 +104,9 @@ impl Default for Watchdog {
 pub struct Xenstore {
     /// `mode`: `"auto"` (default: where `/proc/xen` or `/dev/xen/xenbus` shows a Xen guest; not in
     /// dom0, whose own row `oomcount guests` takes from the daemon), `"on"` (a xenstore that
-    /// cannot be opened stops the daemon before it attaches), or `"off"`.
+    /// cannot be opened stops the daemon before it attaches), or `"off"`. In dom0 with
+    /// `[metrics]` on, anything but `"off"` also exports every guest's count
+    /// ([`crate::xen::dom0`]).
     pub mode: XenstoreMode,
     /// `interval` between two publications of the vitals, default 10 s, at least 1 s. Kills and
     /// verdict changes are published as they happen, at most a few times a second.
