@@ -43,7 +43,7 @@ fn report(kills: u64) -> Report {
             time: 1_700_000_100,
             pid: 4000 + kills as u32,
             comm: "hog".into(),
-            constraint: Constraint::Memcg,
+            constraint: Some(Constraint::Memcg),
             cgroup: "/oomtest".into(),
         }),
         vitals: Some(Vitals {
@@ -414,7 +414,7 @@ fn the_daemon_publishes_its_kills_and_guests_lists_them() {
     assert_eq!(published.kills_memcg, Field::Valid(5));
     assert_eq!(
         published.last_kill_constraint,
-        Field::Valid(Constraint::Memcg)
+        Field::Valid(Some(Constraint::Memcg))
     );
     assert!(published.last_kill_comm.valid().is_some(), "{published:?}");
     assert!(

@@ -22,6 +22,7 @@ use std::{
 };
 
 use super::table::Tally;
+use crate::watchdog::rules::Health;
 
 /// Kills by the constraint the OOM killer recorded for them; kills whose record was lost count
 /// as `unknown`, the difference to the total.
@@ -31,27 +32,6 @@ pub struct Constraints {
     pub global: u64,
     pub cpuset: u64,
     pub mempolicy: u64,
-}
-
-/// The watchdog's verdict, one of three states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Healthy,
-    Degraded,
-    Unrecoverable,
-}
-
-impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Healthy, Verdict::Degraded, Verdict::Unrecoverable];
-
-    /// The label value, as `oomcount check` and the JSON say it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Healthy => "healthy",
-            Verdict::Degraded => "degraded",
-            Verdict::Unrecoverable => "unrecoverable",
-        }
-    }
 }
 
 /// What the exposition says: plain values the daemon copies out of its state.
@@ -72,7 +52,7 @@ pub struct Snapshot<'a> {
     /// When the last kill this daemon saw happened; `None` before the first.
     pub last_kill: Option<SystemTime>,
     /// The watchdog's verdict; `None` where the daemon judges nothing.
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Health>,
     /// Keepalives sent to the watchdog by this daemon; `None` where nothing is pinged.
     pub keepalives: Option<u64>,
     /// The daemon's version (`oomcount_build_info{version}`).
@@ -151,7 +131,7 @@ pub struct GuestSample {
     /// when rendered.
     pub name: String,
     /// Its kill count and verdict, where every value it published parsed.
-    pub report: Option<(u64, Verdict)>,
+    pub report: Option<(u64, Health)>,
 }
 
 /// The most bytes of a domain's name in a label (Xen's own limit on names is 64).
@@ -212,7 +192,7 @@ pub fn render_guests(out: &mut String, guests: &[GuestSample]) {
                 continue;
             };
             let id = domid(g);
-            for state in Verdict::ALL {
+            for state in Health::ALL {
                 let labels = [
                     ("domain", cut(&g.name, GUEST_NAME_MAX)),
                     ("domid", &id),
@@ -336,7 +316,7 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
             Type::Gauge,
             "The watchdog's verdict: 1 for the current state, 0 for the others.",
         );
-        for state in Verdict::ALL {
+        for state in Health::ALL {
             w.labelled(
                 "oomcount_verdict",
                 "state",
@@ -411,7 +391,7 @@ pub(crate) mod tests {
             kernel_oom_kill: Some(120),
             attached_at: UNIX_EPOCH + Duration::from_millis(1_764_800_000_250),
             last_kill: Some(UNIX_EPOCH + Duration::from_millis(1_764_800_100_007)),
-            verdict: Some(Verdict::Degraded),
+            verdict: Some(Health::Degraded),
             keepalives: Some(31),
             version: "0.1.0",
             cgroups,
@@ -606,7 +586,7 @@ pub(crate) mod tests {
             GuestSample {
                 domid: 3,
                 name: "web\"1\\\n} 9\nfake_total 1".into(),
-                report: Some((7, Verdict::Healthy)),
+                report: Some((7, Health::Healthy)),
             },
             GuestSample {
                 domid: 4,
@@ -616,7 +596,7 @@ pub(crate) mod tests {
             GuestSample {
                 domid: 5,
                 name: long.clone(),
-                report: Some((2, Verdict::Unrecoverable)),
+                report: Some((2, Health::Unrecoverable)),
             },
         ];
         render_guests(&mut text, &guests);

@@ -17,7 +17,7 @@ pub mod http;
 pub mod table;
 pub mod textfile;
 
-pub use exposition::{Constraints, GuestSample, Snapshot, Verdict, render, render_guests};
+pub use exposition::{Constraints, GuestSample, Snapshot, render, render_guests};
 pub use table::{Entry, Tally};
 
 /// The port of `listen` when the address gives none, and the one the documentation uses.

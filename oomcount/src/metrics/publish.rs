@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Constraints, Snapshot, Tally, Verdict, table::Kill};
+use super::{Constraints, Snapshot, Tally, table::Kill};
 use crate::{
     probe::{counters::Counters, event::Constraint},
     watchdog::rules::Health,
@@ -223,11 +223,7 @@ impl Publisher {
             kernel_oom_kill: r.kernel_oom_kill,
             attached_at: r.attached_at,
             last_kill: self.last_kill,
-            verdict: r.health.map(|h| match h {
-                Health::Healthy => Verdict::Healthy,
-                Health::Degraded => Verdict::Degraded,
-                Health::Unrecoverable => Verdict::Unrecoverable,
-            }),
+            verdict: r.health,
             keepalives: r.keepalives,
             version: env!("CARGO_PKG_VERSION"),
             cgroups: self.settings.by_cgroup.then_some(&self.cgroups),

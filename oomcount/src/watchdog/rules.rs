@@ -252,6 +252,17 @@ pub enum Health {
 }
 
 impl Health {
+    pub const ALL: [Health; 3] = [Health::Healthy, Health::Degraded, Health::Unrecoverable];
+
+    /// Its name, as `oomcount check`, the JSON, the metrics' label and xenstore say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unrecoverable => "unrecoverable",
+        }
+    }
+
     /// Whether the watchdog should still be kept alive.
     pub fn recoverable(self) -> bool {
         self != Health::Unrecoverable
@@ -260,11 +271,7 @@ impl Health {
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Health::Healthy => "healthy",
-            Health::Degraded => "degraded",
-            Health::Unrecoverable => "unrecoverable",
-        })
+        f.write_str(self.name())
     }
 }
 

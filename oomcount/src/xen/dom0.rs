@@ -20,9 +20,9 @@ use std::{
 use super::{
     client::{Client, XsError},
     guests::{GuestRow, Watcher},
-    report::{Field, Health},
+    report::Field,
 };
-use crate::metrics::{GuestSample, Verdict};
+use crate::metrics::GuestSample;
 
 /// The most domains exported: each costs every scrape five series.
 pub const GUESTS_MAX: usize = 256;
@@ -41,7 +41,7 @@ pub fn sample(row: &GuestRow) -> Option<GuestSample> {
     }
     let report = match (&p.kills, &p.verdict) {
         (Field::Valid(kills), Field::Valid(health)) if p.invalid_keys().is_empty() => {
-            Some((*kills, verdict(*health)))
+            Some((*kills, *health))
         }
         _ => None,
     };
@@ -50,14 +50,6 @@ pub fn sample(row: &GuestRow) -> Option<GuestSample> {
         name: row.name.valid().cloned().unwrap_or_default(),
         report,
     })
-}
-
-fn verdict(h: Health) -> Verdict {
-    match h {
-        Health::Healthy => Verdict::Healthy,
-        Health::Degraded => Verdict::Degraded,
-        Health::Unrecoverable => Verdict::Unrecoverable,
-    }
 }
 
 /// The thread that keeps the snapshot (see the module's docs); it ends after its current wait
@@ -201,7 +193,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xen::report::{Published, Report};
+    use crate::xen::report::{Health, Published, Report};
 
     fn row(domid: u32, kills: &[u8], name: Field<String>) -> GuestRow {
         let report = Report {
@@ -237,7 +229,7 @@ mod tests {
     #[test]
     fn samples_from_rows() {
         let good = sample(&row(3, b"7", Field::Valid("web".into()))).unwrap();
-        assert_eq!(good.report, Some((7, Verdict::Degraded)));
+        assert_eq!(good.report, Some((7, Health::Degraded)));
         assert_eq!(good.name, "web");
         let bad = sample(&row(4, b"7x", Field::Invalid("control characters"))).unwrap();
         assert_eq!((bad.report, bad.name.as_str()), (None, ""));

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{
     client::{Client, Tx, XsError},
     guest::BASE,
-    report::{Field, KEYS, Published, parse_text},
+    report::{Field, KEYS, Published, constraint_name, parse_text},
     wire::Errno,
 };
 
@@ -144,7 +144,7 @@ impl GuestRow {
                 "age_s": age(&p.last_kill_time),
                 "pid": num(&p.last_kill_pid),
                 "comm": text(&p.last_kill_comm),
-                "constraint": p.last_kill_constraint.valid().map(|c| c.as_str()),
+                "constraint": p.last_kill_constraint.valid().map(|c| constraint_name(*c)),
                 "cgroup": text(&p.last_kill_cgroup),
             })
         } else {
@@ -159,7 +159,7 @@ impl GuestRow {
             "marked": num(&p.marked),
             "events_dropped": num(&p.events_dropped),
             "attached_at": num(&p.attached_at),
-            "verdict": p.verdict.valid().map(|h| h.as_str()),
+            "verdict": p.verdict.valid().map(|h| h.name()),
             "reason": text(&p.reason),
             "last_kill": last_kill,
             "mem_total_kb": num(&p.mem_total_kb),
@@ -222,7 +222,7 @@ pub fn table(rows: &[GuestRow], now: u64) -> String {
             let comm = show(&p.last_kill_comm, |c| c.clone());
             let pid = show(&p.last_kill_pid, u64::to_string);
             cells[2] = show(&p.kills, u64::to_string);
-            cells[3] = show(&p.verdict, |h| h.as_str().into());
+            cells[3] = show(&p.verdict, |h| h.name().into());
             cells[4] = show(&p.mem_available_kb, |kb| format!("{} MiB", kb / 1024));
             cells[5] = match p.last_kill_time {
                 Field::Absent => "-".into(),
@@ -414,7 +414,7 @@ mod tests {
                 time: 150,
                 pid: 7,
                 comm: "hog".into(),
-                constraint: Constraint::Memcg,
+                constraint: Some(Constraint::Memcg),
                 cgroup: "/t".into(),
             }),
             vitals: None,

@@ -21,13 +21,13 @@ use std::{
 use crate::{
     config::{Xenstore, XenstoreMode},
     host::vitals::Vitals as HostVitals,
-    probe::event::{Constraint as EventConstraint, VictimEvent},
+    probe::event::VictimEvent,
     protocol::CountReply,
-    watchdog::rules::Health as RulesHealth,
+    watchdog::rules::Health,
 };
 use client::Client;
 use guest::Publisher;
-use report::{Constraint, Health, LastKill, Report, Vitals};
+use report::{LastKill, Report, Vitals};
 
 /// What this machine is to Xen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub fn vitals(v: &HostVitals) -> Vitals {
 /// event of kind `kill`), and the vitals last read.
 pub fn report_from(
     counts: &CountReply,
-    health: RulesHealth,
+    health: Health,
     reason: &str,
     last_kill: Option<&VictimEvent>,
     vitals: Option<Vitals>,
@@ -95,23 +95,13 @@ pub fn report_from(
         marked: counts.marked,
         events_dropped: counts.events_dropped,
         attached_at: rfc3339_secs(&counts.attached_at),
-        verdict: match health {
-            RulesHealth::Healthy => Health::Healthy,
-            RulesHealth::Degraded => Health::Degraded,
-            RulesHealth::Unrecoverable => Health::Unrecoverable,
-        },
+        verdict: health,
         reason: reason.to_owned(),
         last_kill: last_kill.map(|e| LastKill {
             time: rfc3339_secs(&e.time),
             pid: e.tgid.unwrap_or(e.pid),
             comm: e.comm.clone().unwrap_or_default(),
-            constraint: match e.constraint {
-                Some(EventConstraint::Memcg) => Constraint::Memcg,
-                Some(EventConstraint::Global) => Constraint::Global,
-                Some(EventConstraint::Cpuset) => Constraint::Cpuset,
-                Some(EventConstraint::Mempolicy) => Constraint::Mempolicy,
-                None => Constraint::Unknown,
-            },
+            constraint: e.constraint,
             cgroup: e.cgroup.clone().unwrap_or_default(),
         }),
         vitals,

@@ -11,7 +11,8 @@
 //! Everything dom0 reads is written by a guest, so it is untrusted: each value is parsed into
 //! its type with a bound on its length, and one that does not parse is [`Field::Invalid`],
 //! shown as invalid, never trusted and never a reason to fail.
-use serde::Serialize;
+
+pub use crate::{probe::event::Constraint, watchdog::rules::Health};
 
 /// The keys under `data/oomcount/`, `seq` last: written last in the transaction, it tells a
 /// watcher in dom0 that the others are complete.
@@ -47,59 +48,6 @@ pub const CGROUP_MAX: usize = 512;
 /// the three free texts at their bounds.
 pub const REPORT_BYTES_MAX: usize = 17 * 20 + 13 + 9 + REASON_MAX + COMM_MAX + CGROUP_MAX;
 
-/// The watchdog's verdict (as `oomcount check` says it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Healthy,
-    Degraded,
-    Unrecoverable,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Degraded => "degraded",
-            Health::Unrecoverable => "unrecoverable",
-        }
-    }
-    fn parse(s: &str) -> Option<Health> {
-        [Health::Healthy, Health::Degraded, Health::Unrecoverable]
-            .into_iter()
-            .find(|h| h.as_str() == s)
-    }
-}
-
-/// What limited the memory of a kill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Constraint {
-    Memcg,
-    Global,
-    Cpuset,
-    Mempolicy,
-    Unknown,
-}
-
-impl Constraint {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Constraint::Memcg => "memcg",
-            Constraint::Global => "global",
-            Constraint::Cpuset => "cpuset",
-            Constraint::Mempolicy => "mempolicy",
-            Constraint::Unknown => "unknown",
-        }
-    }
-    fn parse(s: &str) -> Option<Constraint> {
-        use Constraint::*;
-        [Memcg, Global, Cpuset, Mempolicy, Unknown]
-            .into_iter()
-            .find(|c| c.as_str() == s)
-    }
-}
-
 /// The last kill a guest saw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastKill {
@@ -107,7 +55,8 @@ pub struct LastKill {
     pub time: u64,
     pub pid: u32,
     pub comm: String,
-    pub constraint: Constraint,
+    /// `None`: not read exactly (written as `unknown`).
+    pub constraint: Option<Constraint>,
     pub cgroup: String,
 }
 
@@ -174,7 +123,7 @@ impl Report {
             ("marked", self.marked.to_string()),
             ("events_dropped", self.events_dropped.to_string()),
             ("attached_at", self.attached_at.to_string()),
-            ("verdict", self.verdict.as_str().to_owned()),
+            ("verdict", self.verdict.name().to_owned()),
             ("reason", bounded(&self.reason, REASON_MAX)),
             ("last_kill_time", num(k.map(|k| k.time))),
             ("last_kill_pid", num(k.map(|k| u64::from(k.pid)))),
@@ -184,7 +133,7 @@ impl Report {
             ),
             (
                 "last_kill_constraint",
-                k.map(|k| k.constraint.as_str().to_owned())
+                k.map(|k| constraint_name(k.constraint).to_owned())
                     .unwrap_or_default(),
             ),
             (
@@ -267,6 +216,21 @@ pub fn parse_text(raw: Option<&[u8]>, max: usize) -> Field<String> {
     }
 }
 
+/// A kill's constraint as written to the store: its name, or `unknown`.
+pub fn constraint_name(constraint: Option<Constraint>) -> &'static str {
+    constraint.map_or("unknown", Constraint::name)
+}
+
+fn parse_constraint(s: &str) -> Option<Option<Constraint>> {
+    std::iter::once(None)
+        .chain(Constraint::ALL.map(Some))
+        .find(|c| constraint_name(*c) == s)
+}
+
+fn parse_health(s: &str) -> Option<Health> {
+    Health::ALL.into_iter().find(|h| h.name() == s)
+}
+
 fn parse_enum<T>(raw: Option<&[u8]>, parse: fn(&str) -> Option<T>) -> Field<T> {
     match parse_text(raw, 16) {
         Field::Valid(s) => parse(&s).map_or(Field::Invalid("unknown value"), Field::Valid),
@@ -289,7 +253,7 @@ pub struct Published {
     pub last_kill_time: Field<u64>,
     pub last_kill_pid: Field<u64>,
     pub last_kill_comm: Field<String>,
-    pub last_kill_constraint: Field<Constraint>,
+    pub last_kill_constraint: Field<Option<Constraint>>,
     pub last_kill_cgroup: Field<String>,
     pub mem_total_kb: Field<u64>,
     pub mem_available_kb: Field<u64>,
@@ -311,12 +275,12 @@ impl Published {
             marked: parse_u64(get("marked")),
             events_dropped: parse_u64(get("events_dropped")),
             attached_at: parse_u64(get("attached_at")),
-            verdict: parse_enum(get("verdict"), Health::parse),
+            verdict: parse_enum(get("verdict"), parse_health),
             reason: parse_text(get("reason"), REASON_MAX),
             last_kill_time: parse_u64(get("last_kill_time")),
             last_kill_pid: parse_u64(get("last_kill_pid")),
             last_kill_comm: parse_text(get("last_kill_comm"), COMM_MAX),
-            last_kill_constraint: parse_enum(get("last_kill_constraint"), Constraint::parse),
+            last_kill_constraint: parse_enum(get("last_kill_constraint"), parse_constraint),
             last_kill_cgroup: parse_text(get("last_kill_cgroup"), CGROUP_MAX),
             mem_total_kb: parse_u64(get("mem_total_kb")),
             mem_available_kb: parse_u64(get("mem_available_kb")),
@@ -406,7 +370,7 @@ mod tests {
                 time: 1_700_000_100,
                 pid: 4242,
                 comm: "hog".into(),
-                constraint: Constraint::Memcg,
+                constraint: Some(Constraint::Memcg),
                 cgroup: "/t".into(),
             }),
             vitals: Some(Vitals {
@@ -428,7 +392,10 @@ mod tests {
         assert_eq!(p.kills, Field::Valid(3));
         assert_eq!(p.verdict, Field::Valid(Health::Degraded));
         assert_eq!(p.last_kill_comm, Field::Valid("hog".into()));
-        assert_eq!(p.last_kill_constraint, Field::Valid(Constraint::Memcg));
+        assert_eq!(
+            p.last_kill_constraint,
+            Field::Valid(Some(Constraint::Memcg))
+        );
         assert_eq!(p.psi_some_avg10, Field::Valid(1.5));
         assert_eq!(p.psi_full_avg10, Field::Absent);
         assert_eq!(p.seq, Field::Valid(7));
@@ -484,7 +451,7 @@ mod tests {
             Field::Invalid("too long")
         );
         assert_eq!(
-            parse_enum(Some(b"HEALTHY"), Health::parse),
+            parse_enum(Some(b"HEALTHY"), parse_health),
             Field::Invalid("unknown value")
         );
         assert_eq!(Published::parse(|_| None).invalid_keys().len(), 0);
