@@ -130,6 +130,21 @@ impl Daemon {
         &self.socket
     }
 
+    /// Root's verdict request from connect to answer, without starting a process (the
+    /// attack tests time it while the daemon is under attack).
+    pub fn verdict_round_trip(&self) -> Duration {
+        use std::io::{BufRead as _, Write as _};
+        let started = std::time::Instant::now();
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).expect("connect");
+        stream.write_all(b"{\"request\":\"verdict\"}\n").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut answer)
+            .unwrap();
+        assert!(answer.starts_with(r#"{"verdict":"#), "{answer}");
+        started.elapsed()
+    }
+
     /// When this handle started the daemon (the probe attaches after that).
     pub fn started_at(&self) -> SystemTime {
         self.started_at

@@ -81,20 +81,6 @@ fn timed(daemon: &Daemon, subcommand: &str) -> (Duration, Option<i32>, String) {
     (took, out.status.code(), said)
 }
 
-/// Root's verdict request from connect to answer, without starting a process.
-fn verdict_round_trip(daemon: &Daemon) -> Duration {
-    use std::io::{BufRead as _, Write as _};
-    let started = Instant::now();
-    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
-    stream.write_all(b"{\"request\":\"verdict\"}\n").unwrap();
-    let mut answer = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut answer)
-        .unwrap();
-    assert!(answer.starts_with(r#"{"verdict":"#), "{answer}");
-    started.elapsed()
-}
-
 #[test]
 fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
     require_root();
@@ -129,7 +115,7 @@ fn one_user_with_1000_connections_holds_up_neither_root_nor_the_keepalives() {
         let mut asked = 0;
         let mut round_trip = Duration::ZERO;
         while from.elapsed() < ATTACK {
-            round_trip = round_trip.max(verdict_round_trip(&daemon));
+            round_trip = round_trip.max(daemon.verdict_round_trip());
             for subcommand in ["check", "count"] {
                 let (took, code, said) = timed(&daemon, subcommand);
                 assert_eq!(

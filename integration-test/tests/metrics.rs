@@ -450,20 +450,6 @@ fn prometheus_counts_real_kills_through_the_port_and_the_textfile() {
     );
 }
 
-/// Root's verdict request from connect to answer.
-fn verdict_round_trip(daemon: &Daemon) -> Duration {
-    use std::io::BufRead as _;
-    let started = Instant::now();
-    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
-    stream.write_all(b"{\"request\":\"verdict\"}\n").unwrap();
-    let mut answer = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut answer)
-        .unwrap();
-    assert!(answer.starts_with(r#"{"verdict":"#), "{answer}");
-    started.elapsed()
-}
-
 /// The attacks on the port, each from threads of the test's for `ATTACK`.
 #[derive(Clone, Copy, Debug)]
 enum Attack {
@@ -550,7 +536,7 @@ fn a_hostile_client_of_the_port_delays_no_keepalive() {
         let mut scrapes = 0;
         let mut failed = Vec::new();
         while Instant::now() < until {
-            slowest = slowest.max(verdict_round_trip(&daemon));
+            slowest = slowest.max(daemon.verdict_round_trip());
             match get(endpoint, "/metrics") {
                 Ok((200, body)) if body.contains("oomcount_oom_kills_total ") => scrapes += 1,
                 other => failed.push(other),
