@@ -48,12 +48,7 @@ pub fn build(target_dir: &std::path::Path) -> anyhow::Result<Guest> {
         ],
         target_dir,
     )?;
-    let bin = |name: &str| {
-        bins.iter()
-            .find(|a| a.kind == "bin" && a.name == name)
-            .map(|a| a.path.clone())
-            .with_context(|| format!("cargo built no binary {name}"))
-    };
+    let bin = |name: &str| find_bin(&bins, name);
     let tests: Vec<(String, PathBuf)> = tests
         .into_iter()
         .filter(|a| a.kind == "test")
@@ -84,13 +79,17 @@ pub fn bins(target_dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> 
         ],
         target_dir,
     )?;
-    let bin = |name: &str| {
-        bins.iter()
-            .find(|a| a.kind == "bin" && a.name == name)
-            .map(|a| a.path.clone())
-            .with_context(|| format!("cargo built no binary {name}"))
-    };
+    let bin = |name: &str| find_bin(&bins, name);
     Ok((bin("oomcount")?, bin("oomcount-hog")?))
+}
+
+/// The executable of binary target `name` among what cargo built.
+fn find_bin(built: &[Artifact], name: &str) -> anyhow::Result<PathBuf> {
+    built
+        .iter()
+        .find(|a| a.kind == "bin" && a.name == name)
+        .map(|a| a.path.clone())
+        .with_context(|| format!("cargo built no binary {name}"))
 }
 
 struct Artifact {
