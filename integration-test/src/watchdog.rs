@@ -49,8 +49,10 @@ impl StandIn {
             std::thread::spawn(move || {
                 // At real-time priority where it may (as root), so that the time of each
                 // keepalive is when the daemon wrote it, not when a busy machine got round to
-                // this thread.
-                let param = libc::sched_param { sched_priority: 1 };
+                // this thread; above the daemon's and the tests' commands' SCHED_FIFO 1: at an
+                // equal priority it waits for one of them to block (a command of the debug
+                // build runs for ~100 ms), and a keepalive on time may be seen late.
+                let param = libc::sched_param { sched_priority: 10 };
                 // SAFETY: sets this thread's own policy from a parameter it owns.
                 unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
                 let Ok(mut fifo) = fs::File::open(&path) else {

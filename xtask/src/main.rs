@@ -121,3 +121,54 @@ pub fn check(cmd: &mut std::process::Command) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
     Ok(())
 }
+
+/// Runs `cmd` as [`check`] does, its standard error passed through line by line; when it fails,
+/// the panic messages it printed are printed again at the end. A CI log keeps only its first and
+/// last lines, and a failing test's own output (a daemon's log) can push its panic message out
+/// of both.
+pub fn check_recalling_panics(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    /// Lines kept of each panic message, and characters of each line.
+    const LINES: usize = 12;
+    const WIDTH: usize = 400;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| anyhow::anyhow!("could not start {cmd:?}: {err}"))?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut panics: Vec<Vec<String>> = Vec::new();
+    let mut taking = 0;
+    let mut out = std::io::stderr().lock();
+    for line in std::io::BufReader::new(stderr).split(b'\n') {
+        let line = line?;
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+        let text = String::from_utf8_lossy(&line);
+        if text.starts_with("thread '") && text.contains(" panicked at ") {
+            panics.push(Vec::new());
+            taking = LINES;
+        } else if text.starts_with("stack backtrace:") || text.starts_with("note: run with") {
+            taking = 0;
+        }
+        if taking > 0 {
+            taking -= 1;
+            let cut: String = text.chars().take(WIDTH).collect();
+            panics.last_mut().expect("a panic was seen").push(cut);
+        }
+    }
+    drop(out);
+    let status = child.wait()?;
+    if !status.success() && !panics.is_empty() {
+        eprintln!(
+            "xtask: the panics above, again ({}; a should_panic test's among them):",
+            panics.len()
+        );
+        for lines in &panics {
+            for line in lines {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}

@@ -99,7 +99,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // They compare against machine-wide counters (/proc/vmstat), so two runs on one machine
     // (two clones, or a run beside a developer's) would see each other's kills: one at a time.
     let _machine = machine_lock()?;
-    check(integration.args(["--test-threads=1", "--nocapture"]))?;
+    crate::check_recalling_panics(integration.args(["--test-threads=1", "--nocapture"]))?;
     drop(_machine);
     if !args.no_deb {
         crate::deb::install_test::run()?;
