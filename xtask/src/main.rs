@@ -127,6 +127,26 @@ pub fn check(cmd: &mut std::process::Command) -> anyhow::Result<()> {
 /// last lines, and a failing test's own output (a daemon's log) can push its panic message out
 /// of both.
 pub fn check_recalling_panics(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let (result, panics) = run_recalling_panics(cmd)?;
+    if result.is_err() && !panics.is_empty() {
+        eprintln!(
+            "xtask: the panics above, again ({}; a should_panic test's among them):",
+            panics.len()
+        );
+        for lines in &panics {
+            for line in lines {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    result
+}
+
+/// Runs `cmd` for [`check_recalling_panics`]: whether it succeeded, and the panic messages it
+/// printed on its standard error (the first lines of each).
+fn run_recalling_panics(
+    cmd: &mut std::process::Command,
+) -> anyhow::Result<(anyhow::Result<()>, Vec<Vec<String>>)> {
     use std::io::{BufRead as _, Write as _};
     /// Lines kept of each panic message, and characters of each line.
     const LINES: usize = 12;
@@ -158,17 +178,28 @@ pub fn check_recalling_panics(cmd: &mut std::process::Command) -> anyhow::Result
     }
     drop(out);
     let status = child.wait()?;
-    if !status.success() && !panics.is_empty() {
-        eprintln!(
-            "xtask: the panics above, again ({}; a should_panic test's among them):",
-            panics.len()
+    let result = if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{cmd:?} failed: {status}"))
+    };
+    Ok((result, panics))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failing_commands_panic_messages_are_kept() {
+        let script = "echo one >&2; echo \"thread 't' (7) panicked at a.rs:1:2:\" >&2; \
+                      echo 'what went wrong' >&2; echo 'stack backtrace:' >&2; echo 'frame' >&2; \
+                      exit 3";
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        let (result, panics) = super::run_recalling_panics(&mut cmd).unwrap();
+        assert!(result.unwrap_err().to_string().contains("exit status: 3"));
+        assert_eq!(
+            panics,
+            [["thread 't' (7) panicked at a.rs:1:2:", "what went wrong"]]
         );
-        for lines in &panics {
-            for line in lines {
-                eprintln!("  {line}");
-            }
-        }
     }
-    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
-    Ok(())
 }
