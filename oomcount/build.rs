@@ -12,6 +12,13 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../oomcount-common/src")
     );
+    // The daemon's binary: the functions it runs once started, first and together
+    // (hot-functions.txt, `cargo xtask hot-functions` writes it), so that the pages it keeps
+    // resident hold little else.
+    let hot = concat!(env!("CARGO_MANIFEST_DIR"), "/hot-functions.txt");
+    println!("cargo:rerun-if-changed={hot}");
+    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={hot}");
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     let linker = bpf_linker().context("neither XDG_CACHE_HOME nor HOME is set")?;
     anyhow::ensure!(
         linker.is_file(),

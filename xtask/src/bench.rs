@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// Do not install missing baselines (they are reported absent).
     #[arg(long)]
     pub no_install: bool,
+    /// Measure nothing: write the functions the daemon runs once it serves to
+    /// oomcount/hot-functions.txt, which the build puts first (oomcount/build.rs says why).
+    /// Takes about 10 minutes, most of them bpftrace attaching its uprobes.
+    #[arg(long)]
+    pub hot_functions: bool,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -70,6 +75,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .stderr(Stdio::inherit());
     for (name, why) in &absent {
         bench.args(["--absent", &format!("{name}={why}")]);
+    }
+    if args.hot_functions {
+        bench.arg("--hot-functions").arg(workspace_root().join("oomcount/hot-functions.txt"));
+        return check(&mut bench);
     }
     // oomcount-bench puts it back itself; this covers a bench that died on the way.
     let bpf_stats = std::fs::read_to_string(BPF_STATS).ok();

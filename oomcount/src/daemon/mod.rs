@@ -226,7 +226,6 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     let hooks = options.config.hooks.build()?;
     let journal = Journal::from_env();
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
-    system::protect_self();
     let listener = socket::bind(&socket)?;
     // Armed from here, the last step that can fail: an error after it would leave the
     // watchdog armed. The first keepalive goes out as the loop starts.
@@ -330,6 +329,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
+    // Last, once everything that runs once has run: what start-up mapped is given back, and
+    // only what the loop touches from here on is locked.
+    system::protect_self();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {

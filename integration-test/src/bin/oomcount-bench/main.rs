@@ -3,6 +3,7 @@
 //! `cargo xtask bench` builds and runs it, adds the goals and prints the table.
 //!
 //!     oomcount-bench [--idle-secs 60] [--storm-kills 2000] [--absent NAME=REASON]...
+//!     oomcount-bench --hot-functions FILE     (see the `hot` module)
 //!
 //! Every OOM kill it makes happens in a small memory cgroup of its own (never a global OOM);
 //! the only processes it signals are the ones it started. `kernel.bpf_stats_enabled` is on only
@@ -10,6 +11,7 @@
 mod baselines;
 mod bpfstats;
 mod client;
+mod hot;
 mod oomd;
 mod phases;
 mod procfs;
@@ -26,6 +28,8 @@ pub struct Args {
     pub storm_kills: u64,
     /// Baselines the caller could not install, with the reason.
     pub absent: Vec<(String, String)>,
+    /// Write the daemon's hot functions there instead of measuring.
+    pub hot_functions: Option<std::path::PathBuf>,
 }
 
 /// What every phase measures against: the daemon and the baselines, running side by side.
@@ -70,6 +74,9 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
     // Every daemon the bench starts runs with every feature a dom0 would turn on, xenstore
     // included: against a real oxenstored on this host (no hypervisor needed), where it can run.
     let xenstored = start_xenstored();
+    if let Some(out) = &args.hot_functions {
+        return hot::run(out, dir);
+    }
     let absent = |name: &str| {
         args.absent
             .iter()
@@ -164,6 +171,7 @@ fn parse_args() -> Result<Args, String> {
         idle: Duration::from_secs(60),
         storm_kills: 2000,
         absent: Vec::new(),
+        hot_functions: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -189,6 +197,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or_else(|| format!("--absent {pair:?}: give NAME=REASON"))?;
                 args.absent.push((name.to_owned(), why.to_owned()));
             }
+            "--hot-functions" => args.hot_functions = Some(value()?.into()),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
