@@ -17,7 +17,7 @@ pub const DEFAULT_SOCKET: &str = "/run/oomcount/oomcount.sock";
 /// The pin folder in bpffs (the library's `probe::pins::DEFAULT_DIR`).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/oomcount";
 /// The events the daemon keeps for `list` (the library's `daemon::DEFAULT_HISTORY`).
-pub const DEFAULT_HISTORY: usize = 1024;
+pub const DEFAULT_HISTORY: usize = 256;
 /// The configuration file (the library's `config::DEFAULT_PATH`).
 pub const DEFAULT_CONFIG: &str = "/etc/oomcount/oomcount.toml";
 /// Where the daemon publishes its counts for `cat`.
@@ -103,7 +103,7 @@ pub mod daemon {
         /// Pin nothing: the probe detaches when the daemon exits.
         #[arg(long)]
         pub no_pin: bool,
-        /// Events kept for `oomcount list` (about 400 bytes each).
+        /// Events kept for `oomcount list` (about 600 bytes each, with their strings).
         #[arg(long, default_value_t = super::DEFAULT_HISTORY, value_name = "EVENTS")]
         pub history: usize,
         /// The watchdog and its rules (TOML) [default: /etc/oomcount/oomcount.toml, where it exists].

@@ -77,7 +77,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bench.args(["--absent", &format!("{name}={why}")]);
     }
     if args.hot_functions {
-        bench.arg("--hot-functions").arg(workspace_root().join("oomcount/hot-functions.txt"));
+        bench
+            .arg("--hot-functions")
+            .arg(workspace_root().join("oomcount/hot-functions.txt"));
         return check(&mut bench);
     }
     // oomcount-bench puts it back itself; this covers a bench that died on the way.

@@ -5,7 +5,9 @@
 //! for each when it last ran. The daemon then runs with every feature (as the bench runs it)
 //! while it is asked every kind of request by the real commands (a copy of the binary, whose
 //! functions the probes do not see), scraped, and sees kills, threads' marks and a watcher; the
-//! functions that ran after it said it serves are the list, in the binary's own order.
+//! functions that ran after it said it serves come first, then those that ran only before it
+//! served (start-up), each in the binary's own order: start-up then touches its own pages,
+//! not the whole binary, and the pages kept once it serves hold the daemon's steady code.
 //!
 //! uprobes cannot sit on some first instructions (locked, VEX-encoded): those few functions are
 //! left out, and their code lands wherever the linker puts it.
@@ -64,8 +66,11 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
             _ => return Err(format!("bpftrace ended: {:?}", bpftrace.wait())),
         }
     }
+    // The split is when it said it serves: it gives back what start-up mapped a moment later,
+    // so whatever runs after (its threads' first rounds too) is what stays resident.
+    let spawned = monotonic_ns();
     let daemon = Oomd::start("hot")?;
-    let serving = monotonic_ns();
+    let serving = spawned + daemon.ready_after.as_nanos() as u64;
     let exercised = exercise(&daemon, dir);
     daemon.stop()?;
     nix::sys::signal::kill(
@@ -74,51 +79,63 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     )
     .map_err(|err| format!("SIGINT bpftrace: {err}"))?;
     exercised?;
-    // `@last[uprobe:BIN:ADDRESS]: NSECS`
-    let mut hot = Vec::new();
+    // `@last[uprobe:BIN:ADDRESS]: NSECS`: run once it serves, or only before.
+    let (mut hot, mut startup) = (Vec::new(), Vec::new());
     for line in out_lines {
         let line = line.map_err(|err| format!("bpftrace's output: {err}"))?;
-        let Some((probe, nsecs)) = line.strip_prefix("@last[").and_then(|l| l.split_once("]: "))
+        let Some((probe, nsecs)) = line
+            .strip_prefix("@last[")
+            .and_then(|l| l.split_once("]: "))
         else {
             continue;
         };
         let addr = probe.rsplit(':').next().and_then(|a| a.parse::<u64>().ok());
-        if let (Some(addr), Ok(ns)) = (addr, nsecs.trim().parse::<u64>())
-            && ns >= serving
-        {
-            hot.push(addr);
+        if let (Some(addr), Ok(ns)) = (addr, nsecs.trim().parse::<u64>()) {
+            if ns >= serving {
+                hot.push(addr);
+            } else {
+                startup.push(addr);
+            }
         }
     }
     let _ = bpftrace.wait();
-    hot.sort_unstable();
-    let names: Vec<&str> = hot
-        .iter()
-        .filter_map(|addr| functions.get(addr))
-        .flat_map(|f| f.names.iter().map(String::as_str))
-        .collect();
-    let bytes: u64 = hot
-        .iter()
-        .filter_map(|addr| functions.get(addr))
-        .map(|f| f.size)
-        .sum();
-    if names.is_empty() {
+    if hot.is_empty() {
         return Err("no function ran after the daemon served: were the probes attached?".into());
     }
+    let (hot, hot_bytes) = names(&functions, hot);
+    let (startup, startup_bytes) = names(&functions, startup);
     let text = format!(
-        "# The functions the daemon runs once it serves ({} functions, {bytes} bytes), for \
-         lld's --symbol-ordering-file\n# (oomcount/build.rs). Written by `cargo xtask bench \
-         --hot-functions` on Linux {}: do not edit.\n{}\n",
-        names.len(),
+        "# The functions the daemon runs once it serves, then those only start-up runs, for lld's\n\
+         # --symbol-ordering-file (oomcount/build.rs says why). Written by `cargo xtask bench\n\
+         # --hot-functions` on Linux {}: do not edit.\n\
+         # Once it serves: {} functions, {hot_bytes} bytes.\n{}\n\
+         # Start-up only: {} functions, {startup_bytes} bytes.\n{}\n",
         oomcount_integration_test::kernel_release(),
-        names.join("\n")
+        hot.len(),
+        hot.join("\n"),
+        startup.len(),
+        startup.join("\n"),
     );
     std::fs::write(out, text).map_err(|err| format!("write {}: {err}", out.display()))?;
     progress(&format!(
-        "hot functions: {} ({bytes} bytes) written to {}",
-        names.len(),
+        "hot functions: {} ({hot_bytes} bytes) and {} of start-up ({startup_bytes} bytes) \
+         written to {}",
+        hot.len(),
+        startup.len(),
         out.display()
     ));
     Ok(())
+}
+
+/// The names of the functions at `addrs`, in the binary's order, and their size in bytes.
+fn names(functions: &BTreeMap<u64, Function>, mut addrs: Vec<u64>) -> (Vec<&str>, u64) {
+    addrs.sort_unstable();
+    let found: Vec<&Function> = addrs.iter().filter_map(|a| functions.get(a)).collect();
+    let names = found
+        .iter()
+        .flat_map(|f| f.names.iter().map(String::as_str))
+        .collect();
+    (names, found.iter().map(|f| f.size).sum())
 }
 
 /// A function of the binary: its size and its names (aliases share an address).
@@ -153,7 +170,11 @@ fn functions(bin: &Path) -> Result<BTreeMap<u64, Function>, String> {
 
 /// The functions whose first instruction a uprobe can sit on, from `objdump`.
 fn probeable(bin: &Path, functions: &BTreeMap<u64, Function>) -> Result<Vec<u64>, String> {
-    let listing = output(Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(bin))?;
+    let listing = output(
+        Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(bin),
+    )?;
     let mut probed = Vec::new();
     let mut lines = listing.lines();
     while let Some(line) = lines.next() {

@@ -97,6 +97,7 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
             progress(&format!("{name} absent: {why}"));
         }
     }
+    let xenstore = phases::memory::xenstore_memory()?;
     let (daemon, starts) = phases::memory::startup()?;
     let mut bench = Bench {
         args,
@@ -110,7 +111,10 @@ fn run(args: Args, dir: &std::path::Path) -> Result<(), String> {
     };
     phases::memory::startup_rows(&mut bench, &starts);
     phases::memory::steady_memory(&mut bench)?;
-    phases::memory::xenstore_memory(&mut bench)?;
+    bench.rows.push(xenstore.0);
+    bench
+        .details
+        .insert("xenstore_rss_by_mapping_kb".into(), xenstore.1);
     phases::cpu::idle_cpu(&mut bench)?;
     phases::cpu::count_ratio(&mut bench)?;
     phases::cpu::scrapes(&mut bench)?;
