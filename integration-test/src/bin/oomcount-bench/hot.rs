@@ -50,20 +50,22 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     )
     .map_err(|err| format!("write {}: {err}", program.display()))?;
     raise_memlock();
-    let mut bpftrace = Command::new("bpftrace")
-        .arg(&program)
-        .env("BPFTRACE_MAX_PROBES", "100000")
-        .env("BPFTRACE_MAX_BPF_PROGS", "100000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("bpftrace: {err}"))?;
-    let mut out_lines = BufReader::new(bpftrace.stdout.take().expect("piped")).lines();
+    let mut bpftrace = Tracer(
+        Command::new("bpftrace")
+            .arg(&program)
+            .env("BPFTRACE_MAX_PROBES", "100000")
+            .env("BPFTRACE_MAX_BPF_PROGS", "100000")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|err| format!("bpftrace: {err}"))?,
+    );
+    let mut out_lines = BufReader::new(bpftrace.0.stdout.take().expect("piped")).lines();
     progress("hot functions: attaching the uprobes (minutes)");
     loop {
         match out_lines.next() {
             Some(Ok(line)) if line == "attached" => break,
             Some(Ok(_)) => {}
-            _ => return Err(format!("bpftrace ended: {:?}", bpftrace.wait())),
+            _ => return Err(format!("bpftrace ended: {:?}", bpftrace.0.wait())),
         }
     }
     // The split is when it said it serves: it gives back what start-up mapped a moment later,
@@ -74,7 +76,7 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     let exercised = exercise(&daemon, dir);
     daemon.stop()?;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bpftrace.id() as i32),
+        nix::unistd::Pid::from_raw(bpftrace.0.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .map_err(|err| format!("SIGINT bpftrace: {err}"))?;
@@ -98,7 +100,7 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
             }
         }
     }
-    let _ = bpftrace.wait();
+    let _ = bpftrace.0.wait();
     if hot.is_empty() {
         return Err("no function ran after the daemon served: were the probes attached?".into());
     }
@@ -125,6 +127,20 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
         out.display()
     ));
     Ok(())
+}
+
+/// bpftrace with its thousands of uprobes: killed and waited for on any early return (a daemon
+/// that did not start, say), where `run` has not stopped it itself. While it attaches it does
+/// not heed SIGINT or SIGTERM, hence SIGKILL.
+struct Tracer(std::process::Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The names of the functions at `addrs`, in the binary's order, and their size in bytes.
