@@ -181,8 +181,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
         // before start-up's pages are given back where the config needs it (see `serve`), and
         // kept: a thread created later maps a new stack, and the dynamic loader's code for its
         // TLS, for good (the bench found 0.17 MB of ld.so code mapped after start-up). It never
-        // runs at the real-time priority the daemon may have,
-        // which it would otherwise inherit.
+        // runs at the real-time priority the daemon may have, which it would otherwise inherit.
         .max_blocking_threads(1)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .on_thread_start(system::ordinary_thread)
