@@ -90,6 +90,8 @@ fn hooks(argv: Vec<String>, max_running: usize, timeout: Duration) -> Hooks {
         timeout,
     })
     .expect("a valid hook configuration")
+    // This test's binary is not oomcount: hooks start through the daemon's.
+    .with_launcher(locate::oomcount())
 }
 
 const ID: &str = "9ec39b91f3d70e1beff50a308f77067065ea6be0d91a3378375056cd4422cf3d";

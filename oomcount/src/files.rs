@@ -10,7 +10,7 @@
 //!   owner may remove or rename it (/tmp): [`check_folder`], and [`ensure_folder`] where the
 //!   daemon creates what is missing; a symbolic link on the way must be root's too, which is what
 //!   the kernel's `fs.protected_symlinks` asks only in sticky folders;
-//! - every file is opened with `O_NOFOLLOW`, a temporary with `O_EXCL` ([`write_atomic`]), and an
+//! - every file is opened with `O_NOFOLLOW`, a temporary with `O_EXCL` ([`replace_atomic`]), and an
 //!   existing lock must be the daemon's own regular file ([`open_lock`]): anything else at its
 //!   name is removed (unlinking never follows a link) and the file made anew;
 //! - the socket's mode is set through a descriptor of the socket `bind` made, never by path
@@ -275,8 +275,10 @@ fn remove_entry(path: &Path) -> io::Result<()> {
 
 /// Replaces `path` with `contents`, atomically, mode 0644: written to `<path>.tmp`, created anew
 /// (`O_EXCL`, never through a link), then renamed over `path` (a rename replaces a link at
-/// `path`, never what it points to).
-pub(crate) fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
+/// `path`, never what it points to). Returns what it replaced (an `O_PATH` descriptor opened
+/// before the rename), so that the caller chooses where the replaced file is freed: with its
+/// last reference, which may sleep (ext4 mounted with `discard` discards its blocks then).
+pub(crate) fn replace_atomic(path: &Path, contents: &str) -> io::Result<Option<fs::File>> {
     let tmp = with_suffix(path, ".tmp");
     let create = || {
         fs::OpenOptions::new()
@@ -300,8 +302,13 @@ pub(crate) fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
         fchmod(&file, 0o644)
     });
     drop(file);
+    let replaced = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .ok();
     match written.and_then(|()| fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(replaced),
         Err(err) => {
             let _ = fs::remove_file(&tmp);
             Err(err)
@@ -346,30 +353,34 @@ pub(crate) fn bind_socket(path: &Path, mode: u32) -> io::Result<std::os::unix::n
     Ok(listener)
 }
 
+/// A folder of the tests' own (mode 0755), removed with everything in it when dropped.
+#[cfg(test)]
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+#[cfg(test)]
+impl TempDir {
+    pub(crate) fn new(label: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("oomcount-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(dir)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{PermissionsExt as _, symlink};
 
     use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(label: &str) -> TempDir {
-            let dir =
-                std::env::temp_dir().join(format!("oomcount-files-{label}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn mode(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().mode() & 0o7777
@@ -465,7 +476,7 @@ mod tests {
         let stat = tmp.0.join("stat");
         symlink(&target, tmp.0.join("stat.tmp")).unwrap();
         symlink(&target, &stat).unwrap();
-        write_atomic(&stat, "oom_kill 1\n").unwrap();
+        replace_atomic(&stat, "oom_kill 1\n").unwrap();
         assert_eq!(fs::read_to_string(&stat).unwrap(), "oom_kill 1\n");
         assert!(
             !fs::symlink_metadata(&stat)

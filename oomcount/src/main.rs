@@ -6,8 +6,13 @@ use clap::Parser as _;
 mod cli;
 
 fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().collect();
+    // The daemon starting a hook through its own binary (`notify::hooks`), before anything else.
+    if let Some(code) = oomcount::notify::hooks::launch(&args) {
+        return ExitCode::from(code);
+    }
     // clap prints usage errors itself and exits 2; --help and --version exit 0.
-    let cli = cli::Cli::parse_from(cli::args(std::env::args_os()));
+    let cli = cli::Cli::parse_from(cli::args(args));
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `oomcount count | head -c0`: the reader went away, which is not an error.

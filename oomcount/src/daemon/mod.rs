@@ -31,6 +31,7 @@ pub(crate) mod slots;
 mod socket;
 pub mod stat;
 pub(crate) mod state;
+mod writer;
 
 use std::{
     fs, io,
@@ -149,8 +150,18 @@ struct State {
     scraped_at: Option<std::time::Instant>,
     /// `[hooks]`, when any is configured.
     hooks: Option<Hooks>,
+    /// Kills of the batch being received, for `on_kill` once the batch is settled: a hook's
+    /// spawn and start take a CPU for a while, which the textfile and the stat file do not wait
+    /// for.
+    kills_for_hooks: Vec<Notice>,
     /// The counts published in xenstore on a Xen guest; `None` when not.
     xen: Option<XenPublishing>,
+}
+
+/// What a batch's outputs read from the kernel, read once (see [`State::read`]).
+struct Reading {
+    counters: crate::probe::counters::Counters,
+    kernel_oom_kill: Option<u64>,
 }
 
 /// Guest mode's part of the state: the writer (its own thread), and what was last published.
@@ -262,6 +273,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
             metrics,
             scraped_at: None,
             hooks,
+            kills_for_hooks: Vec::new(),
             xen: xen.map(|publisher| XenPublishing {
                 publisher,
                 vitals: None,
@@ -337,8 +349,13 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
-    // The hooks' thread (the ranking's, where the rules rank, was started just above).
-    if shared.lock().hooks.is_some() {
+    // The hooks' thread, which also frees the files the daemon replaces (the ranking's, where
+    // the rules rank, was started just above).
+    let replaces_files = {
+        let state = shared.lock();
+        state.stat.is_some() || state.metrics.settings().textfile.is_some()
+    };
+    if shared.lock().hooks.is_some() || replaces_files {
         let _ = tokio::task::spawn_blocking(|| ()).await;
     }
     // Last, once everything that runs once has run: what start-up mapped is given back, and
@@ -443,7 +460,9 @@ impl Shared {
                         kill.cgroup.as_deref(),
                         kill.constraint,
                     );
-                    self.tell_kill(&event, &item, state.hooks.as_ref());
+                    if let Some(notice) = self.tell_kill(&event, &item, state.hooks.is_some()) {
+                        state.kills_for_hooks.push(notice);
+                    }
                     state.keeper.kill(kill);
                 }
                 None => log::debug!("{}", event.line()),
@@ -467,13 +486,14 @@ impl Shared {
         state.metrics_text().unwrap_or_default()
     }
 
-    /// A kill is logged (as a journal entry with fields under systemd, else as a line) and
-    /// handed to `on_kill`, with the names exactly as the kernel had them (`record`).
-    fn tell_kill(&self, event: &VictimEvent, record: &[u8], hooks: Option<&Hooks>) {
+    /// A kill is logged (as a journal entry with fields under systemd, else as a line), with the
+    /// names exactly as the kernel had them (`record`); returns the notice for `on_kill` where
+    /// there are `hooks`.
+    fn tell_kill(&self, event: &VictimEvent, record: &[u8], hooks: bool) -> Option<Notice> {
         let line = event.line();
-        if self.journal.is_none() && hooks.is_none() {
+        if self.journal.is_none() && !hooks {
             log::info!("{line}");
-            return;
+            return None;
         }
         let exact = ExactNames::of(record).unwrap_or_default();
         let notice = Notice::new(event)
@@ -488,9 +508,7 @@ impl Shared {
         if !journaled {
             log::info!("{line}");
         }
-        if let Some(hooks) = hooks {
-            hooks.kill(notice);
-        }
+        hooks.then_some(notice)
     }
 
     /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
@@ -558,22 +576,33 @@ impl State {
     /// file rewritten. Returns the events dropped since the last batch, for the watchers.
     fn settle(&mut self) -> Option<u64> {
         let mut dropped = None;
-        if let Ok(counters) = self.probe.counters() {
-            let settled = self.ledger.settle(&counters, monotonic());
+        // The kernel's counts, read once for the books and every output.
+        let reading = self.read();
+        if let Ok(reading) = &reading {
+            let settled = self.ledger.settle(&reading.counters, monotonic());
             self.weigh(settled.unseen);
             dropped = settled.dropped;
         }
-        // Judged and published once: the textfile first (with the new verdict, a rename that
-        // costs ~0.35 ms on ext4), then the pins' slots and the stat file.
+        // Judged and published once: the textfile first (with the new verdict), then the pins'
+        // slots and the stat file.
         self.keeper.judge();
         self.keep_latch();
         self.tell_verdict();
-        self.publish_metrics();
+        if let Ok(reading) = &reading {
+            self.publish_metrics_of(reading);
+        }
         for (slot, value) in self.ledger.slots() {
             let _ = self.probe.set_slot(slot, value);
         }
-        self.publish_stat();
+        if let Ok(reading) = &reading {
+            self.publish_stat_of(reading);
+        }
         self.publish_xen(false);
+        // Spawned here, they start once the daemon's thread has nothing more to do.
+        let kills = std::mem::take(&mut self.kills_for_hooks);
+        if let Some(hooks) = &self.hooks {
+            kills.into_iter().for_each(|notice| hooks.kill(notice));
+        }
         dropped
     }
 
@@ -653,26 +682,48 @@ impl State {
         }
     }
 
+    /// The kernel's counts now: the probe's counters and `/proc/vmstat`'s `oom_kill`.
+    fn read(&self) -> io::Result<Reading> {
+        Ok(Reading {
+            counters: self.probe.counters().map_err(io::Error::other)?,
+            kernel_oom_kill: system::kernel_oom_kill(),
+        })
+    }
+
     /// The exposition of the counts now; `None` when the counters cannot be read.
     fn metrics_text(&self) -> Option<String> {
-        let counters = self.probe.counters().ok()?;
-        Some(self.metrics.render(&crate::metrics::publish::Readings {
-            counters: &counters,
+        self.read()
+            .ok()
+            .map(|reading| self.metrics_text_of(&reading))
+    }
+
+    fn metrics_text_of(&self, reading: &Reading) -> String {
+        self.metrics.render(&crate::metrics::publish::Readings {
+            counters: &reading.counters,
             attached_at: self.probe.attached_at(),
-            kernel_oom_kill: system::kernel_oom_kill(),
+            kernel_oom_kill: reading.kernel_oom_kill,
             health: Some(self.keeper.health()),
             keepalives: self.keeper.keepalives(),
-        }))
+        })
     }
 
     /// Rewrites the textfile, where there is one; a failure is logged, never fatal.
     fn publish_metrics(&mut self) {
+        if self.metrics.settings().textfile.is_some()
+            && let Ok(reading) = self.read()
+        {
+            self.publish_metrics_of(&reading);
+        }
+    }
+
+    fn publish_metrics_of(&mut self, reading: &Reading) {
         if self.metrics.settings().textfile.is_none() {
             return;
         }
-        if let Some(text) = self.metrics_text() {
-            let health = Some(self.keeper.health());
-            self.metrics.write_textfile(&text, health);
+        let text = self.metrics_text_of(reading);
+        let health = Some(self.keeper.health());
+        if let Some(path) = self.metrics.textfile_published(health) {
+            writer::write(path, &text);
         }
     }
 
@@ -727,25 +778,33 @@ impl State {
     }
 
     fn count_reply(&self) -> io::Result<CountReply> {
-        let counters = self.probe.counters().map_err(io::Error::other)?;
+        self.read().map(|reading| self.count_reply_of(&reading))
+    }
+
+    fn count_reply_of(&self, reading: &Reading) -> CountReply {
         let attached_at = self.probe.attached_at();
-        let kernel = system::kernel_oom_kill();
-        let mut reply = self.ledger.count_reply(&counters, attached_at, kernel);
+        let mut reply =
+            self.ledger
+                .count_reply(&reading.counters, attached_at, reading.kernel_oom_kill);
         if let Some(hooks) = &self.hooks {
             reply.hooks_run = Some(hooks.ran());
             reply.hooks_skipped = Some(hooks.skipped());
         }
-        Ok(reply)
+        reply
     }
 
     /// Rewrites the stat file; a failure is logged, never fatal.
     fn publish_stat(&self) {
         let Some(path) = &self.stat else { return };
-        let written = self
-            .count_reply()
-            .and_then(|counts| stat::write_atomic(path, &stat::render(&counts)));
-        if let Err(err) = written {
-            log::warn!("cannot write {} ({err})", path.display());
+        match self.read() {
+            Ok(reading) => self.publish_stat_of(&reading),
+            Err(err) => log::warn!("cannot write {} ({err})", path.display()),
+        }
+    }
+
+    fn publish_stat_of(&self, reading: &Reading) {
+        if let Some(path) = &self.stat {
+            writer::write(path, &stat::render(&self.count_reply_of(reading)));
         }
     }
 }

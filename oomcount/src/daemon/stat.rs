@@ -39,14 +39,12 @@ pub(crate) fn render(counts: &CountReply) -> String {
     out
 }
 
-/// Replaces `path` with `contents`, atomically, mode 0644, never through a link.
-pub(crate) use crate::files::write_atomic;
-
 #[cfg(test)]
 mod tests {
     use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
+    use crate::files::{TempDir, replace_atomic};
 
     fn counts() -> CountReply {
         CountReply::sample()
@@ -62,16 +60,15 @@ mod tests {
 
     #[test]
     fn replaces_the_file_world_readable() {
-        let dir = std::env::temp_dir().join(format!("oomcount-stat-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("stat");
+        let dir = &tmp.0;
         let path = dir.join("stat");
-        write_atomic(&path, "oom_kill 1\n").unwrap();
-        write_atomic(&path, "oom_kill 2\n").unwrap();
+        replace_atomic(&path, "oom_kill 1\n").unwrap();
+        replace_atomic(&path, "oom_kill 2\n").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "oom_kill 2\n");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
         assert!(!dir.join("stat.tmp").exists());
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             path_for(Path::new("/run/oomcount/oomcount.sock")),
             Path::new("/run/oomcount/stat")

@@ -244,14 +244,10 @@ impl Publisher {
 
     /// Rewrites the textfile with `text` (for the verdict `health`); a failure is logged, never
     /// fatal.
-    pub fn write_textfile(&mut self, text: &str, health: Option<Health>) {
-        let Some(path) = &self.settings.textfile else {
-            return;
-        };
+    pub fn textfile_published(&mut self, health: Option<Health>) -> Option<&std::path::Path> {
+        let path = self.settings.textfile.as_deref()?;
         self.published = health;
-        if let Err(err) = super::textfile::write(path, text) {
-            log::warn!("cannot write {} ({err})", path.display());
-        }
+        Some(path)
     }
 
     /// Removes the textfile, when the daemon stops: a stopped daemon's counts must not look

@@ -3,14 +3,15 @@
 //! node_exporter reads every `*.prom` file of its `--collector.textfile.directory` at each scrape,
 //! whenever that happens, so the file must never be seen half written: it is written beside
 //! (`<path>.tmp`, which the collector ignores, not ending in `.prom`) and renamed over the old one,
-//! as the stat file is (`files::write_atomic`: never through a link, mode 0644).
+//! as the stat file is (`files::replace_atomic`: never through a link, mode 0644), by the daemon's
+//! writer (`daemon::writer`), off its runtime's thread.
 //!
 //! The folder is the collector's, which the daemon does not create: a folder that does not
 //! exist is a mistake in the configuration (a typo, node_exporter not installed), said before
 //! the daemon attaches ([`check`]), rather than a file that nobody reads.
 //!
 //! The folder must not be writable by others unless sticky (another user could put a link at
-//! the temporary's name; `files::write_atomic` opens it with `O_NOFOLLOW` and
+//! the temporary's name; `files::replace_atomic` opens it with `O_NOFOLLOW` and
 //! `O_EXCL` anyway). Unlike the stat file's, the folders above it are not required to be root's:
 //! Debian's `/var/lib/prometheus` belongs to the `prometheus` user. That user could swap the
 //! folder for a link elsewhere, and have root write a file named `oomcount.prom`, of
@@ -61,28 +62,16 @@ pub fn check(path: &Path) -> Result<(), TextfileError> {
     Ok(())
 }
 
-/// Replaces the textfile at `path` with `text`, atomically.
-pub fn write(path: &Path, text: &str) -> io::Result<()> {
-    crate::files::write_atomic(path, text)
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
 
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("oomcount-textfile-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn a_missing_folder_or_name_is_said() {
-        let dir = scratch("check");
+        let tmp = crate::files::TempDir::new("textfile-check");
+        let dir = &tmp.0;
         assert!(matches!(
             check(&dir.join("absent/oomcount.prom")),
             Err(TextfileError::NoFolder(_))
@@ -110,28 +99,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(said.contains("does not exist"), "{said}");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn replaced_whole_and_nothing_left_beside() {
-        let dir = scratch("write");
-        let path = dir.join("oomcount.prom");
-        if check(&path).is_err() {
-            // The temporary folder is not root's where the tests run unprivileged.
-            eprintln!(
-                "{} is not safe for root's files here; write only",
-                dir.display()
-            );
-        }
-        write(&path, "a 1\n").unwrap();
-        write(&path, "a 2\n").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "a 2\n");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["oomcount.prom"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

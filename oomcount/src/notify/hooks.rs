@@ -19,8 +19,13 @@
 //! before it ran no hook. A hook still running (or still holding its stderr) at `timeout` has its
 //! process group killed. Its exit status and the first line of its stderr are logged.
 //!
-//! Nothing here blocks the daemon's thread: a hook is spawned (fork and exec) on the blocking
-//! thread, then supervised by a task that waits on its pidfd, its stderr pipe and a timer.
+//! Nothing here blocks the daemon's thread: a hook is spawned on the blocking thread, then
+//! supervised by a task that waits on its pidfd, its stderr pipe and a timer. Spawned without a
+//! fork: glibc's fork holds every malloc lock while the kernel copies the daemon's page tables
+//! (2-2.5 ms measured here), and the runtime's thread, which allocates on each event, waited that
+//! long for each hook. So the daemon starts its own binary as the hook's launcher (`posix_spawn`,
+//! which shares the address space until the exec and takes no lock), and the launcher, a process
+//! of its own, drops privileges and executes the hook ([`launch`]).
 use std::{
     ffi::OsStr,
     io,
@@ -187,6 +192,8 @@ impl State {
 }
 
 struct Shared {
+    /// The binary whose [`launch`] starts each hook (the daemon's own).
+    launcher: std::path::PathBuf,
     on_kill: Option<Vec<String>>,
     on_verdict: Option<Vec<String>>,
     user: String,
@@ -272,6 +279,7 @@ impl Hooks {
         }
         Ok(Self {
             shared: Arc::new(Shared {
+                launcher: SELF.into(),
                 on_kill: config.on_kill.clone(),
                 on_verdict: config.on_verdict.clone(),
                 user: config.user.clone(),
@@ -282,6 +290,15 @@ impl Hooks {
                 idle: Notify::new(),
             }),
         })
+    }
+
+    /// Starts hooks through `binary`, an `oomcount` (whose `main` calls [`launch`]), instead of
+    /// the running one: for hooks run by a program that is not `oomcount` (the tests).
+    pub fn with_launcher(mut self, binary: std::path::PathBuf) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set before the hooks are shared")
+            .launcher = binary;
+        self
     }
 
     /// Runs `on_kill` for a kill (from within the daemon's tokio runtime; returns at once).
@@ -378,9 +395,14 @@ impl Hooks {
             Which::Kill => self.shared.on_kill.as_ref(),
             Which::Verdict => self.shared.on_verdict.as_ref(),
         }?;
-        let mut command = Command::new(&argv[0]);
+        let Identity { uid, gid } = self.shared.identity;
+        let mut command = Command::new(&self.shared.launcher);
         command
-            .args(&argv[1..])
+            .arg(LAUNCHER)
+            .arg(uid.to_string())
+            .arg(gid.to_string())
+            .arg("--")
+            .args(argv)
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::null())
@@ -400,12 +422,8 @@ impl Hooks {
             .env("OOMCOUNT_HOOK", job.which.name())
             .env("OOMCOUNT_SKIPPED", job.skipped.to_string())
             .env("OOMCOUNT_EVENT", job.notice.json());
-        let Identity { uid, gid } = self.shared.identity;
-        // SAFETY: the closure runs in the child between fork and exec and only makes system
-        // calls (async-signal-safe); it allocates nothing and touches no lock.
-        unsafe {
-            command.pre_exec(move || drop_privileges(uid, gid));
-        }
+        // No `pre_exec`, no `uid`: with either, the standard library forks (see the module's
+        // documentation); the launcher does their work.
         Some(command)
     }
 
@@ -419,7 +437,7 @@ impl Hooks {
             .get("seq")
             .map(|seq| format!(" for event {}", String::from_utf8_lossy(seq)))
             .unwrap_or_default();
-        // Off the runtime's thread: fork and exec wait for the program to be read, which under
+        // Off the runtime's thread: the exec waits for the program to be read, which under
         // memory pressure (an OOM is why the hook runs) may take long; on the blocking thread,
         // which also runs at ordinary priority where the daemon is real-time.
         let spawned = tokio::task::spawn_blocking(move || command.spawn()).await;
@@ -532,8 +550,51 @@ impl FirstLine {
     }
 }
 
-/// In the child, before exec: the daemon's descriptors close on exec, then groups, gid and uid
-/// become the hook user's, and no capability and no way to gain one is left.
+/// The daemon's own binary, whatever its path now (a package upgrade may have replaced it).
+const SELF: &str = "/proc/self/exe";
+/// The first argument that makes the binary a hook's launcher: `LAUNCHER UID GID -- PROGRAM
+/// ARGS...`. Not a subcommand (nobody types it; the CLI's help and man pages leave it out); run
+/// by anyone else, it can only drop privileges that user has.
+pub const LAUNCHER: &str = "__oomcount-hook-launcher";
+
+/// When `args` (the process's, `argv[0]` first) ask for the launcher: drops privileges to the
+/// given uid and gid ([`drop_privileges`]) and executes the hook with this process's environment
+/// (the daemon's, made for the hook); returns only if that fails, with the exit status (127, as a
+/// shell's for a program it cannot run), having said why on stderr (the daemon logs its first
+/// line). `None` when `args` are not the launcher's.
+pub fn launch(args: &[std::ffi::OsString]) -> Option<u8> {
+    if args.get(1).is_none_or(|first| first != LAUNCHER) {
+        return None;
+    }
+    let failed = |what: String| {
+        eprintln!("oomcount hook launcher: {what}");
+        Some(127)
+    };
+    let number = |arg: Option<&std::ffi::OsString>| -> Option<u32> { arg?.to_str()?.parse().ok() };
+    let (Some(uid), Some(gid), Some("--"), Some(program)) = (
+        number(args.get(2)),
+        number(args.get(3)),
+        args.get(4).and_then(|a| a.to_str()),
+        args.get(5),
+    ) else {
+        return failed(format!("usage: {LAUNCHER} UID GID -- PROGRAM [ARGS...]"));
+    };
+    if let Err(err) = drop_privileges(uid, gid) {
+        return failed(format!("cannot become uid {uid} gid {gid}: {err}"));
+    }
+    let cstring = |arg: &std::ffi::OsString| std::ffi::CString::new(arg.as_bytes());
+    let Ok(argv) = args[5..].iter().map(cstring).collect::<Result<Vec<_>, _>>() else {
+        return failed("an argument holds a NUL byte".to_owned());
+    };
+    let err = nix::unistd::execv(&argv[0], &argv).unwrap_err();
+    failed(format!(
+        "cannot run {}: {err}",
+        Path::new(program).display()
+    ))
+}
+
+/// In the launcher, before exec: the daemon's descriptors close on exec, then groups, gid and
+/// uid become the hook user's, and no capability and no way to gain one is left.
 fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
     fn check(result: libc::c_int) -> io::Result<()> {
         if result == -1 {
@@ -546,7 +607,7 @@ fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
     unsafe {
         // Nothing of the daemon's own protection: not its real-time priority (a hook that spins
         // would starve the machine) nor its oom_score_adj of -1000 (a hook that grows must be
-        // the OOM killer's to take). Both are inherited through fork; both may fail harmlessly
+        // the OOM killer's to take). Both are inherited through the spawn; both may fail harmlessly
         // where the daemon never had them.
         let ordinary = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary);
@@ -700,6 +761,27 @@ fn check_program(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_launcher_answers_only_its_own_argument_and_refuses_a_short_list() {
+        let args =
+            |list: &[&str]| -> Vec<std::ffi::OsString> { list.iter().map(Into::into).collect() };
+        assert_eq!(launch(&args(&["oomcount", "count"])), None);
+        assert_eq!(launch(&args(&["oomcount"])), None);
+        // Refused before any privilege is dropped or anything run.
+        assert_eq!(launch(&args(&["oomcount", LAUNCHER, "65534"])), Some(127));
+        assert_eq!(
+            launch(&args(&[
+                "oomcount",
+                LAUNCHER,
+                "x",
+                "65534",
+                "--",
+                "/bin/true"
+            ])),
+            Some(127)
+        );
+    }
 
     fn config(on_kill: &[&str]) -> HookConfig {
         HookConfig {
