@@ -244,6 +244,9 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     // Checked with the config already; built before anything is attached or armed.
     let hooks = options.config.hooks.build()?;
     let journal = Journal::from_env();
+    // Loading is start-up's largest step and makes the daemon's peak: what parsing the command
+    // line and the config mapped (their code, the heap they freed) is given back first.
+    system::release_loading_pages();
     let mut probe = Probe::attach(options.pin_dir.as_deref())?;
     let listener = socket::bind(&socket)?;
     // Armed from here, the last step that can fail: an error after it would leave the

@@ -35,8 +35,9 @@ pub struct Oomd {
 
 /// The config a dom0 would run with: the watchdog and its rules (critical names, vitals), both
 /// metrics outputs with the per-key tables, a kill hook, and xenstore where the bench found a
-/// store (`XENSTORED_PATH`, a host oxenstored: see `main`).
-fn every_feature(metrics: &str, textfile: &Path, xenstore: bool) -> String {
+/// store (`XENSTORED_PATH`, a host oxenstored: see `main`), with the vitals published every
+/// `xenstore` (a duration), none where `None`.
+fn every_feature(metrics: &str, textfile: &Path, xenstore: Option<&str>) -> String {
     let mut config = format!(
         "[watchdog]\n\
          [rules]\nmax_kills = 3\nconstraint = \"global\"\ncritical = [\"xenstored\", \"sshd\"]\n\
@@ -44,8 +45,12 @@ fn every_feature(metrics: &str, textfile: &Path, xenstore: bool) -> String {
          [hooks]\non_kill = [\"/bin/true\"]\nuser = \"nobody\"\n",
         textfile.display().to_string()
     );
-    if xenstore && std::env::var_os("XENSTORED_PATH").is_some() {
-        config.push_str("[xenstore]\nmode = \"on\"\n");
+    if let Some(interval) = xenstore
+        && std::env::var_os("XENSTORED_PATH").is_some()
+    {
+        config.push_str(&format!(
+            "[xenstore]\nmode = \"on\"\ninterval = \"{interval}\"\n"
+        ));
     }
     config
 }
@@ -53,11 +58,12 @@ fn every_feature(metrics: &str, textfile: &Path, xenstore: bool) -> String {
 impl Oomd {
     /// Starts it and waits (up to 30 s) until it says it is attached and serving.
     pub fn start(label: &str) -> Result<Oomd, String> {
-        Self::start_with(label, true)
+        Self::start_with(label, Some("10s"))
     }
 
-    /// [`Oomd::start`], with or without xenstore (where the bench has a store).
-    pub fn start_with(label: &str, xenstore: bool) -> Result<Oomd, String> {
+    /// [`Oomd::start`], with xenstore's vitals every `xenstore` (where the bench has a store), or
+    /// without xenstore.
+    pub fn start_with(label: &str, xenstore: Option<&str>) -> Result<Oomd, String> {
         let bin = locate::oomcount();
         let dir =
             std::env::temp_dir().join(format!("oomcount-bench-{}-{label}", std::process::id()));
