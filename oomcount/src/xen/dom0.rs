@@ -57,6 +57,8 @@ pub fn sample(row: &GuestRow) -> Option<GuestSample> {
 pub struct GuestMetrics {
     snapshot: Snapshot,
     stop: Arc<AtomicBool>,
+    /// Set once the thread has read every guest (or failed to) for the first time.
+    first_round: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
 type Open = Box<dyn Fn() -> Result<Client, XsError> + Send>;
@@ -73,9 +75,11 @@ impl GuestMetrics {
     ) -> std::io::Result<GuestMetrics> {
         let snapshot: Snapshot = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let first_round = Arc::default();
         let mut follower = Follower {
             snapshot: snapshot.clone(),
             stop: stop.clone(),
+            first_round: Arc::clone(&first_round),
             changed,
             told: None,
             pending: false,
@@ -89,7 +93,22 @@ impl GuestMetrics {
                 crate::host::system::ordinary_thread();
                 follower.run(client, &*open)
             })?;
-        Ok(GuestMetrics { snapshot, stop })
+        Ok(GuestMetrics {
+            snapshot,
+            stop,
+            first_round,
+        })
+    }
+
+    /// Waits, up to `timeout`, until the thread has read every guest once (or failed to);
+    /// returns whether it has.
+    pub fn first_round(&self, timeout: Duration) -> bool {
+        let (done, cond) = &*self.first_round;
+        let done = done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = cond
+            .wait_timeout_while(done, timeout, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
     }
 
     /// The snapshot the metrics render.
@@ -107,6 +126,7 @@ impl Drop for GuestMetrics {
 struct Follower {
     snapshot: Snapshot,
     stop: Arc<AtomicBool>,
+    first_round: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     changed: Option<Arc<tokio::sync::Notify>>,
     told: Option<Instant>,
     pending: bool,
@@ -146,12 +166,14 @@ impl Follower {
             );
         }
         self.set(Vec::new());
+        self.first_round_done();
     }
 
     fn follow(&mut self, mut c: Client) -> Result<(), XsError> {
         let mut w = Watcher::start(&mut c)?.limit(GUESTS_MAX);
         w.sync(&mut c)?;
         self.set(w.rows().filter_map(sample).collect());
+        self.first_round_done();
         while !self.stop.load(Ordering::Relaxed) {
             let wait = match (self.pending, self.told) {
                 (true, Some(at)) => (at + REWRITE_EVERY)
@@ -178,6 +200,13 @@ impl Follower {
         }
         self.pending = true;
         self.tell();
+    }
+
+    /// Tells [`GuestMetrics::first_round`]: every guest was read (or could not be) once.
+    fn first_round_done(&self) {
+        let (done, cond) = &*self.first_round;
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cond.notify_all();
     }
 
     fn tell(&mut self) {
