@@ -161,9 +161,43 @@ fn start_xenstored() -> Result<oomcount_integration_test::xenstored::Xenstored, 
     progress("xenstore: a host oxenstored for the daemons");
     let store = std::panic::catch_unwind(xenstored::Xenstored::start)
         .map_err(|_| "oxenstored did not start (see above)".to_owned())?;
+    // As a real dom0's store has it (oxenstored runs here with --no-domain-init): the daemons'
+    // dom0 readers then follow domain 0 from their first round, as on a dom0.
+    write_key(&store.socket(), "/local/domain/0/name", b"Domain-0")
+        .map_err(|err| format!("write /local/domain/0/name into the host store: {err}"))?;
     // SAFETY: set before any thread of the bench's that reads the environment starts.
     unsafe { std::env::set_var("XENSTORED_PATH", store.socket()) };
     Ok(store)
+}
+
+/// One XS_WRITE (`xs_wire.h`: type 11, request id, transaction 0, length; `path\0value`) over
+/// the store's socket, and its reply read.
+fn write_key(socket: &std::path::Path, path: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut payload = path.as_bytes().to_vec();
+    payload.push(0);
+    payload.extend_from_slice(value);
+    let mut message = Vec::new();
+    for word in [11u32, 1, 0, payload.len() as u32] {
+        message.extend_from_slice(&word.to_le_bytes());
+    }
+    message.extend_from_slice(&payload);
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(&message)?;
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header)?;
+    let kind = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(header[12..].try_into().expect("4 bytes"));
+    let mut reply = vec![0u8; len as usize];
+    stream.read_exact(&mut reply)?;
+    match kind {
+        11 => Ok(()),
+        _ => Err(std::io::Error::other(format!(
+            "the store answered type {kind}: {}",
+            String::from_utf8_lossy(&reply)
+        ))),
+    }
 }
 
 pub fn progress(what: &str) {
