@@ -8,9 +8,6 @@
 //! functions that ran after it said it serves come first, then those that ran only before it
 //! served (start-up), each in the binary's own order: start-up then touches its own pages,
 //! not the whole binary, and the pages kept once it serves hold the daemon's steady code.
-//! A function entered before the daemon served and running on after (a thread's loop, the
-//! runtime's) fires no probe after: the daemon's page faults in its code after it served (it
-//! gave start-up's pages back) put the functions they hit among the steady ones too.
 //!
 //! uprobes cannot sit on some first instructions (locked, VEX-encoded): those few functions are
 //! left out, and their code lands wherever the linker puts it.
@@ -47,7 +44,7 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     std::fs::write(
         &program,
         format!(
-            "BEGIN {{ printf(\"attached\\n\"); }}\n{}\n{{ @last[probe] = nsecs; }}\n{FAULTS}\n",
+            "BEGIN {{ printf(\"attached\\n\"); }}\n{}\n{{ @last[probe] = nsecs; }}\n",
             probes.join(",\n")
         ),
     )
@@ -58,7 +55,6 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
             .arg(&program)
             .env("BPFTRACE_MAX_PROBES", "100000")
             .env("BPFTRACE_MAX_BPF_PROGS", "100000")
-            .env("BPFTRACE_MAP_KEYS_MAX", "100000")
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|err| format!("bpftrace: {err}"))?,
@@ -77,8 +73,6 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     let spawned = monotonic_ns();
     let daemon = Oomd::start("hot")?;
     let serving = spawned + daemon.ready_after.as_nanos() as u64;
-    let daemon_pid = daemon.pid();
-    let code = CodeMapping::of(daemon_pid, &bin);
     let exercised = exercise(&daemon, dir);
     daemon.stop()?;
     nix::sys::signal::kill(
@@ -89,26 +83,8 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     exercised?;
     // `@last[uprobe:BIN:ADDRESS]: NSECS`: run once it serves, or only before.
     let (mut hot, mut startup) = (Vec::new(), Vec::new());
-    let code = code?;
     for line in out_lines {
         let line = line.map_err(|err| format!("bpftrace's output: {err}"))?;
-        // `@fault[PID, ADDRESS]: NSECS`: a page of code the daemon needed again after it served
-        // (and gave back start-up's pages): the function there is steady, entered or not.
-        if let Some((key, nsecs)) = line
-            .strip_prefix("@fault[")
-            .and_then(|l| l.split_once("]: "))
-        {
-            let mut key = key.split(", ").map(|n| n.parse::<u64>());
-            if let (Some(Ok(pid)), Some(Ok(addr)), Ok(ns)) =
-                (key.next(), key.next(), nsecs.trim().parse::<u64>())
-                && pid == u64::from(daemon_pid)
-                && ns >= serving
-                && let Some(function) = code.function_at(&functions, addr)
-            {
-                hot.push(function);
-            }
-            continue;
-        }
         let Some((probe, nsecs)) = line
             .strip_prefix("@last[")
             .and_then(|l| l.split_once("]: "))
@@ -125,9 +101,6 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
         }
     }
     let _ = bpftrace.0.wait();
-    hot.sort_unstable();
-    hot.dedup();
-    startup.retain(|addr| hot.binary_search(addr).is_err());
     if hot.is_empty() {
         return Err("no function ran after the daemon served: were the probes attached?".into());
     }
@@ -154,68 +127,6 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
         out.display()
     ));
     Ok(())
-}
-
-/// The daemon's page faults in its code, on its own threads (the commands' copy is `oomcount-client`, a
-/// hook's launcher `exe`): an entry probe never sees a function entered before the daemon
-/// served that runs on after, such as a thread's loop, but the release of start-up's pages
-/// makes its page fault again.
-/// Only instruction fetches (the address is the instruction's).
-const FAULTS: &str = "tracepoint:exceptions:page_fault_user /(comm == \"oomcount\" || \
-                      comm == \"xenstore\" || comm == \"xen-guests\" || \
-                      comm == \"tokio-runtime-w\") && args->address == args->ip/ \
-                      { @fault[pid, args->address] = nsecs; }";
-
-/// Where the daemon's code is mapped: its runtime addresses to the binary's.
-struct CodeMapping {
-    start: u64,
-    end: u64,
-    /// Runtime address minus the address `nm` gives.
-    bias: u64,
-}
-
-impl CodeMapping {
-    fn of(pid: u32, bin: &Path) -> Result<CodeMapping, String> {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|err| format!("/proc/{pid}/maps: {err}"))?;
-        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-        let (start, end, offset) = maps
-            .lines()
-            .filter(|l| l.ends_with(&*bin.to_string_lossy()))
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let (start, end) = f.first()?.split_once('-')?;
-                (f.get(1)?.contains('x')).then_some(())?;
-                Some((hex(start)?, hex(end)?, hex(f.get(2)?)?))
-            })
-            .ok_or_else(|| format!("no code mapping of {} in /proc/{pid}/maps", bin.display()))?;
-        // The executable LOAD segment: its file offset and its address.
-        let headers = output(Command::new("readelf").args(["-lW"]).arg(bin))?;
-        let (seg_offset, seg_vaddr) = headers
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.first() == Some(&"LOAD") && f.len() >= 8 && f[f.len() - 2].contains('E'))
-            .and_then(|f| {
-                let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-                Some((hex(f[1])?, hex(f[2])?))
-            })
-            .ok_or("no executable LOAD segment in readelf's answer")?;
-        Ok(CodeMapping {
-            start,
-            end,
-            bias: start - offset - (seg_vaddr - seg_offset),
-        })
-    }
-
-    /// The address (as `nm` gives it) of the function holding runtime address `addr`.
-    fn function_at(&self, functions: &BTreeMap<u64, Function>, addr: u64) -> Option<u64> {
-        if !(self.start..self.end).contains(&addr) {
-            return None;
-        }
-        let at = addr - self.bias;
-        let (&start, function) = functions.range(..=at).next_back()?;
-        (at < start + function.size).then_some(start)
-    }
 }
 
 /// bpftrace with its thousands of uprobes: killed and waited for on any early return (a daemon
