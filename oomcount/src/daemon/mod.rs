@@ -357,11 +357,11 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
     });
     // The hooks' thread, which also frees the files the daemon replaces (the ranking's, where
     // the rules rank, was started just above).
-    let replaces_files = {
+    let blocking_work = {
         let state = shared.lock();
-        state.stat.is_some() || state.metrics.settings().textfile.is_some()
+        state.hooks.is_some() || state.stat.is_some() || state.metrics.settings().textfile.is_some()
     };
-    if shared.lock().hooks.is_some() || replaces_files {
+    if blocking_work {
         let _ = tokio::task::spawn_blocking(|| ()).await;
     }
     // Last, once everything that runs once has run: what start-up mapped is given back, and
@@ -382,7 +382,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                 // Judged first: a verdict that changed with time alone (quiet again) goes too.
                 let mut state = shared.lock();
                 state.judge();
-                state.publish_xen(true);
+                state.publish_xen(true, None);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => clients::admit(stream, &shared, &slots, &mut refusals),
@@ -443,7 +443,7 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
 fn xen_first_round(shared: &Shared, guests: Option<&crate::xen::dom0::GuestMetrics>) {
     // Before the loop: nothing else waits for the state yet.
     let mut state = shared.lock();
-    state.publish_xen(true);
+    state.publish_xen(true, None);
     if let Some(xen) = &state.xen
         && !xen.publisher.flush(XEN_FIRST_ROUND)
     {
@@ -625,7 +625,7 @@ impl State {
         if let Ok(reading) = &reading {
             self.publish_stat_of(reading);
         }
-        self.publish_xen(false);
+        self.publish_xen(false, reading.as_ref().ok());
         // Spawned here, they start once the daemon's thread has nothing more to do.
         let kills = std::mem::take(&mut self.kills_for_hooks);
         if let Some(hooks) = &self.hooks {
@@ -637,7 +637,7 @@ impl State {
     /// Hands the xenstore writer a report (it writes on its own thread, coalesced): after each
     /// batch of events, each change of verdict, and with fresh vitals at each `[xenstore]
     /// interval` (`read_vitals`).
-    fn publish_xen(&mut self, read_vitals: bool) {
+    fn publish_xen(&mut self, read_vitals: bool, reading: Option<&Reading>) {
         let Some(xen) = &mut self.xen else { return };
         if read_vitals {
             match crate::host::vitals::read() {
@@ -645,8 +645,12 @@ impl State {
                 Err(err) => log::debug!("xenstore: vitals: {err}"),
             }
         }
-        let Ok(counts) = self.count_reply() else {
-            return;
+        let counts = match reading {
+            Some(reading) => self.count_reply_of(reading),
+            None => match self.count_reply() {
+                Ok(counts) => counts,
+                Err(_) => return,
+            },
         };
         let Some(xen) = &mut self.xen else { return };
         let verdict = self.keeper.verdict();
@@ -689,7 +693,7 @@ impl State {
         if let Some(xen) = &self.xen
             && xen.health != Some(self.keeper.verdict().health)
         {
-            self.publish_xen(false);
+            self.publish_xen(false, None);
         }
         self.tell_verdict();
     }

@@ -69,6 +69,11 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
         assert!(!dir.join("stat.tmp").exists());
+        let names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["stat"]);
         assert_eq!(
             path_for(Path::new("/run/oomcount/oomcount.sock")),
             Path::new("/run/oomcount/stat")

@@ -242,8 +242,8 @@ impl Publisher {
         self.settings.textfile.is_some() && self.published != health
     }
 
-    /// Rewrites the textfile with `text` (for the verdict `health`); a failure is logged, never
-    /// fatal.
+    /// Records that the textfile is being rewritten for the verdict `health`; returns its path,
+    /// `None` without a textfile.
     pub fn textfile_published(&mut self, health: Option<Health>) -> Option<&std::path::Path> {
         let path = self.settings.textfile.as_deref()?;
         self.published = health;

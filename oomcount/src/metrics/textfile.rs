@@ -3,8 +3,8 @@
 //! node_exporter reads every `*.prom` file of its `--collector.textfile.directory` at each scrape,
 //! whenever that happens, so the file must never be seen half written: it is written beside
 //! (`<path>.tmp`, which the collector ignores, not ending in `.prom`) and renamed over the old one,
-//! as the stat file is (`files::replace_atomic`: never through a link, mode 0644), by the daemon's
-//! writer (`daemon::writer`), off its runtime's thread.
+//! as the stat file is (`files::replace_atomic`: never through a link, mode 0644; `daemon::writer`
+//! frees the replaced file off the runtime's thread).
 //!
 //! The folder is the collector's, which the daemon does not create: a folder that does not
 //! exist is a mistake in the configuration (a typo, node_exporter not installed), said before
