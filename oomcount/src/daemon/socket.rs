@@ -30,6 +30,14 @@ pub(super) fn lock_socket(socket: &Path) -> Result<nix::fcntl::Flock<fs::File>, 
     )
 }
 
+/// How many connections may wait to be accepted. A user flooding the socket fills the queue with
+/// connections the daemon refuses one at a time, and root's `check` waits behind all of them:
+/// behind std's default (`somaxconn`, 4096 here) that was 0.1-0.15 s on this machine's debug build
+/// and over a second once on a slower one. A full queue makes a blocking connect sleep until a
+/// place is free, and then the woken command at real-time priority (watchdog(8)'s) takes it
+/// before the attacker's next connect. Root's few commands and the tests' need no more.
+const BACKLOG: i32 = 32;
+
 /// Binds the socket (replacing a stale one: the lock says no daemon owns it) for everyone to
 /// query: the daemon only answers read-only questions.
 pub(super) fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
@@ -38,6 +46,12 @@ pub(super) fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
         source,
     };
     let listener = crate::files::bind_socket(socket, 0o666).map_err(socket_err)?;
+    // listen() again, on the listening socket, only shortens its queue.
+    nix::sys::socket::listen(
+        &listener,
+        nix::sys::socket::Backlog::new(BACKLOG).expect("in range"),
+    )
+    .map_err(|errno| socket_err(io::Error::from(errno)))?;
     listener.set_nonblocking(true).map_err(socket_err)?;
     UnixListener::from_std(listener).map_err(socket_err)
 }
