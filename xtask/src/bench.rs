@@ -77,6 +77,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bench.args(["--absent", &format!("{name}={why}")]);
     }
     if args.hot_functions {
+        // The profile reads the daemon's threads' stacks with it (oomcount-bench's `stacks`).
+        if !args.no_install {
+            install::tool("gdb")
+                .map_err(|why| anyhow::anyhow!("--hot-functions needs gdb: {why}"))?;
+        }
         bench
             .arg("--hot-functions")
             .arg(workspace_root().join("oomcount/hot-functions.txt"));

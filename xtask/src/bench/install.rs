@@ -58,6 +58,17 @@ pub fn baselines() -> Vec<(String, String)> {
     absent
 }
 
+/// Installs `package` (a tool a bench mode needs, not a baseline) where it is missing.
+pub fn tool(package: &str) -> Result<(), String> {
+    if installed(package) {
+        return Ok(());
+    }
+    eprintln!("bench: installing {package} (apt-get)");
+    let _policy = PolicyGuard::deny_all()?;
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "--no-install-recommends", package])
+}
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])

@@ -9,6 +9,9 @@
 //! served (start-up), each in the binary's own order: start-up then touches its own pages,
 //! not the whole binary, and the pages kept once it serves hold the daemon's steady code.
 //!
+//! A thread's loop, entered once before it serves and running since, counts as run once it serves:
+//! the `stacks` module finds those.
+//!
 //! uprobes cannot sit on some first instructions (locked, VEX-encoded): those few functions are
 //! left out, and their code lands wherever the linker puts it.
 use std::{
@@ -21,7 +24,7 @@ use std::{
 
 use oomcount_integration_test::{MemCg, locate, producer};
 
-use crate::{baselines, client, oomd::Oomd, progress};
+use crate::{baselines, client, oomd::Oomd, progress, stacks};
 
 /// How long the daemon is exercised: more than the xenstore writer's and the vitals' 10 s.
 const EXERCISE: Duration = Duration::from_secs(25);
@@ -44,7 +47,7 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     std::fs::write(
         &program,
         format!(
-            "BEGIN {{ printf(\"attached\\n\"); }}\n{}\n{{ @last[probe] = nsecs; }}\n",
+            "BEGIN {{ printf(\"attached\\n\"); }}\n{}\n{{ @last[probe, pid] = nsecs; }}\n",
             probes.join(",\n")
         ),
     )
@@ -74,6 +77,9 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     let daemon = Oomd::start("hot")?;
     let serving = spawned + daemon.ready_after.as_nanos() as u64;
     let exercised = exercise(&daemon, dir);
+    // Before it stops: what each thread is in the middle of.
+    let stacks = stacks::of(daemon.pid(), &bin);
+    let pid = daemon.pid().to_string();
     daemon.stop()?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(bpftrace.0.id() as i32),
@@ -81,26 +87,58 @@ pub fn run(out: &Path, dir: &Path) -> Result<(), String> {
     )
     .map_err(|err| format!("SIGINT bpftrace: {err}"))?;
     exercised?;
-    // `@last[uprobe:BIN:ADDRESS]: NSECS`: run once it serves, or only before.
-    let (mut hot, mut startup) = (Vec::new(), Vec::new());
+    let stacks = stacks?;
+    // `@last[uprobe:BIN:ADDRESS, PID]: NSECS`: when each function was last entered by the
+    // daemon (not by the hooks' launcher, the same binary in another process).
+    let mut last = BTreeMap::new();
     for line in out_lines {
         let line = line.map_err(|err| format!("bpftrace's output: {err}"))?;
         let Some((probe, nsecs)) = line
             .strip_prefix("@last[")
             .and_then(|l| l.split_once("]: "))
+            .and_then(|(key, ns)| {
+                key.strip_suffix(pid.as_str())?
+                    .strip_suffix(", ")
+                    .zip(Some(ns))
+            })
         else {
             continue;
         };
         let addr = probe.rsplit(':').next().and_then(|a| a.parse::<u64>().ok());
         if let (Some(addr), Ok(ns)) = (addr, nsecs.trim().parse::<u64>()) {
-            if ns >= serving {
-                hot.push(addr);
-            } else {
-                startup.push(addr);
-            }
+            last.insert(addr, ns);
         }
     }
     let _ = bpftrace.0.wait();
+    // Run once it serves: entered since, or a loop entered before that calls what was.
+    let holding = |a: u64| {
+        let (&start, function) = functions.range(..=a).next_back()?;
+        (a < start + function.size).then_some(start)
+    };
+    let looping = stacks::looping(&stacks, |f| last.get(&f).copied(), holding, serving);
+    let promoted: Vec<&u64> = looping
+        .iter()
+        .filter(|a| last.get(a).is_none_or(|&ns| ns < serving))
+        .collect();
+    progress(&format!(
+        "hot functions: {} loops entered before serving, on the threads' stacks: {}",
+        promoted.len(),
+        promoted
+            .iter()
+            .filter_map(|a| functions.get(*a).map(|f| f.names[0].as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let (mut hot, mut startup) = (Vec::new(), Vec::new());
+    for (&addr, &ns) in &last {
+        if ns >= serving || looping.contains(&addr) {
+            hot.push(addr);
+        } else {
+            startup.push(addr);
+        }
+    }
+    // A loop whose first instruction took no uprobe is hot all the same.
+    hot.extend(looping.iter().filter(|a| !last.contains_key(a)));
     if hot.is_empty() {
         return Err("no function ran after the daemon served: were the probes attached?".into());
     }

@@ -16,6 +16,7 @@ mod oomd;
 mod phases;
 mod procfs;
 mod report;
+mod stacks;
 
 use std::{process::ExitCode, time::Duration};
 
