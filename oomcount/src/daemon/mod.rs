@@ -408,9 +408,14 @@ async fn serve(options: Options) -> Result<(), DaemonError> {
                     guard.clear_ready();
                     if seen {
                         // The watchers' lines are queued: let them go out before the
-                        // bookkeeping (counters, verdict, pins' slots, stat file).
+                        // bookkeeping (counters, verdict, textfile).
                         tokio::task::yield_now().await;
-                        shared.settle();
+                        let reading = shared.settle();
+                        // A scrape or a request that came meanwhile is answered before the
+                        // rest (pins' slots, stat file, xenstore, hooks): it waited for the
+                        // whole batch, twice the textfile's time.
+                        tokio::task::yield_now().await;
+                        shared.lock().settle_rest(reading);
                     }
                 }
                 Err(err) => {
@@ -539,9 +544,10 @@ impl Shared {
         hooks.then_some(notice)
     }
 
-    /// After a batch of events: see [`State::settle`]; the watchers are told of drops.
-    fn settle(&self) {
-        let dropped = self.lock().settle();
+    /// After a batch of events: see [`State::settle`]; the watchers are told of drops. Returns
+    /// the batch's reading for [`State::settle_rest`].
+    fn settle(&self) -> Option<Reading> {
+        let (dropped, reading) = self.lock().settle();
         if let Some(count) = dropped {
             log::warn!("{count} events dropped (ring buffer full); the counts stay exact");
             let dropped = Response::Dropped(Dropped {
@@ -550,6 +556,7 @@ impl Shared {
             });
             let _ = self.watchers.send(clients::line(&dropped));
         }
+        reading
     }
 
     /// Ranks the likely next victims on a blocking thread, when the rules need them and the last
@@ -600,9 +607,9 @@ impl Shared {
 impl State {
     /// After a batch of events: the books settled with the counters read now (see
     /// [`Ledger::settle`]), the verdict judged at once (an unrecoverable kill stops the very next
-    /// keepalive), the metrics' textfile rewritten, the books' slots kept with the pins, the stat
-    /// file rewritten. Returns the events dropped since the last batch, for the watchers.
-    fn settle(&mut self) -> Option<u64> {
+    /// keepalive), the metrics' textfile rewritten. Returns the events dropped since the last
+    /// batch, for the watchers, and the reading, for [`State::settle_rest`].
+    fn settle(&mut self) -> (Option<u64>, Option<Reading>) {
         let mut dropped = None;
         // The kernel's counts, read once for the books and every output.
         let reading = self.read();
@@ -611,27 +618,32 @@ impl State {
             self.weigh(settled.unseen);
             dropped = settled.dropped;
         }
-        // Judged and published once: the textfile first (with the new verdict), then the pins'
-        // slots and the stat file.
+        // Judged and published once: the textfile first (with the new verdict), then, in
+        // `settle_rest`, the pins' slots and the stat file.
         self.keeper.judge();
         self.keep_latch();
         self.tell_verdict();
         if let Ok(reading) = &reading {
             self.publish_metrics_of(reading);
         }
+        (dropped, reading.ok())
+    }
+
+    /// The rest of a batch, after [`State::settle`]: the books' slots kept with the pins, the
+    /// stat file rewritten, the report handed to xenstore's writer, the kills' hooks started.
+    fn settle_rest(&mut self, reading: Option<Reading>) {
         for (slot, value) in self.ledger.slots() {
             let _ = self.probe.set_slot(slot, value);
         }
-        if let Ok(reading) = &reading {
+        if let Some(reading) = &reading {
             self.publish_stat_of(reading);
         }
-        self.publish_xen(false, reading.as_ref().ok());
+        self.publish_xen(false, reading.as_ref());
         // Spawned here, they start once the daemon's thread has nothing more to do.
         let kills = std::mem::take(&mut self.kills_for_hooks);
         if let Some(hooks) = &self.hooks {
             kills.into_iter().for_each(|notice| hooks.kill(notice));
         }
-        dropped
     }
 
     /// Hands the xenstore writer a report (it writes on its own thread, coalesced): after each
