@@ -78,9 +78,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.hot_functions {
         // The profile reads the daemon's threads' stacks with it (oomcount-bench's `stacks`).
-        if !args.no_install {
-            install::tool("gdb")
-                .map_err(|why| anyhow::anyhow!("--hot-functions needs gdb: {why}"))?;
+        if !args.no_install && !setup::dpkg_installed("gdb") {
+            setup::apt_install(&["gdb"], None).context("--hot-functions needs gdb")?;
         }
         bench
             .arg("--hot-functions")

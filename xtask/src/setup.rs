@@ -76,7 +76,7 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
     ensure_bpf_linker(llvm)
 }
 
-fn dpkg_installed(package: &str) -> bool {
+pub(crate) fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
@@ -84,7 +84,7 @@ fn dpkg_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!(
             "missing Debian packages {}: run `cargo xtask setup` as root, or `apt-get install {}`",

@@ -23,7 +23,7 @@ pub fn baselines() -> Vec<(String, String)> {
     let missing: Vec<(&str, &str)> = BASELINES
         .iter()
         .copied()
-        .filter(|(_, package)| !installed(package))
+        .filter(|(_, package)| !crate::setup::dpkg_installed(package))
         .collect();
     let mut absent = Vec::new();
     if !missing.is_empty() {
@@ -52,28 +52,10 @@ pub fn baselines() -> Vec<(String, String)> {
         }
         drop(policy);
     }
-    if installed("watchdog") {
+    if crate::setup::dpkg_installed("watchdog") {
         disable_watchdog_at_boot();
     }
     absent
-}
-
-/// Installs `package` (a tool a bench mode needs, not a baseline) where it is missing.
-pub fn tool(package: &str) -> Result<(), String> {
-    if installed(package) {
-        return Ok(());
-    }
-    eprintln!("bench: installing {package} (apt-get)");
-    let _policy = PolicyGuard::deny_all()?;
-    apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "--no-install-recommends", package])
-}
-
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.ends_with(b"install ok installed"))
 }
 
 fn apt(args: &[&str]) -> Result<(), String> {
